@@ -1,0 +1,530 @@
+"""Read and update state/deployment-state.yaml and state/deployment-events.yaml.
+
+The files are shared with the legacy bash scripts, so edits are ruamel round trips that keep
+comments, blank lines, unknown keys, key order and quoting. Every read-modify-write holds an
+exclusive flock on ``<file>.lock`` and replaces the file atomically, so readers never see a
+half-written file. ``StateWriter`` coalesces bursts of changes into few rewrites.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import CommentMark, YAMLError
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+from ruamel.yaml.tokens import CommentToken
+
+log = logging.getLogger(__name__)
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+VM_STATES = ("Creating", "Succeeded", "Failed", "Deleting", "Deleted")
+NEW_FILE_MODE = 0o644
+# Strings that read back as themselves when plain, for YAML 1.1 and 1.2 readers alike.
+_PLAIN_SAFE = re.compile(r"[A-Za-z][A-Za-z0-9_ .,/()+=-]*(?<! )")
+_YAML_WORDS = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null"})
+_LAST_UPDATED_LINE = re.compile(r'^last_updated: "[^"\n]*"[ \t]*$', re.MULTILINE)
+
+_STATE_TEMPLATE = """\
+# k0rdent Deployment State
+# Auto-generated on {ts}
+
+# Basic deployment info
+deployment_id: {id}
+created_at: "{ts}"
+last_updated: "{ts}"
+phase: "initialized"
+status: "in_progress"
+
+# VM states (will be populated as VMs are created)
+vm_states: {{}}
+"""
+_EVENTS_TEMPLATE = """\
+# k0rdent Deployment Events Log
+# Auto-generated on {ts}
+
+deployment_id: {id}
+created_at: "{ts}"
+last_updated: "{ts}"
+
+# Events log
+events:
+  - timestamp: "{ts}"
+    action: deployment_initialized
+    message: Deployment state tracking initialized
+"""
+
+
+class StateFileError(Exception):
+    """A state or events file exists but cannot be used (bad YAML or wrong shape)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"Cannot use {path}: {reason}.")
+        self.path = path
+        self.reason = reason
+
+
+def utc_now_str() -> str:
+    """Return the current UTC time as ``%Y-%m-%dT%H:%M:%SZ``, the files' timestamp format."""
+    return datetime.now(UTC).strftime(TIME_FORMAT)
+
+
+def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Return the state file as plain dicts; ``{}`` if the file is missing or empty."""
+    data = _read_plain(Path(path))
+    return data if isinstance(data, dict) else {}
+
+
+def read_events(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Return the events file's ``events`` list as plain dicts; ``[]`` if missing."""
+    data = _read_plain(Path(path))
+    events = data.get("events") if isinstance(data, dict) else None
+    return [e for e in events if isinstance(e, dict)] if isinstance(events, list) else []
+
+
+def _read_plain(path: Path) -> Any:
+    # No lock needed: writers replace the file atomically.
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        return YAML(typ="safe", pure=True).load(text)
+    except YAMLError as exc:
+        raise StateFileError(path, f"it is not valid YAML ({exc})") from exc
+
+
+def make_event(
+    action: str, message: str, *, timestamp: str | None = None, event_id: str | None = None
+) -> dict[str, str]:
+    """Build one event mapping; ``timestamp`` defaults to now."""
+    event = {"timestamp": timestamp or utc_now_str(), "action": action, "message": message}
+    if event_id is not None:
+        event["event_id"] = event_id
+    return event
+
+
+def vm_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a VM update and stamp ``last_checked`` (now) unless given; raise ValueError."""
+    state = fields.get("state")
+    if state is not None and state not in VM_STATES:
+        raise ValueError(f"VM state {state!r} is not one of {', '.join(VM_STATES)}.")
+    return {**fields, "last_checked": fields.get("last_checked") or utc_now_str()}
+
+
+# --- locking and atomic replace -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    # A sidecar lock survives the atomic replace of the file itself; it is never deleted.
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, NEW_FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    try:
+        mode = os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        mode = NEW_FILE_MODE
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def _round_trip_yaml() -> YAML:
+    # Reproduces the samples byte for byte; wide lines so long messages are never folded.
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    yaml.width = 4096
+    return yaml
+
+
+def _update_file(
+    path: Path,
+    initial: Callable[[], str],
+    mutate: Callable[[Any], None],
+    *,
+    edit_text: Callable[[str], str | None] | None = None,
+) -> None:
+    """Locked read-modify-write; a missing or empty file starts from ``initial()``.
+
+    ``edit_text`` may return the new text directly (a fast path), or None to round-trip.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            text = ""
+        if text.strip() and edit_text and (edited := edit_text(text)) is not None:
+            _atomic_write(path, edited)
+            return
+        yaml = _round_trip_yaml()
+        try:
+            doc = yaml.load(text if text.strip() else initial())
+        except YAMLError as exc:
+            raise StateFileError(path, f"it is not valid YAML ({exc})") from exc
+        if not isinstance(doc, CommentedMap):
+            raise StateFileError(path, "its top level is not a mapping")
+        mutate(doc)
+        out = io.StringIO()
+        yaml.dump(doc, out)
+        _atomic_write(path, out.getvalue())
+
+
+# --- round-trip editing that keeps comments in place ----------------------------------------
+
+
+def _last_item(node: Any) -> tuple[Any, int, int] | None:
+    """(key, comment slot, slot count) of a collection's last item, in ruamel's ``ca.items``."""
+    if isinstance(node, CommentedMap) and node:
+        return next(reversed(node)), 2, 4
+    if isinstance(node, CommentedSeq) and node:
+        return len(node) - 1, 0, 2
+    return None
+
+
+def _detach_tail(node: Any) -> str | None:
+    """Remove and return the comment block after a collection's last item (keeps EOL comment)."""
+    if (last := _last_item(node)) is None:
+        return None
+    key, slot, _ = last
+    deeper = _detach_tail(node[key])
+    entry = node.ca.items.get(key)
+    if deeper is not None or not entry or entry[slot] is None:
+        return deeper
+    # The token holds "<EOL comment>\n<following lines>"; only the following lines move.
+    head, _, rest = entry[slot].value.partition("\n")
+    entry[slot] = CommentToken(head + "\n", entry[slot].start_mark) if head.strip() else None
+    return "\n" + rest if rest else None
+
+
+def _attach_tail(node: Any, text: str | None) -> None:
+    """Put a comment block detached by ``_detach_tail`` after the collection's last item."""
+    if text is None or (last := _last_item(node)) is None:
+        return
+    key, slot, size = last
+    if _last_item(node[key]) is not None:
+        _attach_tail(node[key], text)
+    else:
+        node.ca.items.setdefault(key, [None] * size)[slot] = CommentToken(text, CommentMark(0))
+
+
+def _set_key(parent: CommentedMap, key: str, value: Any) -> None:
+    """Set a key in place, or append it at the end with trailing comments moved below it."""
+    if key in parent:
+        parent[key] = value
+        return
+    tail = _detach_tail(parent)
+    parent[key] = value
+    _attach_tail(parent, tail)
+
+
+def _child_collection(parent: CommentedMap, key: str, kind: type) -> Any:
+    """Return ``parent[key]`` as a block-style collection, creating it if absent or null."""
+    child = parent.get(key)
+    if not isinstance(child, kind):
+        child = kind()
+        _set_key(parent, key, child)
+    if not child:
+        child.fa.set_block_style()  # `vm_states: {}` / `events: []` grow as block entries
+    return child
+
+
+def _dq(value: Any) -> Any:
+    # New strings are double-quoted like the sample; ints and bools stay what they are.
+    return DoubleQuotedScalarString(value) if isinstance(value, str) else value
+
+
+def _plain_or_dq(value: str) -> Any:
+    """Plain for simple words (as in the sample events), double-quoted for anything else."""
+    simple = _PLAIN_SAFE.fullmatch(value) and value.lower() not in _YAML_WORDS
+    return value if simple else DoubleQuotedScalarString(value)
+
+
+def _apply_vm(vms: CommentedMap, name: str, fields: Mapping[str, Any]) -> None:
+    entry = vms.get(name)
+    if isinstance(entry, CommentedMap):
+        for key, value in fields.items():
+            _set_key(entry, key, _dq(value))
+        return
+    entry = CommentedMap(public_ip=_dq(""), private_ip=_dq(""))
+    for key in ("state", "last_checked", *fields):
+        if key in fields:
+            entry[key] = _dq(fields[key])
+    _set_key(vms, name, entry)
+
+
+def _apply_state(
+    doc: CommentedMap, vms: Mapping[str, Mapping[str, Any]], phase: str | None
+) -> None:
+    if vms:
+        vm_map = _child_collection(doc, "vm_states", CommentedMap)
+        for name, fields in vms.items():
+            _apply_vm(vm_map, name, fields)
+    if phase is not None:
+        _set_key(doc, "phase", _dq(phase))
+    _set_key(doc, "last_updated", _dq(utc_now_str()))
+
+
+def _event_map(event: Mapping[str, Any]) -> CommentedMap:
+    item = CommentedMap()
+    for key, value in event.items():
+        plain = key != "timestamp" and isinstance(value, str)
+        item[key] = _plain_or_dq(value) if plain else _dq(value)
+    return item
+
+
+def _apply_events(doc: CommentedMap, events: Iterable[Mapping[str, Any]], now: str) -> None:
+    seq = _child_collection(doc, "events", CommentedSeq)
+    for event in events:
+        tail = _detach_tail(seq)
+        seq.append(_event_map(event))
+        _attach_tail(seq, tail)
+    _set_key(doc, "last_updated", _dq(now))
+
+
+def _append_events_text(text: str, events: Iterable[Mapping[str, Any]], now: str) -> str | None:
+    """Append to the text when ``events:`` is the last top-level key, in the sample's layout.
+
+    A round trip costs ~0.5 ms per existing event; this keeps appends cheap as the log grows.
+    Returns None (use the round trip) for any other layout.
+    """
+    head, sep, body = text.rpartition("\nevents:\n")
+    if not sep or not body.startswith("  - ") or not body.endswith("\n"):
+        return None
+    if any(line and not line.startswith("  ") for line in body.splitlines()):
+        return None  # another top-level key or a column-0 comment follows the list
+    head, count = _LAST_UPDATED_LINE.subn(f'last_updated: "{now}"', head)
+    if count != 1:
+        return None
+    out = io.StringIO()
+    _round_trip_yaml().dump(CommentedMap(events=[_event_map(e) for e in events]), out)
+    return head + sep + body + out.getvalue().removeprefix("events:\n")
+
+
+# --- synchronous API --------------------------------------------------------------------------
+
+
+class _YamlFile:
+    def __init__(self, path: str | os.PathLike[str], *, deployment_id: str | None = None) -> None:
+        self.path = Path(path)
+        self.deployment_id = deployment_id  # only used when the file has to be created
+        self.rewrites = 0  # files replaced by this object; lets tests count coalescing
+
+    def _update(
+        self,
+        template: str,
+        mutate: Callable[[Any], None],
+        edit_text: Callable[[str], str | None] | None = None,
+    ) -> None:
+        def initial() -> str:
+            return template.format(ts=utc_now_str(), id=json.dumps(self.deployment_id or ""))
+
+        _update_file(self.path, initial, mutate, edit_text=edit_text)
+        self.rewrites += 1
+
+
+class StateFile(_YamlFile):
+    """``deployment-state.yaml``: one locked, atomic read-modify-write per call."""
+
+    def read(self) -> dict[str, Any]:
+        return read_state(self.path)
+
+    def update(
+        self, vms: Mapping[str, Mapping[str, Any]] | None = None, *, phase: str | None = None
+    ) -> None:
+        """Merge ``vms`` ({name: {field: value}}) into ``vm_states``, set ``phase``, stamp
+        ``last_updated``. Each VM update stamps ``last_checked`` unless given."""
+        checked = {name: vm_fields(fields) for name, fields in (vms or {}).items()}
+        self._update(_STATE_TEMPLATE, lambda doc: _apply_state(doc, checked, phase))
+
+    def update_vms(self, vms: Mapping[str, Mapping[str, Any]]) -> None:
+        self.update(vms)
+
+    def set_phase(self, phase: str) -> None:
+        self.update(phase=phase)
+
+
+class EventsFile(_YamlFile):
+    """``deployment-events.yaml``: appends events under the lock, atomically."""
+
+    def read(self) -> list[dict[str, Any]]:
+        return read_events(self.path)
+
+    def append(self, events: Iterable[Mapping[str, Any]]) -> None:
+        """Append events ({timestamp, action, message[, event_id]}; see ``make_event``)."""
+        items = [{"timestamp": utc_now_str(), **event} for event in events]
+        if not items:
+            return
+        now = utc_now_str()
+        self._update(
+            _EVENTS_TEMPLATE,
+            lambda doc: _apply_events(doc, items, now),
+            edit_text=lambda text: _append_events_text(text, items, now),
+        )
+
+
+# --- coalescing async writer ------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    vms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    phase: str | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.vms or self.events) or self.phase is not None
+
+    def absorb(self, newer: _Pending) -> None:
+        for name, fields in newer.vms.items():
+            self.vms.setdefault(name, {}).update(fields)
+        self.phase = newer.phase if newer.phase is not None else self.phase
+        self.events.extend(newer.events)
+
+
+class StateWriter:
+    """Coalesces state and event changes into few locked rewrites of both files.
+
+    Use as ``async with StateWriter(state_path, events_path) as writer:``. The change methods
+    never block; the first pending change arms a ``delay`` timer, then everything pending is
+    written in one read-modify-write per file. ``flush()`` forces a write; ``close()`` (also
+    on leaving the ``async with``) writes the rest and may be called twice.
+    """
+
+    def __init__(
+        self,
+        state_path: str | os.PathLike[str],
+        events_path: str | os.PathLike[str],
+        *,
+        deployment_id: str | None = None,
+        delay: float = 0.05,
+    ) -> None:
+        self.state_file = StateFile(state_path, deployment_id=deployment_id)
+        self.events_file = EventsFile(events_path, deployment_id=deployment_id)
+        self.delay = delay
+        self._pending = _Pending()
+        self._first_pending_at = 0.0
+        self._dirty = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._pump_task: asyncio.Task[None] | None = None
+
+    @property
+    def rewrite_count(self) -> int:
+        """How many times either file has been rewritten by this writer."""
+        return self.state_file.rewrites + self.events_file.rewrites
+
+    async def __aenter__(self) -> StateWriter:
+        if self.state_file.deployment_id is None:  # a new events file takes the state's id
+            with contextlib.suppress(StateFileError):  # a bad state file fails at flush instead
+                state = await asyncio.to_thread(read_state, self.state_file.path)
+                self.events_file.deployment_id = state.get("deployment_id")
+        self._pump_task = asyncio.create_task(self._pump(), name="statefile-writer")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def update_vm(self, name: str, **fields: Any) -> None:
+        """Queue ``vm_states.<name>`` field changes; stamps ``last_checked`` unless given."""
+        self._accept(_Pending(vms={name: vm_fields(fields)}))
+
+    def set_phase(self, phase: str) -> None:
+        """Queue a new top-level ``phase``."""
+        self._accept(_Pending(phase=phase))
+
+    def append_event(
+        self, action: str, message: str, timestamp: str | None = None, event_id: str | None = None
+    ) -> None:
+        """Queue one event; ``timestamp`` defaults to now (the time of this call)."""
+        event = make_event(action, message, timestamp=timestamp, event_id=event_id)
+        self._accept(_Pending(events=[event]))
+
+    async def flush(self) -> None:
+        """Write everything pending now; on failure the changes stay pending and it raises."""
+        async with self._flush_lock:
+            pending, self._pending = self._pending, _Pending()
+            self._dirty.clear()
+            if not pending:
+                return
+            try:
+                await asyncio.to_thread(self._write, pending)
+            except Exception:
+                pending.absorb(self._pending)
+                self._pending = pending
+                self._mark_dirty()
+                raise
+
+    async def close(self) -> None:
+        """Stop the timer and write everything pending; safe to call more than once."""
+        self._closing.set()
+        self._dirty.set()
+        if self._pump_task is not None:
+            await self._pump_task
+        await self.flush()
+
+    def _accept(self, change: _Pending) -> None:
+        if self._pump_task is None or self._closing.is_set():
+            raise RuntimeError("StateWriter accepts changes only inside its async with block.")
+        self._pending.absorb(change)
+        self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
+        if not self._dirty.is_set():
+            self._first_pending_at = asyncio.get_running_loop().time()
+            self._dirty.set()
+
+    async def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closing.is_set():
+            await self._dirty.wait()
+            # Wait from the first pending change, not from now, so no change waits > delay.
+            wait = self._first_pending_at + self.delay - loop.time()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), max(wait, 0))
+            try:
+                await self.flush()
+            except Exception:  # kept pending: retried after the next delay
+                log.exception("writing %s failed", self.state_file.path)
+
+    def _write(self, pending: _Pending) -> None:
+        if pending.vms or pending.phase is not None:
+            self.state_file.update(pending.vms, phase=pending.phase)
+        if pending.events:
+            self.events_file.append(pending.events)

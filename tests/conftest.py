@@ -1,0 +1,120 @@
+"""Shared fixtures: a real nats-server per test, the az simulator, bounded waits.
+
+The simulator is the only stand-in; everything else (NATS, workers, orchestrator,
+files, signals) is real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+from natsconn import EmbeddedNats
+
+REPO = Path(__file__).resolve().parents[1]
+AZ_SIM = REPO / "scripts" / "az-sim"
+PYTHON = sys.executable
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.05,
+               message: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {message}")
+        time.sleep(interval)
+
+
+async def async_wait_until(predicate: Callable[[], Any], *, timeout: float,
+                           interval: float = 0.05, message: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {message}")
+        await asyncio.sleep(interval)
+
+
+class AzSim:
+    """One private simulated Azure: its state file, scenario and environment."""
+
+    def __init__(self, root: Path) -> None:
+        self.state_path = root / "az-sim-state.json"
+        self.scenario_path = root / "az-sim-scenario.yaml"
+        self.scenario({"time_scale": 0.01})
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "AZ_CLI": str(AZ_SIM),
+            "AZ_SIM_STATE": str(self.state_path),
+            "AZ_SIM_SCENARIO": str(self.scenario_path),
+        }
+
+    def scenario(self, scenario: dict[str, Any]) -> None:
+        self.scenario_path.write_text(yaml.safe_dump(scenario))
+
+    def az(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(AZ_SIM), *args], env=self.env, capture_output=True,
+                              text=True, check=check, timeout=60)
+
+    def state(self) -> dict[str, Any]:
+        return json.loads(self.az("sim", "state").stdout)
+
+    def processes(self) -> list[psutil.Process]:
+        """Live processes started with this simulator's state file (orphan checks)."""
+        marker = f"AZ_SIM_STATE={self.state_path}"
+        found = []
+        for proc in psutil.process_iter(["pid"]):
+            try:
+                if proc.pid != os.getpid() and marker in "\0".join(
+                        f"{k}={v}" for k, v in proc.environ().items()):
+                    found.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        return found
+
+    def az_processes(self) -> list[psutil.Process]:
+        """Live `az-sim` processes of this simulator (not workers or orchestrators)."""
+        alive = []
+        for proc in self.processes():
+            try:
+                if any("az-sim" in part or "az_sim" in part for part in proc.cmdline()):
+                    alive.append(proc)
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue
+        return alive
+
+
+@pytest.fixture
+def az_sim(tmp_path: Path) -> AzSim:
+    return AzSim(tmp_path)
+
+
+@pytest.fixture
+async def nats_server(tmp_path: Path):
+    """A real nats-server with JetStream on a free loopback port, stopped after the test."""
+    server = EmbeddedNats(tmp_path / "nats")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -19,6 +19,9 @@ SSH_TRIES = 3
 # Run-command allows one invocation per VM at a time; a busy VM is asked again after this.
 RUN_COMMAND_BUSY_PAUSE = 5.0
 _STATUS_LINE = re.compile(r"^status:\s*(\w+)", re.M)
+# Since cloud-init 23.4 a recoverable error shows as "status: done" with
+# "extended_status: degraded done"; older releases print "status: degraded".
+_EXTENDED_LINE = re.compile(r"^extended_status:\s*(\w+)", re.M)
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,10 @@ def parse_cloud_init(output: str) -> CheckResult:
     """Decide from the `cloud-init status --long` text, never from an exit code."""
     match = _STATUS_LINE.search(output)
     status = match[1] if match else "unknown"
-    errors = _errors_section(output)
+    extended = _EXTENDED_LINE.search(output)
+    if status == "done" and extended and extended[1] == "degraded":
+        status = "degraded"
+    errors = _section(output, "recoverable_errors:" if status == "degraded" else "errors:")
     if status == "done":
         return CheckResult(True, "cloud-init finished: status done", "done")
     if status == "degraded":
@@ -111,8 +117,8 @@ async def _cloud_init(spec: VMSpec, *, az: AzCli, ip: str, private_key: str | No
         await asyncio.sleep(error.retry_after or RUN_COMMAND_BUSY_PAUSE)
 
 
-def _errors_section(output: str) -> str:
-    text = output.split("errors:", 1)[1] if "errors:" in output else ""
+def _section(output: str, heading: str) -> str:
+    text = output.split(heading, 1)[1] if heading in output else ""
     lines = [ln.strip(" \t-") for ln in text.splitlines() if ln.strip(" \t-[]")]
     return "; ".join(lines)[:300]
 

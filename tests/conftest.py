@@ -62,8 +62,11 @@ class AzSim:
 
     @property
     def env(self) -> dict[str, str]:
+        # The venv's python first on PATH: az-sim starts ~80 ms faster than via a pyenv shim.
+        path = f"{Path(PYTHON).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         return {
             **os.environ,
+            "PATH": path,
             "AZ_CLI": str(AZ_SIM),
             "AZ_SIM_STATE": str(self.state_path),
             "AZ_SIM_SCENARIO": str(self.scenario_path),

@@ -1,8 +1,8 @@
 """Read and update state/deployment-state.yaml and state/deployment-events.yaml.
 
-The files are shared with the legacy bash scripts, so edits are ruamel round trips that keep
-comments, blank lines, unknown keys, key order and quoting. Every read-modify-write holds an
-exclusive flock on ``<file>.lock`` and replaces the file atomically, so readers never see a
+The files are shared with the legacy bash scripts, so edits go through ``yamledit``, which
+keeps comments, blank lines, unknown keys, key order and quoting. Every read-modify-write holds
+an exclusive flock on ``<file>.lock`` and replaces the file atomically, so readers never see a
 half-written file. ``StateWriter`` coalesces bursts of changes into few rewrites.
 """
 
@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import io
 import json
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,20 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import CommentMark, YAMLError
-from ruamel.yaml.scalarstring import DoubleQuotedScalarString
-from ruamel.yaml.tokens import CommentToken
+from ruamel.yaml.error import YAMLError
+
+import yamledit
 
 log = logging.getLogger(__name__)
+
+# The tests reach the YAML helpers through these names; yamledit owns them.
+_round_trip_yaml = yamledit.round_trip_yaml
+_apply_events = yamledit.apply_events
+_append_events_text = yamledit.append_events_text
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 VM_STATES = ("Creating", "Succeeded", "Failed", "Deleting", "Deleted")
 NEW_FILE_MODE = 0o644
-# Strings that read back as themselves when plain, for YAML 1.1 and 1.2 readers alike.
-_PLAIN_SAFE = re.compile(r"[A-Za-z][A-Za-z0-9_ .,/()+=-]*(?<! )")
-_YAML_WORDS = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null"})
-_LAST_UPDATED_LINE = re.compile(r'^last_updated: "[^"\n]*"[ \t]*$', re.MULTILINE)
 
 _STATE_TEMPLATE = """\
 # k0rdent Deployment State
@@ -97,15 +95,27 @@ def read_events(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def _read_plain(path: Path) -> Any:
-    # No lock needed: writers replace the file atomically.
+    # No lock needed: writers replace the file atomically. A missing file loads as None.
+    with _parsing(path):
+        return YAML(typ="safe", pure=True).load(_read_text(path))
+
+
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return None
+        return ""
+
+
+@contextlib.contextmanager
+def _parsing(path: Path) -> Iterator[None]:
+    """Turn a parse failure into a StateFileError that names the file."""
     try:
-        return YAML(typ="safe", pure=True).load(text)
+        yield
     except YAMLError as exc:
         raise StateFileError(path, f"it is not valid YAML ({exc})") from exc
+    except yamledit.NotAMappingError as exc:
+        raise StateFileError(path, "its top level is not a mapping") from exc
 
 
 def make_event(
@@ -164,15 +174,6 @@ def _atomic_write(path: Path, text: str) -> None:
         os.close(dir_fd)
 
 
-def _round_trip_yaml() -> YAML:
-    # Reproduces the samples byte for byte; wide lines so long messages are never folded.
-    yaml = YAML()
-    yaml.preserve_quotes = True
-    yaml.indent(mapping=2, sequence=4, offset=2)
-    yaml.width = 4096
-    return yaml
-
-
 def _update_file(
     path: Path,
     initial: Callable[[], str],
@@ -186,155 +187,14 @@ def _update_file(
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            text = ""
+        text = _read_text(path)
         if text.strip() and edit_text and (edited := edit_text(text)) is not None:
             _atomic_write(path, edited)
             return
-        yaml = _round_trip_yaml()
-        try:
-            doc = yaml.load(text if text.strip() else initial())
-        except YAMLError as exc:
-            raise StateFileError(path, f"it is not valid YAML ({exc})") from exc
-        if not isinstance(doc, CommentedMap):
-            raise StateFileError(path, "its top level is not a mapping")
+        with _parsing(path):
+            doc = yamledit.load_mapping(text if text.strip() else initial())
         mutate(doc)
-        out = io.StringIO()
-        yaml.dump(doc, out)
-        _atomic_write(path, out.getvalue())
-
-
-# --- round-trip editing that keeps comments in place ----------------------------------------
-
-
-def _last_item(node: Any) -> tuple[Any, int, int] | None:
-    """(key, comment slot, slot count) of a collection's last item, in ruamel's ``ca.items``."""
-    if isinstance(node, CommentedMap) and node:
-        return next(reversed(node)), 2, 4
-    if isinstance(node, CommentedSeq) and node:
-        return len(node) - 1, 0, 2
-    return None
-
-
-def _detach_tail(node: Any) -> str | None:
-    """Remove and return the comment block after a collection's last item (keeps EOL comment)."""
-    if (last := _last_item(node)) is None:
-        return None
-    key, slot, _ = last
-    deeper = _detach_tail(node[key])
-    entry = node.ca.items.get(key)
-    if deeper is not None or not entry or entry[slot] is None:
-        return deeper
-    # The token holds "<EOL comment>\n<following lines>"; only the following lines move.
-    head, _, rest = entry[slot].value.partition("\n")
-    entry[slot] = CommentToken(head + "\n", entry[slot].start_mark) if head.strip() else None
-    return "\n" + rest if rest else None
-
-
-def _attach_tail(node: Any, text: str | None) -> None:
-    """Put a comment block detached by ``_detach_tail`` after the collection's last item."""
-    if text is None or (last := _last_item(node)) is None:
-        return
-    key, slot, size = last
-    if _last_item(node[key]) is not None:
-        _attach_tail(node[key], text)
-    else:
-        node.ca.items.setdefault(key, [None] * size)[slot] = CommentToken(text, CommentMark(0))
-
-
-def _set_key(parent: CommentedMap, key: str, value: Any) -> None:
-    """Set a key in place, or append it at the end with trailing comments moved below it."""
-    if key in parent:
-        parent[key] = value
-        return
-    tail = _detach_tail(parent)
-    parent[key] = value
-    _attach_tail(parent, tail)
-
-
-def _child_collection(parent: CommentedMap, key: str, kind: type) -> Any:
-    """Return ``parent[key]`` as a block-style collection, creating it if absent or null."""
-    child = parent.get(key)
-    if not isinstance(child, kind):
-        child = kind()
-        _set_key(parent, key, child)
-    if not child:
-        child.fa.set_block_style()  # `vm_states: {}` / `events: []` grow as block entries
-    return child
-
-
-def _dq(value: Any) -> Any:
-    # New strings are double-quoted like the sample; ints and bools stay what they are.
-    return DoubleQuotedScalarString(value) if isinstance(value, str) else value
-
-
-def _plain_or_dq(value: str) -> Any:
-    """Plain for simple words (as in the sample events), double-quoted for anything else."""
-    simple = _PLAIN_SAFE.fullmatch(value) and value.lower() not in _YAML_WORDS
-    return value if simple else DoubleQuotedScalarString(value)
-
-
-def _apply_vm(vms: CommentedMap, name: str, fields: Mapping[str, Any]) -> None:
-    entry = vms.get(name)
-    if isinstance(entry, CommentedMap):
-        for key, value in fields.items():
-            _set_key(entry, key, _dq(value))
-        return
-    entry = CommentedMap(public_ip=_dq(""), private_ip=_dq(""))
-    for key in ("state", "last_checked", *fields):
-        if key in fields:
-            entry[key] = _dq(fields[key])
-    _set_key(vms, name, entry)
-
-
-def _apply_state(
-    doc: CommentedMap, vms: Mapping[str, Mapping[str, Any]], phase: str | None
-) -> None:
-    if vms:
-        vm_map = _child_collection(doc, "vm_states", CommentedMap)
-        for name, fields in vms.items():
-            _apply_vm(vm_map, name, fields)
-    if phase is not None:
-        _set_key(doc, "phase", _dq(phase))
-    _set_key(doc, "last_updated", _dq(utc_now_str()))
-
-
-def _event_map(event: Mapping[str, Any]) -> CommentedMap:
-    item = CommentedMap()
-    for key, value in event.items():
-        plain = key != "timestamp" and isinstance(value, str)
-        item[key] = _plain_or_dq(value) if plain else _dq(value)
-    return item
-
-
-def _apply_events(doc: CommentedMap, events: Iterable[Mapping[str, Any]], now: str) -> None:
-    seq = _child_collection(doc, "events", CommentedSeq)
-    for event in events:
-        tail = _detach_tail(seq)
-        seq.append(_event_map(event))
-        _attach_tail(seq, tail)
-    _set_key(doc, "last_updated", _dq(now))
-
-
-def _append_events_text(text: str, events: Iterable[Mapping[str, Any]], now: str) -> str | None:
-    """Append to the text when ``events:`` is the last top-level key, in the sample's layout.
-
-    A round trip costs ~0.5 ms per existing event; this keeps appends cheap as the log grows.
-    Returns None (use the round trip) for any other layout.
-    """
-    head, sep, body = text.rpartition("\nevents:\n")
-    if not sep or not body.startswith("  - ") or not body.endswith("\n"):
-        return None
-    if any(line and not line.startswith("  ") for line in body.splitlines()):
-        return None  # another top-level key or a column-0 comment follows the list
-    head, count = _LAST_UPDATED_LINE.subn(f'last_updated: "{now}"', head)
-    if count != 1:
-        return None
-    out = io.StringIO()
-    _round_trip_yaml().dump(CommentedMap(events=[_event_map(e) for e in events]), out)
-    return head + sep + body + out.getvalue().removeprefix("events:\n")
+        _atomic_write(path, yamledit.dump_text(doc))
 
 
 # --- synchronous API --------------------------------------------------------------------------
@@ -371,7 +231,10 @@ class StateFile(_YamlFile):
         """Merge ``vms`` ({name: {field: value}}) into ``vm_states``, set ``phase``, stamp
         ``last_updated``. Each VM update stamps ``last_checked`` unless given."""
         checked = {name: vm_fields(fields) for name, fields in (vms or {}).items()}
-        self._update(_STATE_TEMPLATE, lambda doc: _apply_state(doc, checked, phase))
+        self._update(
+            _STATE_TEMPLATE,
+            lambda doc: yamledit.apply_state(doc, checked, phase, utc_now_str()),
+        )
 
     def update_vms(self, vms: Mapping[str, Mapping[str, Any]]) -> None:
         self.update(vms)
@@ -394,8 +257,8 @@ class EventsFile(_YamlFile):
         now = utc_now_str()
         self._update(
             _EVENTS_TEMPLATE,
-            lambda doc: _apply_events(doc, items, now),
-            edit_text=lambda text: _append_events_text(text, items, now),
+            lambda doc: yamledit.apply_events(doc, items, now),
+            edit_text=lambda text: yamledit.append_events_text(text, items, now),
         )
 
 

@@ -135,20 +135,23 @@ class DeploymentView:
         log = [("vm_creation_succeeded", (
             f"VM {vm.name} created: public IP {done.public_ip or 'none'}, private IP "
             f"{done.private_ip or 'none'} ({where_and_time(vm, done.duration_seconds)})"))]
-        return Change(self._fields(vm), log + self._ready_log(vm))
+        log += self._ready_log(vm)  # first: it may make the VM ready (and `verified`)
+        return Change(self._fields(vm), log)
 
     def _ssh(self, vm: VMProgress, message: Message) -> Change:
         ssh: SshVerified = message.payload  # type: ignore[assignment]
         vm.ssh_verified = True
         log = [("vm_ssh_verified", f"SSH to {vm.name} verified ({ssh.user}@{ssh.ip}:{ssh.port})")]
-        return Change(self._fields(vm), log + self._ready_log(vm))
+        log += self._ready_log(vm)  # first: it may make the VM ready (and `verified`)
+        return Change(self._fields(vm), log)
 
     def _cloud_init(self, vm: VMProgress, message: Message) -> Change:
         cloud: CloudInitComplete = message.payload  # type: ignore[assignment]
         vm.cloud_init = cloud.result
         action = "vm_cloudinit_failed" if cloud.result == "error" else "vm_cloudinit_complete"
         log = [(action, f"cloud-init on {vm.name}: {cloud.result} ({cloud.detail})")]
-        return Change(self._fields(vm), log + self._ready_log(vm))
+        log += self._ready_log(vm)  # first: it may make the VM ready (and `verified`)
+        return Change(self._fields(vm), log)
 
     def _failed(self, vm: VMProgress, message: Message) -> Change:
         failed: Failed = message.payload  # type: ignore[assignment]
@@ -159,6 +162,14 @@ class DeploymentView:
         vm.state, vm.phase, vm.failed, vm.ready = FAILED, "failed", True, False
         return Change(self._fields(vm), [("vm_creation_failed", (
             f"VM {vm.name} failed after {failed.attempts} attempt(s): {vm.last_error}"))])
+
+    def _dead_letter(self, vm: VMProgress, message: Message) -> Change:
+        # No worker will take this request again: the VM will not come without a rerun.
+        dead: DeadLetter = message.payload  # type: ignore[assignment]
+        vm.state, vm.phase, vm.failed, vm.ready = FAILED, "failed", True, False
+        vm.last_error = f"DeadLettered: {dead.reason}"
+        message_text = f"Request for VM {vm.name} dead-lettered: {dead.reason}"
+        return Change(self._fields(vm), [("vm_request_deadlettered", message_text)])
 
     def _ignore(self, vm: VMProgress, message: Message) -> Change:
         return Change()
@@ -206,6 +217,6 @@ _REDUCERS = {
     CloudInitComplete: DeploymentView._cloud_init,
     Failed: DeploymentView._failed,
     CreateRequest: DeploymentView._ignore,
-    DeadLetter: DeploymentView._ignore,
+    DeadLetter: DeploymentView._dead_letter,
     Cancel: DeploymentView._ignore,
 }

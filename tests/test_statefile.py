@@ -25,6 +25,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import statefile  # noqa: E402
+import yamledit  # noqa: E402
 from statefile import (  # noqa: E402
     EventsFile,
     StateFile,
@@ -436,3 +437,27 @@ def test_any_event_text_reads_back_unchanged(message: str, action: str) -> None:
     expected = {"timestamp": "t", "action": action, "message": message}
     assert YAML(typ="safe", pure=True).load(text)["events"][-1] == expected  # YAML 1.2
     assert yaml.safe_load(text)["events"][-1] == expected  # YAML 1.1 readers too
+
+
+def test_yamledit_refuses_a_non_mapping_and_statefile_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(yamledit.NotAMappingError):
+        yamledit.load_mapping("- a\n- b\n")
+    path = tmp_path / "state.yaml"
+    path.write_text("- a\n")
+    with pytest.raises(StateFileError, match="its top level is not a mapping"):
+        StateFile(path).set_phase("x")
+    assert path.read_text() == "- a\n"
+
+
+@pytest.mark.parametrize("count", [0, 1, 3], ids=["no-events", "one-event", "three-events"])
+def test_yamledit_appends_events_above_trailing_comments_and_keeps_eol_ones(count: int) -> None:
+    text = 'last_updated: "x"\nevents:\n  - a: 1  # eol\n# trailing\n\nz: 2\n'
+    doc = yamledit.load_mapping(text)
+    events = [make_event("go", f"n{i}", timestamp="t") for i in range(count)]
+    yamledit.apply_events(doc, events, "now")
+    added = "".join(
+        f'  - timestamp: "t"\n    action: go\n    message: {e["message"]}\n' for e in events
+    )
+    assert yamledit.dump_text(doc) == (
+        'last_updated: "now"\nevents:\n  - a: 1  # eol\n' + added + "# trailing\n\nz: 2\n"
+    )

@@ -99,3 +99,13 @@ def test_spec_problems_lists_every_problem_at_once():
     for words in ("name must be", "resource_group", "zone '4'", "only allowed with priority",
                   "cannot be read", "max_attempts"):
         assert words in joined
+
+
+def test_a_dead_lettered_request_marks_its_vm_failed():
+    view = DeploymentView("dep", [SPEC])
+    dead = m.DeadLetter(reason="delivered 6 times", subject="vm.create.request", deliveries=6,
+                        excerpt="{}")
+    change = view.apply(event(dead))
+    assert change.vm_fields["state"] == "Failed"
+    assert change.log[0][0] == "vm_request_deadlettered"
+    assert view.finished

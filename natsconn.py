@@ -139,22 +139,28 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         await js.update_stream(config)
 
 
-async def ensure_worker_consumer(js: JetStreamContext) -> None:
-    """The one durable pull consumer that all workers share."""
+async def ensure_worker_consumer(js: JetStreamContext, *, ack_wait: float = ACK_WAIT) -> float:
+    """The one durable pull consumer that all workers share; returns its actual AckWait.
+
+    `ack_wait` applies only when this call creates the consumer (tests shorten it); an
+    existing consumer keeps its own, and workers pace their heartbeats by the returned value.
+    """
     config = ConsumerConfig(
         durable_name=WORKER_CONSUMER,
         ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=ACK_WAIT,
+        ack_wait=ack_wait,
         # Workers count deliveries themselves and dead-letter past their limit, so the
         # server must never silently drop a request.
         max_deliver=-1,
         max_ack_pending=1000,
     )
     try:
-        await js.consumer_info(REQUESTS_STREAM, WORKER_CONSUMER)
+        info = await js.consumer_info(REQUESTS_STREAM, WORKER_CONSUMER)
     except NotFoundError:
-        with contextlib.suppress(BadRequestError):
+        with contextlib.suppress(BadRequestError):  # another worker was quicker
             await js.add_consumer(REQUESTS_STREAM, config)
+        info = await js.consumer_info(REQUESTS_STREAM, WORKER_CONSUMER)
+    return info.config.ack_wait or ack_wait
 
 
 def nats_server_binary() -> str | None:

@@ -32,6 +32,8 @@ from vmspec import VMSpec, spec_problems
 
 Emit = Callable[[Message], Awaitable[None]]
 BACKOFF_CAP = 120.0
+# Base pause between SSH tries; a request with a shorter retry_backoff uses that instead.
+SSH_BACKOFF = 2.0
 
 
 class Outcome(StrEnum):
@@ -117,7 +119,8 @@ async def verify_vm(spec: VMSpec, *, ip: str, az: AzCli, report: Reporter, attem
     if spec.verify_ssh or spec.verify_cloud_init:
         await report.status("verifying", f"checking {ip}", attempt=attempt, spec=spec)
     if spec.verify_ssh:
-        ssh = await check_ssh(spec, ip=ip, private_key=private_key)
+        ssh = await check_ssh(spec, ip=ip, private_key=private_key,
+                              backoff=min(SSH_BACKOFF, spec.retry_backoff))
         if not ssh.ok:
             return AzError("SshFailed", ssh.detail, FailureKind.TRANSIENT)
         await report.send(SshVerified(ip=ip, port=spec.ssh_port, user=spec.effective_ssh_user),
@@ -129,6 +132,49 @@ async def verify_vm(spec: VMSpec, *, ip: str, az: AzCli, report: Reporter, attem
         if not cloud.ok:
             return AzError("CloudInitFailed", cloud.detail, FailureKind.TRANSIENT)
     return None
+
+
+async def report_created(report: Reporter, vm: dict, *, spec: VMSpec, attempt: int,
+                         seconds: float) -> str:
+    """Emit `complete` for a VM as az prints it (create output, show -d or list -d); its IP."""
+    ip = vm.get("publicIps") or vm.get("publicIpAddress") or ""
+    await report.send(Complete(
+        public_ip=ip, private_ip=vm.get("privateIps") or vm.get("privateIpAddress") or "",
+        vm_id=vm.get("id", ""), duration_seconds=round(seconds, 3), zone=spec.zone,
+        size=spec.size,
+    ), attempt=attempt)
+    return ip
+
+
+@dataclass(frozen=True)
+class Retry:
+    spec: VMSpec  # for the next attempt: the zone or size may have moved
+    delay: float  # seconds to wait before it
+
+
+async def after_failure(error: AzError, *, az: AzCli, report: Reporter, spec: VMSpec,
+                        original: VMSpec, attempt: int) -> Retry | None:
+    """Report a failed attempt, remove what it left, plan the next one; None when final."""
+    final = error.kind is FailureKind.PERMANENT or attempt >= spec.max_attempts
+    await report.failed(error, attempt=attempt, final=final, spec=spec)
+    await clean_up(az, report, spec, attempt=attempt)
+    if final:
+        return None
+    spec = next_spec(spec, original, error)
+    delay = backoff_delay(spec, attempt, error)
+    await report.status("retrying", f"{error.code}: attempt {attempt + 1} of "
+                        f"{spec.max_attempts} in {delay:.1f} s", attempt=attempt + 1, spec=spec)
+    return Retry(spec, delay)
+
+
+async def clean_up(az: AzCli, report: Reporter, spec: VMSpec, *, attempt: int) -> None:
+    """Delete a failed attempt's VM and public IP, if the VM exists; waits until gone."""
+    shown = await az.show_vm(spec.resource_group, spec.name)
+    if shown.not_found:
+        return
+    await report.status("deleting", f"deleting {spec.name} and its public IP",
+                        attempt=attempt, spec=spec)
+    await remove_vm(az, spec)
 
 
 def _state(result: AzResult) -> str:
@@ -155,33 +201,41 @@ class Launch:
             error = AzError("InvalidRequest", "; ".join(problems), FailureKind.PERMANENT)
             await self.report.failed(error, attempt=1, final=True, spec=spec)
             return LaunchResult(Outcome.FAILED, 1, error)
+        located = await self._located(spec)
+        if isinstance(located, AzError):
+            await self.report.failed(located, attempt=1, final=True, spec=spec)
+            return LaunchResult(Outcome.FAILED, 1, located)
+        spec = located
         for attempt in range(1, spec.max_attempts + 1):
             error = await self._attempt(spec, attempt)
             if error is None:
                 return LaunchResult(Outcome.READY, attempt)
-            final = error.kind is FailureKind.PERMANENT or attempt == spec.max_attempts
-            await self.report.failed(error, attempt=attempt, final=final, spec=spec)
-            await self._clean_up(spec, attempt)
-            if final:
+            retry = await after_failure(error, az=self.az, report=self.report, spec=spec,
+                                        original=self.original, attempt=attempt)
+            if retry is None:
                 return LaunchResult(Outcome.FAILED, attempt, error)
-            spec = next_spec(spec, self.original, error)
-            delay = backoff_delay(spec, attempt, error)
-            await self.report.status("retrying", f"{error.code}: attempt {attempt + 1} of "
-                                     f"{spec.max_attempts} in {delay:.1f} s", attempt=attempt + 1,
-                                     spec=spec)
-            await asyncio.sleep(delay)
+            spec = retry.spec
+            await asyncio.sleep(retry.delay)
         raise AssertionError("unreachable: the last attempt is final")
+
+    async def _located(self, spec: VMSpec) -> VMSpec | AzError:
+        """A spec without a location takes its resource group's (one `az group show`):
+        az would otherwise look it up on every create."""
+        if spec.location is not None:
+            return spec
+        shown = await self.az.group_show(spec.resource_group)
+        location = shown.data.get("location") if isinstance(shown.data, dict) else None
+        if shown.ok and location:
+            return spec.replace(location=location)
+        return shown.error or AzError("Unknown", f"az group show {spec.resource_group} gave "
+                                      "no location", FailureKind.TRANSIENT)
 
     async def _attempt(self, spec: VMSpec, attempt: int) -> AzError | None:
         vm = await self._create_or_adopt(spec, attempt)
         if isinstance(vm, AzError):
             return vm
-        ip = vm.get("publicIps") or vm.get("publicIpAddress") or ""
-        await self.report.send(Complete(
-            public_ip=ip, private_ip=vm.get("privateIps") or vm.get("privateIpAddress") or "",
-            vm_id=vm.get("id", ""), duration_seconds=round(time.monotonic() - self.started, 3),
-            zone=spec.zone, size=spec.size,
-        ), attempt=attempt)
+        ip = await report_created(self.report, vm, spec=spec, attempt=attempt,
+                                  seconds=time.monotonic() - self.started)
         return await verify_vm(spec, ip=ip, az=self.az, report=self.report, attempt=attempt,
                                private_key=self.private_key)
 
@@ -239,11 +293,3 @@ class Launch:
                 return await self._create(spec, attempt)
         return AzError("Timeout", f"{spec.name} still not provisioned after "
                        f"{spec.create_timeout:g} s", FailureKind.TRANSIENT)
-
-    async def _clean_up(self, spec: VMSpec, attempt: int) -> None:
-        shown = await self.az.show_vm(spec.resource_group, spec.name)
-        if shown.not_found:
-            return
-        await self.report.status("deleting", f"deleting {spec.name} and its public IP",
-                                 attempt=attempt, spec=spec)
-        await remove_vm(self.az, spec)

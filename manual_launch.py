@@ -1,0 +1,93 @@
+"""The manual launch (`vm_launcher.py launch`): one VM, in the foreground, no orchestrator.
+
+The same pipeline as the worker; its events go to the terminal (progress lines or JSON
+lines), to NATS when a server answers (one warning when none does), and to the state
+and events files through the shared reducer when asked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from azcli import AzCli
+from eventbus import NATS_ERRORS, Publisher, progress_line
+from messages import Message, encode, new_event_id
+from natsconn import NatsSettings, NatsUnavailable, connect, ensure_streams
+from pipeline import Launch, Outcome, Reporter
+from statefile import StateWriter
+from vmspec import VMSpec
+from vmstate import DeploymentView
+
+log = logging.getLogger("manual_launch")
+
+# How long one event may wait for NATS before the launch stops publishing.
+PUBLISH_PATIENCE = 5.0
+
+
+def warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
+class _Outputs:
+    """Where each event goes: the terminal, NATS (while it works), the state files."""
+
+    def __init__(self, spec: VMSpec, *, deployment_id: str, json_lines: bool) -> None:
+        self.show: Callable[[Message], str] = (
+            (lambda m: encode(m).decode()) if json_lines else progress_line)
+        self.publisher: Publisher | None = None
+        self.writer: StateWriter | None = None
+        self.view = DeploymentView(deployment_id, [spec])
+
+    async def emit(self, message: Message) -> None:
+        print(self.show(message), flush=True)
+        if self.writer is not None:
+            change = self.view.apply(message)
+            if change is not None:
+                if change.vm_fields:
+                    self.writer.update_vm(message.vm_name, **change.vm_fields)
+                for action, text in change.log:
+                    self.writer.append_event(action, text, event_id=message.event_id)
+        if self.publisher is not None and not await self.publisher.publish(message):
+            warn("NATS stopped answering; continuing without publishing events")
+            self.publisher = None
+
+
+async def _connect(settings: NatsSettings, stack: contextlib.AsyncExitStack) -> Publisher | None:
+    try:
+        nc = await connect(settings)
+    except NatsUnavailable as exc:
+        warn(f"{exc}; continuing without publishing events")
+        return None
+    stack.push_async_callback(nc.close)
+    js = nc.jetstream()
+    try:
+        await ensure_streams(js, replicas=settings.replicas)
+    except NATS_ERRORS as exc:
+        warn(f"NATS has no usable JetStream ({exc}); continuing without publishing events")
+        return None
+    return Publisher(nc, js, give_up_after=PUBLISH_PATIENCE)
+
+
+async def launch(spec: VMSpec, *, deployment_id: str, az: str, private_key: str | None,
+                 nats: NatsSettings | None, json_lines: bool, state_file: str | None,
+                 events_file: str | None) -> int:
+    """Create and verify one VM whose spec passed `spec_problems`. 0 ready, 1 failed."""
+    spec = spec.with_file_contents()
+    outputs = _Outputs(spec, deployment_id=deployment_id, json_lines=json_lines)
+    async with contextlib.AsyncExitStack() as stack:
+        if nats is not None:
+            outputs.publisher = await _connect(nats, stack)
+        if state_file is not None:
+            events = events_file or str(Path(state_file).parent / "deployment-events.yaml")
+            outputs.writer = await stack.enter_async_context(
+                StateWriter(state_file, events, deployment_id=deployment_id))
+        report = Reporter(outputs.emit, deployment_id=deployment_id, vm_name=spec.name,
+                          source=f"manual@{socket.gethostname()}",
+                          id_seed=f"{deployment_id}/{spec.name}/{new_event_id()}")
+        result = await Launch(spec, az=AzCli(az), report=report, private_key=private_key).run()
+    return 0 if result.outcome is Outcome.READY else 1

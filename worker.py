@@ -1,0 +1,398 @@
+"""The NATS worker (`vm_launcher.py serve`): takes create requests from the shared work
+queue and runs the launch pipeline for each, publishing every event it makes.
+
+Many workers on many machines share one durable pull consumer, so each request is done
+once. A request is acknowledged only when finished (ready or finally failed); while it
+runs, in-progress heartbeats keep AckWait away, and a worker that dies lets the request
+go to another worker after AckWait. A request that cannot be read, or that was delivered
+too often, goes to `vm.create.deadletter` with the reason. Custom data never appears in
+logs or events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+from collections import Counter
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
+
+from azcli import AzCli
+from eventbus import NATS_ERRORS, CancelMemory, Publisher, dead_letter, describe
+from messages import (
+    Cancel,
+    CreateRequest,
+    Message,
+    MessageError,
+    Subject,
+    decode,
+)
+from natsconn import (
+    ACK_WAIT,
+    REQUESTS_STREAM,
+    WORKER_CONSUMER,
+    NatsSettings,
+    connect,
+    ensure_streams,
+    ensure_worker_consumer,
+)
+from pipeline import Launch, Outcome, Reporter
+from vmspec import VMSpec
+
+log = logging.getLogger("worker")
+
+SERVICE_NAME = "vm-launcher"
+SERVICE_VERSION = "1.0.0"
+STATUS_SUBJECT = "vm-launcher.status"
+FETCH_WAIT = 1.0  # the longest a stop waits for the fetch in progress
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything `serve` takes; checks itself (ValueError listing every problem)."""
+
+    nats: NatsSettings
+    worker_id: str = field(default_factory=default_worker_id)
+    az: str = "az"
+    concurrency: int = 4
+    ssh_private_key: str | None = None
+    grace: float = 30.0
+    max_deliveries: int = 5
+    ack_wait: float = ACK_WAIT
+
+    def __post_init__(self) -> None:
+        problems = [text for bad, text in (
+            (self.concurrency < 1, "concurrency must be at least 1"),
+            (self.grace < 0, "grace must not be negative"),
+            (self.max_deliveries < 1, "max_deliveries must be at least 1"),
+            (self.ack_wait < 1, "ack_wait must be at least 1 second"),
+            (not self.worker_id, "worker_id must not be empty"),
+        ) if bad]
+        if problems:
+            raise ValueError("Worker settings: " + "; ".join(problems) + ".")
+
+
+@dataclass
+class Job:
+    """One fetched request while this worker holds it."""
+
+    msg: Msg
+    deliveries: int
+    request: Message | None = None
+    report: Reporter | None = None
+    attempt: int = 1
+    launching: bool = False
+    stop_reason: str | None = None  # "cancel" or "shutdown"
+    cancel_detail: str = ""
+
+
+class Worker:
+    """One worker process's NATS side. `async with Worker(settings) as worker:`;
+    `stop()` is graceful and safe to call twice."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.az = AzCli(settings.az)
+        self.counts: Counter[str] = Counter()
+        self.ack_wait = settings.ack_wait
+        self.cancels = CancelMemory()
+        self._jobs: dict[asyncio.Task[None], Job] = {}
+        self._nc: Client | None = None
+        self._publisher: Publisher | None = None
+        self._service: Service | None = None
+        self._fetcher: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._stopped = False
+        self._hurry = asyncio.Event()
+
+    @property
+    def worker_id(self) -> str:
+        return self.settings.worker_id
+
+    def stats(self) -> dict[str, object]:
+        return {"worker_id": self.worker_id, "in_flight": len(self._jobs),
+                "completed": self.counts["completed"], "failed": self.counts["failed"],
+                "cancelled": self.counts["cancelled"],
+                "dead_lettered": self.counts["dead_lettered"],
+                "concurrency": self.settings.concurrency}
+
+    async def __aenter__(self) -> Worker:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Connect, create streams and the shared consumer if missing, start fetching."""
+        self._nc = nc = await connect(
+            self.settings.nats, disconnected_cb=self._on_disconnect,
+            reconnected_cb=self._on_reconnect)
+        js = nc.jetstream()
+        await ensure_streams(js, replicas=self.settings.nats.replicas)
+        self.ack_wait = await ensure_worker_consumer(js, ack_wait=self.settings.ack_wait)
+        subscription = await js.pull_subscribe_bind(durable=WORKER_CONSUMER,
+                                                    stream=REQUESTS_STREAM)
+        self._publisher = Publisher(nc, js)
+        await nc.subscribe(Subject.CANCEL.value, cb=self._on_cancel)
+        self._service = await add_service(
+            nc, name=SERVICE_NAME, version=SERVICE_VERSION,
+            description="Creates and verifies Azure VMs from vm.create.request",
+            metadata={"worker_id": self.worker_id}, stats_handler=lambda _: self.stats())
+        await self._service.add_endpoint(name="status", subject=STATUS_SUBJECT,
+                                         handler=self._on_status)
+        self._fetcher = asyncio.create_task(self._fetch_loop(subscription), name="fetcher")
+        log.info("worker %s serving %s (concurrency %d, ack wait %g s)", self.worker_id,
+                 Subject.REQUEST.value, self.settings.concurrency, self.ack_wait)
+
+    async def stop(self) -> None:
+        """Fetch nothing more; let work finish within the grace period, then cancel the
+        rest (their az trees are killed) and nak their requests for another worker."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stopping.set()
+        self._slot_free.set()
+        if self._fetcher is not None:
+            await asyncio.gather(self._fetcher, return_exceptions=True)
+        if self._jobs:
+            log.info("stopping: waiting up to %g s for %d request(s)", self.settings.grace,
+                     len(self._jobs))
+            finished = asyncio.ensure_future(asyncio.wait(list(self._jobs)))
+            hurry = asyncio.ensure_future(self._hurry.wait())
+            await asyncio.wait([finished, hurry], timeout=self.settings.grace,
+                               return_when=asyncio.FIRST_COMPLETED)
+            finished.cancel()
+            hurry.cancel()
+        await self._cancel_all()
+        if self._service is not None:
+            with contextlib.suppress(*NATS_ERRORS):
+                await self._service.stop()
+        if self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(*NATS_ERRORS):
+                await self._nc.flush(timeout=2)
+            await self._nc.close()
+        log.info("worker %s stopped (%s)", self.worker_id, json.dumps(self.stats()))
+
+    def hurry(self) -> None:
+        """End the grace period of a stop now (a second SIGTERM/SIGINT)."""
+        self._hurry.set()
+
+    async def _cancel_all(self) -> None:
+        left = dict(self._jobs)
+        for task, job in left.items():
+            job.stop_reason = job.stop_reason or "shutdown"
+            task.cancel()
+        if left:
+            log.info("stopping: released %d unfinished request(s)", len(left))
+            await asyncio.gather(*left, return_exceptions=True)
+
+    # --- fetching ------------------------------------------------------------------------
+
+    async def _fetch_loop(self, subscription: JetStreamContext.PullSubscription) -> None:
+        while not self._stopping.is_set():
+            if len(self._jobs) >= self.settings.concurrency:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            try:
+                (msg,) = await subscription.fetch(1, timeout=FETCH_WAIT)
+            except TimeoutError:
+                continue  # nothing to do (or NATS is away: the client reconnects)
+            except Exception as exc:  # keep serving whatever happens
+                log.warning("fetching requests failed (%r); trying again", exc)
+                await asyncio.sleep(FETCH_WAIT)
+                continue
+            if self._stopping.is_set():  # fetched while stopping: give it back at once
+                await self._settle(msg, "nak")
+                continue
+            held = self._held(msg)
+            if held is not None:  # AckWait passed while NATS was away: keep the work going
+                held.msg = msg  # and ack this newer delivery when done
+                log.info("request %s came back while in flight here; continuing it",
+                         msg.metadata.sequence.stream)
+                continue
+            job = Job(msg=msg, deliveries=msg.metadata.num_delivered)
+            task = asyncio.create_task(self._handle(job), name=f"request-{id(msg)}")
+            self._jobs[task] = job
+            task.add_done_callback(self._job_done)
+
+    def _held(self, msg: Msg) -> Job | None:
+        seq = msg.metadata.sequence.stream
+        return next((j for j in self._jobs.values()
+                     if j.msg.metadata.sequence.stream == seq), None)
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._jobs.pop(task, None)
+        self._slot_free.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("request handler failed", exc_info=task.exception())
+
+    async def _handle(self, job: Job) -> None:
+        try:
+            await self._process(job)
+        except asyncio.CancelledError:
+            if job.stop_reason != "shutdown":
+                raise
+            await self._settle(job.msg, "nak")  # another worker (or a restart) takes it
+
+    async def _process(self, job: Job) -> None:
+        try:
+            request = decode(job.msg.data)
+            if not isinstance(request.payload, CreateRequest):
+                raise MessageError(f"expected a {Subject.REQUEST.value} message, got "
+                                   f"{request.type.value}", field="type")
+        except MessageError as exc:
+            await self._dead_letter(job, f"unreadable request: {exc}")
+            return
+        job.request = request
+        job.report = Reporter(self._emitter(job), deployment_id=request.deployment_id,
+                              vm_name=request.payload.spec.name, source=self.worker_id,
+                              id_seed=f"{request.event_id}/{job.deliveries}")
+        if job.deliveries > self.settings.max_deliveries:
+            await self._dead_letter(job, f"delivered {job.deliveries} times, more than the "
+                                    f"limit of {self.settings.max_deliveries}", request)
+        elif (reason := self.cancels.match(request)) is not None:
+            job.cancel_detail = reason
+            await self._finish_cancelled(job)
+        else:
+            await self._launch(job, request.payload.spec)
+
+    async def _launch(self, job: Job, spec: VMSpec) -> None:
+        assert job.report is not None
+        launch = Launch(spec, az=self.az, report=job.report,
+                        private_key=self.settings.ssh_private_key)
+        heartbeat = asyncio.create_task(self._heartbeat(job))
+        job.launching = True
+        try:
+            result = await launch.run()
+        except asyncio.CancelledError:
+            if job.stop_reason != "cancel":
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            await self._finish_cancelled(job)
+            return
+        except Exception:
+            log.exception("launch of %s crashed; releasing the request", spec.name)
+            await self._settle(job.msg, "nak", delay=self.ack_wait / 3)
+            return
+        finally:
+            job.launching = False
+            heartbeat.cancel()
+        self.counts["completed" if result.outcome is Outcome.READY else "failed"] += 1
+        await self._settle(job.msg, "ack")
+
+    async def _finish_cancelled(self, job: Job) -> None:
+        assert job.report is not None
+        await job.report.status("cancelled", f"cancelled: {job.cancel_detail}",
+                                attempt=job.attempt)
+        self.counts["cancelled"] += 1
+        await self._settle(job.msg, "term")
+
+    async def _dead_letter(self, job: Job, reason: str, request: Message | None = None) -> None:
+        await self._emitter(job)(dead_letter(
+            job.msg.data, reason=reason, request=request, deliveries=job.deliveries,
+            source=self.worker_id, seq=job.msg.metadata.sequence.stream))
+        self.counts["dead_lettered"] += 1
+        await self._settle(job.msg, "term")
+
+    def _emitter(self, job: Job):
+        async def emit(message: Message) -> None:
+            job.attempt = max(job.attempt, message.attempt)
+            label, detail = describe(message)
+            log.info("%s/%s %s: %s%s", message.deployment_id, message.vm_name or "-", label,
+                     detail, f" [attempt {message.attempt}]" if message.attempt else "")
+            assert self._publisher is not None
+            await self._publisher.publish(message)
+        return emit
+
+    async def _heartbeat(self, job: Job) -> None:
+        while True:
+            await asyncio.sleep(self.ack_wait / 3)
+            with contextlib.suppress(*NATS_ERRORS):
+                await job.msg.in_progress()
+
+    async def _settle(self, msg: Msg, how: str, **kwargs: float) -> None:
+        """ack / nak / term, flushed; if NATS is away the request comes back after AckWait."""
+        try:
+            await getattr(msg, how)(**kwargs)
+            assert self._nc is not None
+            await self._nc.flush(timeout=5)
+        except NATS_ERRORS as exc:
+            log.warning("could not %s request (%s); it returns after AckWait", how,
+                        type(exc).__name__)
+
+    # --- cancels, status, connection -----------------------------------------------------
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            cancel = decode(msg.data)
+        except MessageError as exc:
+            log.warning("ignoring unreadable cancel: %s", exc)
+            return
+        if not isinstance(cancel.payload, Cancel):
+            return
+        self.cancels.add(cancel)
+        for task, job in list(self._jobs.items()):
+            if not job.launching or job.stop_reason is not None or job.request is None:
+                continue  # not started yet (it checks the memory) or already finishing
+            reason = self.cancels.match(job.request, cancel)
+            if reason is not None:
+                job.stop_reason, job.cancel_detail = "cancel", reason
+                task.cancel()
+
+    async def _on_status(self, request: Request) -> None:
+        await request.respond(json.dumps(self.stats()).encode())
+
+    async def _on_disconnect(self) -> None:
+        if not self._stopped:
+            log.warning("NATS connection lost; reconnecting (work in flight continues)")
+
+    async def _on_reconnect(self) -> None:
+        log.warning("NATS reconnected")
+
+
+async def serve(settings: WorkerSettings) -> int:
+    """Run a worker until SIGTERM/SIGINT (a second one ends the grace period at once).
+    0 after a graceful stop, 3 if it cannot start."""
+    if shutil.which(settings.az) is None:
+        log.error("cannot serve: the az executable %r was not found", settings.az)
+        return 3
+    stop = asyncio.Event()
+    worker = Worker(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: worker.hurry() if stop.is_set() else stop.set())
+    try:
+        await worker.start()
+    except Exception as exc:  # NatsUnavailable, no JetStream, not authorised, ...
+        log.error("cannot serve: %s", exc or type(exc).__name__)
+        await worker.stop()
+        return 3
+    try:
+        await stop.wait()
+        log.info("stop requested; fetching nothing more")
+    finally:
+        await worker.stop()
+    return 0

@@ -327,9 +327,6 @@ def die_with_parent(parent: int) -> Callable[[], None]:
     return preexec
 
 
-_die_with_parent = die_with_parent  # the name embedded.py imports
-
-
 def terminate_tree(pid: int, *, grace: float, create_time: float | None = None) -> None:
     """SIGTERM a process and its descendants, SIGKILL what survives `grace` seconds. With
     `create_time`, a different process now holding `pid` (PID reuse) is left alone. Never

@@ -240,14 +240,16 @@ def draft_from_env(env: Mapping[str, str] | None = None, *, cwd: Path) -> PlanDr
     draft.defaults = {**LEGACY_FIXED, **{k: v for k, v in optional.items() if v}}
     if minutes:
         draft.deadline = minutes * 60
-    cloud_init_dir = env.get("CLOUD_INIT_DIR")
-    for host in hosts:
-        entry: dict[str, Any] = {"name": host}
-        if zone := env.get(f"VM_ZONE_{host_key(host)}"):
-            entry["zone"] = zone
-        if size := env.get(f"VM_SIZE_{host_key(host)}") or _host_size(env, host):
-            entry["size"] = size
-        if cloud_init_dir:
-            entry["custom_data"] = cloud_init_path(Path(cloud_init_dir), host, cwd)
-        draft.entries.append(entry)
+    draft.entries = [_env_entry(env, host, cwd) for host in hosts]
     return draft
+
+
+def _env_entry(env: Mapping[str, str], host: str, cwd: Path) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": host}
+    if zone := env.get(f"VM_ZONE_{host_key(host)}"):
+        entry["zone"] = zone
+    if size := env.get(f"VM_SIZE_{host_key(host)}") or _host_size(env, host):
+        entry["size"] = size
+    if cloud_init_dir := env.get("CLOUD_INIT_DIR"):
+        entry["custom_data"] = cloud_init_path(Path(cloud_init_dir), host, cwd)
+    return entry

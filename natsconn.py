@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import shutil
 import ssl
 import sys
@@ -31,6 +32,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
+from azcli import die_with_parent
 from messages import EVENT_SUBJECTS, Subject
 
 log = logging.getLogger("natsconn")
@@ -196,6 +198,9 @@ class EmbeddedNats:
             "-l", str(log_file),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+            # Own session: a Ctrl-C reaches only its owner, which stops it in order; and it
+            # dies with its owner, even on SIGKILL.
+            preexec_fn=die_with_parent(os.getpid()),
         )
         self.url = await self._wait_for_port(ports_dir, timeout)
         return self

@@ -211,9 +211,12 @@ class _YamlFile:
         template: str,
         mutate: Callable[[Any], None],
         edit_text: Callable[[str], str | None] | None = None,
+        *,
+        created: str | None = None,
     ) -> None:
         def initial() -> str:
-            return template.format(ts=utc_now_str(), id=json.dumps(self.deployment_id or ""))
+            ts = min(created or utc_now_str(), utc_now_str())
+            return template.format(ts=ts, id=json.dumps(self.deployment_id or ""))
 
         _update_file(self.path, initial, mutate, edit_text=edit_text)
         self.rewrites += 1
@@ -259,6 +262,8 @@ class EventsFile(_YamlFile):
             _EVENTS_TEMPLATE,
             lambda doc: yamledit.apply_events(doc, items, now),
             edit_text=lambda text: yamledit.append_events_text(text, items, now),
+            # A new file's first event must not be later than the events queued before it.
+            created=min(item["timestamp"] for item in items),
         )
 
 

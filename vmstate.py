@@ -100,6 +100,12 @@ class DeploymentView:
 
     def _status(self, vm: VMProgress, message: Message) -> Change:
         status: Status = message.payload  # type: ignore[assignment]
+        if vm.finished:  # e.g. the clean-up after a final failure: logged, state kept
+            vm.detail = status.detail
+            if status.state == "deleting":
+                return Change(log=[("vm_deletion_started",
+                                    f"Deleting VM: {vm.name} ({status.detail})")])
+            return Change()
         vm.phase, vm.detail = status.state, status.detail
         vm.zone, vm.size = status.zone or vm.zone, status.size or vm.size
         where = _where(vm)
@@ -122,9 +128,10 @@ class DeploymentView:
             return Change(self._fields(vm), [("vm_creation_retry",
                                               f"Retrying VM {vm.name}: {status.detail}")])
         if status.state == "cancelled":
-            vm.state, vm.failed, vm.last_error = FAILED, True, f"cancelled: {status.detail}"
+            detail = status.detail.removeprefix("cancelled: ")
+            vm.state, vm.failed, vm.last_error = FAILED, True, f"cancelled: {detail}"
             return Change(self._fields(vm), [("vm_creation_cancelled",
-                                              f"VM {vm.name} cancelled: {status.detail}")])
+                                              f"VM {vm.name} cancelled: {detail}")])
         return Change()
 
     def _complete(self, vm: VMProgress, message: Message) -> Change:

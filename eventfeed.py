@@ -1,0 +1,182 @@
+"""The orchestrator's side of the bus: requests and cancels out, a deployment's events in.
+
+A request's `Nats-Msg-Id` is `<deployment>/<vm>/<generation>`: a rerun that publishes the
+same generation again within the stream's duplicate window is dropped by the server, so
+resuming never doubles work (and a worker looks before it creates, so a re-delivery after
+the window is safe too). The events are read through an ephemeral pull consumer that
+starts at a time; after any trouble (NATS away, consumer gone with a restarted server) it
+is re-created from the next stream sequence, so no event is missed or read twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from messages import (
+    EVENT_SUBJECTS,
+    Cancel,
+    CreateRequest,
+    Message,
+    MessageError,
+    Subject,
+    decode,
+    encode,
+)
+from natsconn import EVENTS_STREAM
+from vmspec import VMSpec
+
+log = logging.getLogger("eventfeed")
+
+SOURCE = "orchestrator"
+FETCH_BATCH = 200
+FETCH_WAIT = 0.5
+
+
+def request_id(deployment_id: str, vm_name: str, generation: int) -> str:
+    return f"{deployment_id}/{vm_name}/{generation}"
+
+
+async def publish_request(js: JetStreamContext, spec: VMSpec, *, deployment_id: str,
+                          generation: int) -> int:
+    """Publish one create request (custom data as content); the stream sequence it got
+    (the original's, when the server dropped it as a duplicate)."""
+    message = Message(deployment_id=deployment_id, vm_name=spec.name, source=SOURCE,
+                      payload=CreateRequest(spec=spec.with_file_contents()))
+    ack = await js.publish(Subject.REQUEST.value, encode(message), timeout=5.0, headers={
+        "Nats-Msg-Id": request_id(deployment_id, spec.name, generation)})
+    return ack.seq
+
+
+async def publish_cancel(js: JetStreamContext, *, deployment_id: str, vm_name: str,
+                         reason: str) -> Message:
+    """`vm.create.cancel` for one VM (or the whole deployment with an empty name)."""
+    message = Message(deployment_id=deployment_id, vm_name=vm_name, source=SOURCE,
+                      payload=Cancel(reason=reason))
+    await js.publish(Subject.CANCEL.value, encode(message), timeout=5.0,
+                     headers={"Nats-Msg-Id": message.event_id})
+    return message
+
+
+class EventFeed:
+    """Delivers the events stream's messages from `start` (optionally one deployment's) to
+    `deliver`, in stream order, until cancelled. `caught_up` is set once nothing more is
+    pending; `last_seq` is the stream sequence of the last message read."""
+
+    def __init__(self, js: JetStreamContext, deliver: Callable[[Message], Awaitable[None]], *,
+                 start: datetime | None, deployment_id: str | None = None) -> None:
+        self.js = js
+        self.deliver = deliver
+        self.start = start
+        self.deployment_id = deployment_id
+        self.last_seq = 0
+        self.caught_up = asyncio.Event()
+        self._consumer: str | None = None
+        self._stopping = False
+
+    def _config(self) -> ConsumerConfig:
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.NONE, inactive_threshold=60.0, mem_storage=True,
+            num_replicas=1, filter_subjects=[s.value for s in EVENT_SUBJECTS])
+        if self.last_seq:
+            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = self.last_seq + 1
+        elif self.start is not None:
+            config.deliver_policy = DeliverPolicy.BY_START_TIME
+            config.opt_start_time = self.start
+        else:
+            config.deliver_policy = DeliverPolicy.ALL
+        return config
+
+    async def run(self) -> None:
+        try:
+            while not self._stopping:
+                try:
+                    await self._read()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # NATS away, consumer lost: start again after it
+                    log.debug("event feed interrupted (%r); resuming after seq %d", exc,
+                              self.last_seq)
+                    await asyncio.sleep(FETCH_WAIT)
+        finally:
+            await self._forget()
+
+    async def _read(self) -> None:
+        info = await self.js.add_consumer(EVENTS_STREAM, self._config())
+        self._consumer = info.name
+        if info.num_pending == 0:
+            self.caught_up.set()
+        sub = await self.js.pull_subscribe_bind(consumer=info.name, stream=EVENTS_STREAM)
+        try:
+            while not self._stopping:
+                try:
+                    batch = await sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT)
+                except TimeoutError:
+                    self.caught_up.set()
+                    continue
+                for msg in batch:
+                    meta = msg.metadata
+                    if meta.sequence.stream <= self.last_seq:
+                        continue
+                    self.last_seq = meta.sequence.stream
+                    await self._deliver(msg.data)
+                    if meta.num_pending == 0:
+                        self.caught_up.set()
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        """End `task` (running `run`) for sure. A flag as well as a cancel: in Python 3.11 a
+        cancel that races with a fetch's own timeout can surface as a plain timeout."""
+        self._stopping = True
+        for _ in range(3):
+            if task.done():
+                break
+            task.cancel()
+            await asyncio.wait({task}, timeout=4 * FETCH_WAIT)
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.debug("event feed ended with %r", task.exception())
+
+    async def _deliver(self, data: bytes) -> None:
+        try:
+            message = decode(data)
+        except MessageError as exc:
+            log.debug("skipping an unreadable event: %s", exc)
+            return
+        if self.deployment_id is not None and message.deployment_id != self.deployment_id:
+            return
+        # The server's start time is the time a message was stored; ours is the event's.
+        if self.start is not None and _when(message.time) < self.start:
+            return
+        await self.deliver(message)
+
+    async def _forget(self) -> None:
+        name, self._consumer = self._consumer, None
+        if name is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.js.delete_consumer(EVENTS_STREAM, name), 1.0)
+
+
+def _when(iso: str) -> datetime:
+    return datetime.fromisoformat(iso)
+
+
+async def close_quietly(nc: Client, *, patience: float = 3.0) -> None:
+    """Close a NATS client without ever hanging or raising (the server may be gone)."""
+    if nc.is_closed:
+        return
+    closing = asyncio.create_task(nc.close())
+    await asyncio.wait({closing}, timeout=patience)
+    if not closing.done():
+        closing.cancel()
+    elif not closing.cancelled() and closing.exception() is not None:
+        log.debug("closing NATS: %r", closing.exception())

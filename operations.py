@@ -1,0 +1,263 @@
+"""The orchestrator's other commands: `status`, `reset` and `events`.
+
+`status` reads the state file (and with `--live` asks Azure once and the workers through
+their micro-service stats); `reset` deletes the plan's VMs and their public IPs in
+parallel and records it; `events` prints the audit trail from the events stream, from a
+NATS URL, or from the embedded server's store under the state directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import signal
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+from nats.aio.client import Client
+
+from azcli import AzCli
+from display import format_table
+from eventbus import NATS_ERRORS, describe
+from eventfeed import EventFeed, close_quietly
+from messages import Message, encode
+from natsconn import EmbeddedNats, NatsSettings, NatsUnavailable, connect, ensure_streams
+from plan import Plan
+from statefile import StateFileError, StateWriter, read_state
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_RUN = 0, 1, 2, 3
+STATS_SUBJECT = "$SRV.STATS.vm-launcher"
+STATS_WAIT = 0.5
+RESET_TIMEOUT = 300.0  # the legacy reset waits up to 5 minutes
+RESET_CONCURRENCY = 10
+
+
+def _print(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# --- status -----------------------------------------------------------------------------------
+
+async def status(*, state_file: Path, json_out: bool, live: bool, resource_group: str | None,
+                 az: str | None, nats: NatsSettings | None) -> int:
+    try:
+        state = read_state(state_file)
+    except StateFileError as exc:
+        _err(f"error: {exc}")
+        return EXIT_CANNOT_RUN
+    if not state:
+        _err(f"error: no state file at {state_file}")
+        return EXIT_CANNOT_RUN
+    vms: dict[str, Any] = state.get("vm_states") or {}
+    group = resource_group or (state.get("config") or {}).get("resource_group")
+    azure: dict[str, dict[str, Any]] | None = None
+    workers: list[dict[str, Any]] | None = None
+    if live:
+        if not group:
+            _err("error: --live needs --resource-group (the state file names none)")
+            return EXIT_BAD_INPUT
+        azure = await _azure_view(AzCli(az), group)
+        if nats is None and (url := running_embedded_url(state_file.parent / "nats")):
+            nats = NatsSettings(servers=[url], name="vm-launch-status")  # a deploy running
+        workers = await _worker_stats(nats) if nats else None
+    if json_out:
+        _print(json.dumps({"deployment_id": state.get("deployment_id"), "phase":
+                           state.get("phase"), "last_updated": state.get("last_updated"),
+                           "vm_states": vms, "azure": azure, "workers": workers}, indent=2,
+                          default=str))
+        return EXIT_OK
+    _print_state(state, vms, azure)
+    if live:
+        _print_workers(workers, nats)
+    return EXIT_OK
+
+
+def _print_state(state: dict[str, Any], vms: dict[str, Any],
+                 azure: dict[str, dict[str, Any]] | None) -> None:
+    _print(f"deployment {state.get('deployment_id')}  phase {state.get('phase')}  "
+           f"updated {state.get('last_updated')}")
+    header = ("VM", "STATE", "PUBLIC IP", "PRIVATE IP", "ATTEMPT", "LAST CHECKED", "ERROR")
+    rows = [[name, e.get("state", ""), e.get("public_ip") or "-", e.get("private_ip") or "-",
+             str(e.get("attempt", "-")), e.get("last_checked", ""), e.get("last_error") or ""]
+            for name, e in vms.items() if isinstance(e, dict)]
+    if azure is not None:
+        header += ("AZURE",)
+        rows = [[*r, azure.get(r[0], {}).get("provisioningState", "absent")] for r in rows]
+    for line in format_table(rows, header=header):
+        _print(line)
+
+
+async def _azure_view(az: AzCli, group: str) -> dict[str, dict[str, Any]]:
+    result = await az.list_vms(group)
+    if not result.ok or not isinstance(result.data, list):
+        _err(f"warning: az vm list failed: {result.error.message if result.error else '?'}")
+        return {}
+    return {vm["name"]: vm for vm in result.data if isinstance(vm, dict) and "name" in vm}
+
+
+async def _worker_stats(settings: NatsSettings) -> list[dict[str, Any]] | None:
+    """Every vm-launcher's micro-service stats (one request, answers for STATS_WAIT s)."""
+    try:
+        nc = await connect(settings)
+    except NatsUnavailable as exc:
+        _err(f"warning: {exc}; no worker stats")
+        return None
+    answers: list[dict[str, Any]] = []
+    try:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        await nc.publish(STATS_SUBJECT, b"", reply=inbox)
+        with contextlib.suppress(TimeoutError, *NATS_ERRORS):
+            loop = asyncio.get_running_loop()
+            end = loop.time() + STATS_WAIT
+            while (left := end - loop.time()) > 0:
+                msg = await sub.next_msg(timeout=left)
+                with contextlib.suppress(ValueError):
+                    answers.append(json.loads(msg.data))
+    finally:
+        await nc.close()
+    return answers
+
+
+def _print_workers(workers: list[dict[str, Any]] | None, nats: NatsSettings | None) -> None:
+    if nats is None:
+        _print("workers: no NATS URL given (--nats-url) and no deploy running; not asked")
+        return
+    if not workers:
+        _print("workers: none answered")
+        return
+    rows = []
+    for answer in workers:
+        data = next((e.get("data") for e in answer.get("endpoints", []) if e.get("data")), {})
+        rows.append([str(data.get("worker_id") or answer.get("id")),
+                     *(str(data.get(k, "-")) for k in ("in_flight", "completed", "failed",
+                                                       "cancelled"))])
+    for line in format_table(rows, header=("WORKER", "IN FLIGHT", "COMPLETED", "FAILED",
+                                           "CANCELLED")):
+        _print(line)
+
+
+# --- reset ------------------------------------------------------------------------------------
+
+async def reset(plan: Plan, *, az: str | None, state_file: Path, events_file: Path) -> int:
+    """Delete the plan's VMs (NIC and disk go with them) and their public IPs, in parallel.
+
+    0 when every VM is gone, 1 otherwise."""
+    cli = AzCli(az)
+    limit = asyncio.Semaphore(RESET_CONCURRENCY)
+    async with StateWriter(state_file, events_file, deployment_id=plan.deployment_id) as writer:
+
+        async def delete(name: str) -> bool:
+            async with limit:
+                writer.update_vm(name, state="Deleting")
+                writer.append_event("vm_reset_deletion", f"Deleting VM: {name} (reset)")
+                _print(f"deleting {name}")
+                gone = await cli.delete_vm(plan.resource_group, name, timeout=RESET_TIMEOUT)
+                if gone.ok:
+                    await cli.delete_public_ip(plan.resource_group, name)
+                    writer.update_vm(name, state="Deleted", public_ip="", private_ip="",
+                                     verified=False)
+                    _print(f"deleted {name}")
+                    return True
+                error = gone.error.message if gone.error else "unknown error"
+                writer.update_vm(name, last_error=f"reset: {error}")
+                _err(f"error: could not delete {name}: {error}")
+                return False
+
+        results = await asyncio.gather(*(delete(vm.name) for vm in plan.vms))
+        left = await _azure_view(cli, plan.resource_group)
+        still = [vm.name for vm in plan.vms if vm.name in left]
+        writer.append_event("vm_reset_complete", f"Reset: {sum(results)} of {len(plan.vms)} "
+                            "VMs deleted" + (f"; still present: {', '.join(still)}"
+                                             if still else ""))
+    return EXIT_OK if all(results) and not still else EXIT_FAILED
+
+
+# --- events -----------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+
+
+def parse_since(text: str) -> datetime:
+    """`90s`, `10m`, `2h`, `1d` ago, or an ISO-8601 time (UTC unless it says otherwise)."""
+    match = _DURATION.match(text.strip())
+    if match:
+        seconds = float(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+        return datetime.now(UTC) - timedelta(seconds=seconds)
+    when = datetime.fromisoformat(text.strip())
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def running_embedded_url(store: Path) -> str | None:
+    """The URL of a live embedded server on this store (a deploy in progress), if any."""
+    for ports in (store / "ports").glob("*.ports"):
+        pid = ports.stem.rsplit("_", 1)[-1]
+        with contextlib.suppress(ValueError, OSError, KeyError, IndexError, psutil.Error):
+            if psutil.Process(int(pid)).name().startswith("nats-server"):
+                return json.loads(ports.read_text())["nats"][0]
+    return None
+
+
+def event_line(message: Message) -> str:
+    label, detail = describe(message)
+    attempt = f" [attempt {message.attempt}]" if message.attempt else ""
+    return (f"{message.time} {message.deployment_id}/{message.vm_name or '-'} {label:<10} "
+            f"{detail}{attempt} ({message.source or '?'})")
+
+
+async def _embedded_settings(stack: contextlib.AsyncExitStack,
+                             store: Path) -> NatsSettings | None:
+    """The running deploy's embedded server, else one started on its store, else None."""
+    url = running_embedded_url(store)
+    if url is None:
+        if not (store / "jetstream").is_dir():
+            return None
+        url = (await stack.enter_async_context(EmbeddedNats(store))).url
+    return NatsSettings(servers=[url], name="vm-launch-events")
+
+
+async def events(*, nats: NatsSettings | None, store: Path, deployment_id: str | None,
+                 vms: tuple[str, ...], since: datetime | None, follow: bool,
+                 json_out: bool) -> int:
+    """Print the audit trail; without `follow`, stop once caught up."""
+    async with contextlib.AsyncExitStack() as stack:
+        nats = nats or await _embedded_settings(stack, store)
+        if nats is None:
+            _err(f"error: no --nats-url and no embedded store at {store}")
+            return EXIT_CANNOT_RUN
+        try:
+            nc: Client = await connect(nats)
+        except NatsUnavailable as exc:
+            _err(f"error: {exc}")
+            return EXIT_CANNOT_RUN
+        stack.push_async_callback(close_quietly, nc)
+        await ensure_streams(nc.jetstream(), replicas=nats.replicas)
+
+        async def show(message: Message) -> None:
+            if not vms or message.vm_name in vms:
+                _print(encode(message).decode() if json_out else event_line(message))
+
+        feed = EventFeed(nc.jetstream(), show, start=since, deployment_id=deployment_id)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        reader = asyncio.create_task(feed.run())
+        waiter = asyncio.create_task(stop.wait() if follow else feed.caught_up.wait())
+        try:
+            await asyncio.wait([reader, waiter], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            await feed.stop(reader)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+    return EXIT_OK

@@ -1,0 +1,142 @@
+"""Where every event of a deployment goes: the reducer, the state files, the display.
+
+The NATS path and the legacy poller both hand their events to `Tracker.sink`. On a rerun
+the events stream is read again from when each unfinished VM was requested: an event the
+events file already holds (same `event_id`) rebuilds the progress but is not written
+twice; events that arrived while the orchestrator was away are written now. `decide`
+is the resume rule: which VMs are done, in flight (same request generation), or new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from display import Display
+from messages import Failed, Message, utc_now_ms
+from plan import Plan
+from statefile import StateWriter
+from vmstate import SUCCEEDED, DeploymentView
+
+# Events of a request may carry a worker's clock a little behind ours.
+CLOCK_SKEW = 2.0
+IN_FLIGHT_STATES = ("Creating", "Deleting", "Succeeded")
+
+
+def epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """One VM to launch: its request generation and since when its events count."""
+
+    generation: int
+    requested_at: str  # UTC ISO-8601 with milliseconds
+    fresh: bool  # a new generation (False: resuming one in flight)
+
+
+def decide(plan: Plan, vm_states: Mapping[str, Any],
+           azure: Mapping[str, str]) -> tuple[list[str], dict[str, Ticket]]:
+    """(VMs already done, tickets for the rest) from the state file and one `az vm list`.
+
+    Done: the file says Succeeded and verified, and Azure says Succeeded. In flight: the
+    file has a generation we requested and says Creating/Deleting, or Succeeded but not
+    yet verified.
+    Anything else (absent, Failed, Deleted, gone from Azure) gets the next generation.
+    """
+    done, tickets = [], {}
+    now = utc_now_ms()
+    for name in plan.names:
+        entry = vm_states.get(name)
+        entry = entry if isinstance(entry, Mapping) else {}
+        generation = entry.get("generation")
+        generation = generation if isinstance(generation, int) else 0
+        state, requested = entry.get("state"), entry.get("requested_at")
+        verified = state == SUCCEEDED and entry.get("verified") is True
+        if verified and azure.get(name) == SUCCEEDED:
+            done.append(name)
+        elif generation and state in IN_FLIGHT_STATES and not verified and _is_time(requested):
+            tickets[name] = Ticket(generation, requested, fresh=False)
+        else:
+            tickets[name] = Ticket(generation + 1, now, fresh=True)
+    return done, tickets
+
+
+def _is_time(value: Any) -> bool:
+    try:
+        epoch(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+class Tracker:
+    """Folds events into the view and writes what changes; `changed` is set on each."""
+
+    def __init__(self, plan: Plan, *, writer: StateWriter, display: Display,
+                 written: set[str]) -> None:
+        self.plan = plan
+        self.view = DeploymentView(plan.deployment_id, plan.vms)
+        self.writer = writer
+        self.display = display
+        self.written = written
+        self.since: dict[str, float] = {}
+        self.changed = asyncio.Event()
+
+    def mark_done(self, name: str, entry: Mapping[str, Any]) -> None:
+        """A VM finished by an earlier run: ready, and deaf to old events."""
+        vm = self.view.vms[name]
+        vm.state, vm.phase, vm.ready = SUCCEEDED, "ready", True
+        vm.public_ip = str(entry.get("public_ip") or "")
+        vm.private_ip = str(entry.get("private_ip") or "")
+        vm.detail = "ready (earlier run)"
+        self.since[name] = float("inf")
+
+    def launch(self, name: str, ticket: Ticket) -> None:
+        """Count events from the request time on; a new generation starts a clean entry."""
+        self.since[name] = epoch(ticket.requested_at) - CLOCK_SKEW
+        if ticket.fresh:
+            self.writer.update_vm(name, public_ip="", private_ip="", state="Creating",
+                                  generation=ticket.generation,
+                                  requested_at=ticket.requested_at, verified=False,
+                                  last_error="")
+
+    async def sink(self, message: Message) -> None:
+        """The one entry of events: the NATS feed, the legacy poller, the deadline."""
+        since = self.since.get(message.vm_name)
+        if since is not None and epoch(message.time) < since:
+            return  # an earlier generation's (or an earlier run's) event
+        change = self.view.apply(message)
+        if change is None:
+            return
+        replayed = message.event_id in self.written
+        if not replayed:
+            if change.vm_fields and message.vm_name in self.view.vms:
+                self.writer.update_vm(message.vm_name, **change.vm_fields)
+            for action, text in change.log:
+                self.writer.append_event(action, text, event_id=message.event_id)
+            self.written.add(message.event_id)
+        self.display.event(message, change, self.view, replayed=replayed)
+        self.changed.set()
+
+    def unfinished(self) -> list[str]:
+        return [name for name, vm in self.view.vms.items() if not vm.finished]
+
+    async def fail(self, name: str, code: str, reason: str) -> None:
+        """Mark a VM finally failed by the orchestrator itself (deadline, no workers)."""
+        vm = self.view.vms[name]
+        await self.sink(Message(
+            deployment_id=self.plan.deployment_id, vm_name=name, source="orchestrator",
+            attempt=vm.attempt, payload=Failed(error_code=code, message=reason,
+                                               retryable=True, attempts=vm.attempt,
+                                               final=True, zone=vm.zone, size=vm.size)))
+
+    def note(self, action: str, text: str, *, show: bool = True) -> None:
+        """A deployment-level line in the events file (and on the display)."""
+        self.writer.append_event(action, text)
+        if show:
+            self.display.note(text)

@@ -19,28 +19,21 @@ from typing import Any, TypeVar
 
 import click
 
+import cliopts
 import deployment
 import operations
 from display import format_table, make_display
 from embedded import WorkerOptions
-from natsconn import NatsSettings
 from plan import Plan, PlanError, PlanSource, load_plan
-from specoptions import spec_options, spec_values
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_STATE_FILE = Path("state/deployment-state.yaml")
 _POSITIVE = click.FloatRange(min=0, min_open=True)
 
 
-def _apply(command: F, options: list[Callable[[F], F]]) -> F:
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
 def plan_options(command: F) -> F:
     """Where the plan comes from (at most one source) and the VM field defaults."""
-    return _apply(command, [
+    return cliopts.apply_options(command, [
         click.option("--plan", "plan_file", type=click.Path(dir_okay=False, path_type=Path),
                      help="Plan file (YAML; see docs/example-plan.yaml)."),
         click.option("--vm", "vm_options", multiple=True, metavar="NAME[:ZONE[:SIZE]]",
@@ -57,12 +50,12 @@ def plan_options(command: F) -> F:
         click.option("--deadline", type=_POSITIVE,
                      help="Seconds until unfinished VMs are cancelled and marked Failed. "
                           "[default: the plan's, else 1800]"),
-        spec_options(exclude=("name",)),
+        cliopts.spec_options(exclude=("name",)),
     ])
 
 
 def file_options(command: F) -> F:
-    return _apply(command, [
+    return cliopts.apply_options(command, [
         click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path),
                      default=DEFAULT_STATE_FILE, show_default=True,
                      help="The deployment state file the bash scripts read."),
@@ -72,39 +65,15 @@ def file_options(command: F) -> F:
     ])
 
 
-def nats_options(command: F) -> F:
-    return _apply(command, [
-        click.option("--nats-url", envvar="NATS_URL",
-                     help="NATS server URL(s), comma-separated. [env: NATS_URL; default for "
-                          "deploy: embedded mode]"),
-        click.option("--nats-creds", type=click.Path(exists=True, dir_okay=False),
-                     help="NATS credentials (.creds) file."),
-        click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False),
-                     help="CA certificate to verify the NATS server with."),
-        click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False),
-                     help="Client certificate for NATS (mutual TLS)."),
-        click.option("--tls-key", type=click.Path(exists=True, dir_okay=False),
-                     help="Private key of --tls-cert."),
-        click.option("--nats-connect-timeout", type=_POSITIVE, default=2.0, show_default=True,
-                     help="Seconds to wait for NATS to answer."),
-        click.option("--replicas", type=click.IntRange(1, 5), default=1, show_default=True,
-                     help="Stream replicas (3 on a 3-node cluster)."),
-    ])
-
-
-def _nats(params: dict[str, Any], name: str) -> NatsSettings | None:
-    servers = NatsSettings.split_urls(params.get("nats_url") or "")
-    if not servers:
-        return None
-    return NatsSettings(servers=servers, creds=params["nats_creds"], tls_ca=params["tls_ca"],
-                        tls_cert=params["tls_cert"], tls_key=params["tls_key"],
-                        connect_timeout=params["nats_connect_timeout"], name=name,
-                        replicas=params["replicas"])
+nats_options = cliopts.nats_options(
+    default_url=None, replicas=True,
+    url_help="NATS server URL(s), comma-separated. [env: NATS_URL; default for deploy: "
+             "embedded mode]")
 
 
 def _plan(params: dict[str, Any]) -> Plan:
     """The validated plan, or exit 2 listing every problem."""
-    overrides = spec_values(params)
+    overrides = cliopts.spec_values(params)
     source = PlanSource(
         plan_file=params["plan_file"], vms=tuple(params["vm_options"]),
         resource_group=overrides.pop("resource_group", None),
@@ -200,7 +169,8 @@ def deploy(**params: Any) -> None:
     options = deployment.DeployOptions(
         state_file=params["state_file"], events_file=_events_file(params),
         az=params["az_path"], ssh_private_key=key,
-        nats=_nats(params, "vm-launch-orchestrator"), require_nats=params["require_nats"],
+        nats=cliopts.nats_settings(params, name="vm-launch-orchestrator"),
+        require_nats=params["require_nats"],
         legacy_poll=params["legacy_poll"], nats_grace=params["nats_grace"],
         workers=WorkerOptions(count=params["workers"], az=params["az_path"],
                               concurrency=params["worker_concurrency"], ssh_private_key=key),
@@ -247,7 +217,7 @@ def status(**params: Any) -> None:
     sys.exit(asyncio.run(operations.status(
         state_file=params["state_file"], json_out=params["json_out"], live=params["live"],
         resource_group=params["resource_group"], az=params["az_path"],
-        nats=_nats(params, "vm-launch-status"))))
+        nats=cliopts.nats_settings(params, name="vm-launch-status"))))
 
 
 @cli.command()
@@ -299,7 +269,8 @@ def events(**params: Any) -> None:
     deployment_id = None if params["all_deployments"] else (
         params["deployment_id"] or _state_deployment(params["state_file"]))
     sys.exit(asyncio.run(operations.events(
-        nats=_nats(params, "vm-launch-events"), store=params["state_file"].parent / "nats",
+        nats=cliopts.nats_settings(params, name="vm-launch-events"),
+        store=params["state_file"].parent / "nats",
         deployment_id=deployment_id, vms=params["vms"], since=since,
         follow=params["follow"], json_out=params["json_out"])))
 

@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 
 import click
 
+import cliopts
 import manual_launch
 import worker
 from natsconn import ACK_WAIT, NatsSettings
-from specoptions import load_spec_file, spec_options, spec_values
 from typedfields import FieldErrors
 from vmspec import VMSpec, spec_problems
 
@@ -27,49 +27,25 @@ DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 EXIT_READY, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_RUN = 0, 1, 2, 3
 
 
-def nats_options(command: F) -> F:
-    """--nats-url, credentials, TLS and connect timeout: shared by every command."""
-    options = [
-        click.option("--nats-url", envvar="NATS_URL", default=DEFAULT_NATS_URL,
-                     show_default=True,
-                     help="NATS server URL(s), comma-separated. [env: NATS_URL]"),
-        click.option("--nats-creds", type=click.Path(exists=True, dir_okay=False),
-                     help="NATS credentials (.creds) file."),
-        click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False),
-                     help="CA certificate to verify the NATS server with."),
-        click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False),
-                     help="Client certificate for NATS (mutual TLS)."),
-        click.option("--tls-key", type=click.Path(exists=True, dir_okay=False),
-                     help="Private key of --tls-cert."),
-        click.option("--nats-connect-timeout", type=click.FloatRange(min=0.1), default=2.0,
-                     show_default=True, help="Seconds to wait for NATS to answer."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+nats_options = cliopts.nats_options(
+    default_url=DEFAULT_NATS_URL, url_help="NATS server URL(s), comma-separated. [env: NATS_URL]")
 
 
 def local_options(command: F) -> F:
     """--az, --ssh-private-key, -v: shared by every command."""
-    options = [
+    return cliopts.apply_options(command, [
         click.option("--az", "az_path", envvar="AZ_CLI", default="az", show_default=True,
                      help="The az executable. [env: AZ_CLI]"),
         click.option("--ssh-private-key", type=click.Path(exists=True, dir_okay=False),
                      help="Private key for the SSH checks (never leaves this machine)."),
         click.option("-v", "--verbose", count=True, help="More log detail (repeatable)."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    ])
 
 
-def _nats_settings(url: str, creds: str | None, ca: str | None, cert: str | None,
-                   key: str | None, timeout: float, name: str) -> NatsSettings:
-    servers = NatsSettings.split_urls(url)
-    if not servers:
+def _required(settings: NatsSettings | None) -> NatsSettings:
+    if settings is None:
         raise click.BadParameter("no NATS server URL given", param_hint="--nats-url")
-    return NatsSettings(servers=servers, creds=creds, tls_ca=ca, tls_cert=cert, tls_key=key,
-                        connect_timeout=timeout, name=name)
+    return settings
 
 
 def _logging(verbose: int, *, quiet: bool) -> None:
@@ -117,9 +93,9 @@ def serve(nats_url: str, nats_creds: str | None, tls_ca: str | None, tls_cert: s
     """
     _logging(verbose, quiet=False)
     worker_id = worker_id or worker.default_worker_id()
+    params = click.get_current_context().params
     settings = worker.WorkerSettings(
-        nats=_nats_settings(nats_url, nats_creds, tls_ca, tls_cert, tls_key,
-                            nats_connect_timeout, f"vm-launcher-{worker_id}"),
+        nats=_required(cliopts.nats_settings(params, name=f"vm-launcher-{worker_id}")),
         worker_id=worker_id, az=az_path, concurrency=concurrency,
         ssh_private_key=ssh_private_key, grace=grace, max_deliveries=max_deliveries,
         ack_wait=ack_wait)
@@ -131,7 +107,7 @@ def serve(nats_url: str, nats_creds: str | None, tls_ca: str | None, tls_cert: s
               help="YAML mapping of VM spec fields (names as below, with underscores); "
                    "options given on the command line override it. Relative file paths "
                    "in it are relative to the file.")
-@spec_options()
+@cliopts.spec_options()
 @click.option("--deployment-id", help="Deployment the events belong to. [default: manual-NAME]")
 @click.option("--json", "json_lines", is_flag=True,
               help="Print each event as a JSON line (the encoded message) instead of text.")
@@ -163,9 +139,8 @@ def launch(spec_file: str | None, deployment_id: str | None, json_lines: bool,
     if shutil.which(az_path) is None:
         click.echo(f"error: the az executable {az_path!r} was not found", err=True)
         sys.exit(EXIT_CANNOT_RUN)
-    nats = None if no_nats else _nats_settings(
-        nats_url, nats_creds, tls_ca, tls_cert, tls_key, nats_connect_timeout,
-        f"vm-launcher-manual-{spec.name}")
+    nats = None if no_nats else cliopts.nats_settings(
+        locals(), name=f"vm-launcher-manual-{spec.name}")
     try:
         code = asyncio.run(manual_launch.launch(
             spec, deployment_id=deployment_id or f"manual-{spec.name}", az=az_path,
@@ -179,8 +154,8 @@ def launch(spec_file: str | None, deployment_id: str | None, json_lines: bool,
 
 def _spec(spec_file: str | None, params: dict[str, Any]) -> tuple[VMSpec | None, list[str]]:
     """The spec from the file and the options, and every problem with it."""
-    data, problems = load_spec_file(spec_file) if spec_file else ({}, [])
-    data.update(spec_values(params))
+    data, problems = cliopts.load_spec_file(spec_file) if spec_file else ({}, [])
+    data.update(cliopts.spec_values(params))
     try:
         spec = VMSpec.from_dict(data, where="spec")
     except FieldErrors as exc:

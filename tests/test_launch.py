@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from conftest import PYTHON, REPO
 from workerkit import RG, Bus, launch_env
 
+from cliopts import spec_options, spec_values
 from messages import CloudInitComplete, Failed, Subject, decode
-from specoptions import spec_options, spec_values
 from statefile import read_events, read_state
 from vmspec import SPEC_FIELDS
 

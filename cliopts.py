@@ -1,11 +1,13 @@
-"""Command-line options made from the VM spec's fields, so the CLI cannot drift from it.
+"""Command-line options shared by `vm_launcher.py` and `orchestrator.py`.
 
+The VM spec's fields become options, so the CLI cannot drift from the spec:
 `spec_options()` adds one option per `VMSpec` field (`os_disk_size_gb` becomes
 `--os-disk-size-gb`, lists and the tags mapping become repeatable singular options,
 booleans become `--verify-ssh/--no-verify-ssh`). Every option defaults to None, meaning
 "not given", so a spec file or `VMSpec`'s own default applies; `spec_values()` turns the
 parsed values back into a dict of VMSpec fields holding only what was given.
 Values are checked later, all at once, by `vmspec.spec_problems`.
+`nats_options()` and `nats_settings()` are the NATS connection's options, defined once.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, TypeVar
 import click
 import yaml
 
+from natsconn import NatsSettings
 from vmspec import (
     CLOUD_INIT_CHECKS,
     EVICTION_POLICIES,
@@ -150,3 +153,44 @@ def load_spec_file(path: str) -> tuple[dict[str, Any], list[str]]:
         if isinstance(data.get(name), str):
             data[name] = str(file.parent / Path(data[name]).expanduser())
     return data, []
+
+
+def apply_options(command: F, options: list[Callable[[F], F]]) -> F:
+    """Decorate `command` with `options`, in the order they are listed in --help."""
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def nats_options(*, default_url: str | None, url_help: str,
+                 replicas: bool = False) -> Callable[[F], F]:
+    """--nats-url (env NATS_URL), --nats-creds, --tls-*, --nats-connect-timeout[, --replicas]."""
+    existing_file = click.Path(exists=True, dir_okay=False)
+    options = [
+        click.option("--nats-url", envvar="NATS_URL", default=default_url,
+                     show_default=default_url is not None, help=url_help),
+        click.option("--nats-creds", type=existing_file, help="NATS credentials (.creds) file."),
+        click.option("--tls-ca", type=existing_file,
+                     help="CA certificate to verify the NATS server with."),
+        click.option("--tls-cert", type=existing_file,
+                     help="Client certificate for NATS (mutual TLS)."),
+        click.option("--tls-key", type=existing_file, help="Private key of --tls-cert."),
+        click.option("--nats-connect-timeout", type=click.FloatRange(min=0.1), default=2.0,
+                     show_default=True, help="Seconds to wait for NATS to answer."),
+    ]
+    if replicas:
+        options.append(click.option(
+            "--replicas", type=click.IntRange(1, 5), default=1, show_default=True,
+            help="Stream replicas (3 on a 3-node cluster)."))
+    return lambda command: apply_options(command, options)
+
+
+def nats_settings(params: Mapping[str, Any], *, name: str) -> NatsSettings | None:
+    """The settings from `nats_options()` values; None when no server URL was given."""
+    servers = NatsSettings.split_urls(params.get("nats_url") or "")
+    if not servers:
+        return None
+    return NatsSettings(servers=servers, creds=params["nats_creds"], tls_ca=params["tls_ca"],
+                        tls_cert=params["tls_cert"], tls_key=params["tls_key"],
+                        connect_timeout=params["nats_connect_timeout"], name=name,
+                        replicas=params.get("replicas", 1))

@@ -1,7 +1,8 @@
-"""The az command layer: pure argv builders, one error table, and a subprocess runner.
+"""The az command layer: pure argv builders, one error table, and `AzCli` to run them.
 
 A failed call is an `AzResult` whose `error` says what kind of failure it is; timeouts and
-cancellations kill the whole process tree. Facts: /work/shared/reference/azure-cli.md.
+cancellations kill the whole process tree (`procs.py`). Facts: azure-cli.md in
+the shared reference.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
 import dataclasses
 import itertools
 import json
@@ -18,18 +18,13 @@ import math
 import os
 import re
 import shlex
-import signal
-import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
-import psutil
-
+from procs import ProcessResult, run_process, spawn
 from vmspec import VMSpec
 
 log = logging.getLogger(__name__)
@@ -163,19 +158,8 @@ def _one_line(text: str, limit: int = 500) -> str:
 
 
 @dataclass(frozen=True)
-class AzResult:
-    argv: list[str]  # as run (executable first), with secrets elided
-    exit_code: int
-    stdout: str
-    stderr: str
-    duration: float
-    data: Any  # parsed JSON stdout, None when empty or not JSON
-    timed_out: bool = False
-
-    @property
-    def ok(self) -> bool:
-        # Never judge by stderr: warnings and cost hints go there on success.
-        return self.exit_code == 0 and not self.timed_out
+class AzResult(ProcessResult):
+    data: Any = None  # parsed JSON stdout, None when empty or not JSON
 
     @property
     def not_found(self) -> bool:
@@ -192,7 +176,7 @@ class AzResult:
 
     @property
     def command(self) -> str:
-        """For messages: "az vm show", "ssh"."""
+        """For messages: "az vm show"."""
         return " ".join(filter(None, [os.path.basename(self.argv[0]),
                                       command_key(self.argv[1:])]))
 
@@ -310,121 +294,6 @@ class TokenBucket:
                 await asyncio.sleep((1 - self._tokens) / self.rate)
 
 
-# Every command runs under procguard.py, so a launcher that forks the CLI (rather than
-# exec'ing it) cannot leave an orphan when we die.
-_GUARD = str(Path(__file__).with_name("procguard.py"))
-_LIBC = ctypes.CDLL(None, use_errno=True)  # the running program, libc included
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(parent: int) -> Callable[[], None]:
-    """A preexec_fn: the kernel SIGKILLs the child when its parent dies, even by SIGKILL.
-    Only the direct child: a launcher that forks (rather than execs) the CLI is not covered."""
-    def preexec() -> None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGKILL)
-    return preexec
-
-
-def terminate_tree(pid: int, *, grace: float, create_time: float | None = None) -> None:
-    """SIGTERM a process and its descendants, SIGKILL what survives `grace` seconds. With
-    `create_time`, a different process now holding `pid` (PID reuse) is left alone. Never
-    reaps (waitpid): the asyncio child watcher owns our children's exit status."""
-    try:
-        root = psutil.Process(pid)
-        if create_time is not None and abs(root.create_time() - create_time) > 0.01:
-            return
-        tree = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return
-    _signal_all(tree, signal.SIGTERM)
-    _signal_all(_wait_gone(tree, grace), signal.SIGKILL)
-    _wait_gone(tree, grace)
-
-
-def _signal_all(procs: list[psutil.Process], sig: int) -> None:
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.send_signal(sig)  # psutil checks the create time first
-
-
-def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    """Poll until every process is gone or a zombie; return the ones still alive."""
-    deadline = time.monotonic() + timeout
-    alive = [p for p in procs if _alive(p)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.02)
-        alive = [p for p in alive if _alive(p)]
-    return alive
-
-
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-async def spawn(argv: list[str], *, capture: bool = False,
-                kill_grace: float = 3.0) -> asyncio.subprocess.Process:
-    """Start a command in its own session that dies with us. Output is dropped unless
-    `capture`, in which case the caller must read it (`communicate()`)."""
-    pipe = asyncio.subprocess.PIPE if capture else asyncio.subprocess.DEVNULL
-    guarded = [sys.executable, "-I", "-S", _GUARD, str(kill_grace), *argv]
-    starting = asyncio.ensure_future(asyncio.create_subprocess_exec(
-        *guarded, stdin=asyncio.subprocess.DEVNULL, stdout=pipe, stderr=pipe,
-        env={**os.environ, **AZ_ENV}, start_new_session=True,
-        preexec_fn=die_with_parent(os.getpid()),
-    ))
-    try:
-        return await asyncio.shield(starting)
-    except asyncio.CancelledError:
-        # The process may exist before the spawn returns: never leave it running unowned.
-        await stop_process(await starting, grace=kill_grace)
-        raise
-
-
-async def stop_process(proc: asyncio.subprocess.Process, *, grace: float) -> None:
-    """Kill a spawned process with its whole tree, and reap it."""
-    if proc.returncode is None:  # once reaped, the pid may belong to someone else
-        # Shielded so a second cancel cannot leave the tree half killed.
-        await asyncio.shield(asyncio.to_thread(terminate_tree, proc.pid, grace=grace))
-    # Stragglers whose parent already exited are still in the session's process group.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    try:  # wait() also waits for the pipes: bounded, in case a daemon escaped with them
-        await asyncio.wait_for(proc.wait(), grace)
-    except TimeoutError:
-        log.warning("pid %s: its output is still held by an unknown process", proc.pid)
-
-
-async def run_process(argv: list[str], *, timeout: float | None = None,
-                      kill_grace: float = 3.0) -> AzResult:
-    """Run any command to completion (az, ssh). A failure is a result; a timeout kills the
-    tree and is a result with `timed_out`; a cancellation kills the tree and propagates."""
-    started = time.monotonic()
-    proc = await spawn(argv, capture=True, kill_grace=kill_grace)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except (TimeoutError, asyncio.CancelledError) as exc:
-        await stop_process(proc, grace=kill_grace)
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        out, err, timed_out = b"", b"", True
-    else:
-        timed_out = False
-    stdout = out.decode(errors="replace")
-    result = AzResult(
-        argv=redact(argv), exit_code=-1 if proc.returncode is None else proc.returncode,
-        stdout=stdout, stderr=err.decode(errors="replace"),
-        duration=time.monotonic() - started, data=_parse_json(stdout), timed_out=timed_out,
-    )
-    log.debug("%s: exit %s in %.1f s%s", result.command, result.exit_code, result.duration,
-              " (timed out)" if timed_out else "")
-    return result
-
-
 class AzCli:
     """Runs az. `calls` counts invocations per command (see `command_key`)."""
 
@@ -445,13 +314,19 @@ class AzCli:
         return [self.executable, *args]
 
     async def start(self, args: list[str], *, capture: bool = False) -> asyncio.subprocess.Process:
-        """Spawn without waiting (the legacy poller tracks it); see `spawn`."""
-        return await spawn(await self._admit(args), capture=capture, kill_grace=self.kill_grace)
+        """Spawn without waiting (the legacy poller tracks it); see `procs.spawn`."""
+        return await spawn(await self._admit(args), capture=capture, env=AZ_ENV,
+                           kill_grace=self.kill_grace)
 
     async def run(self, args: list[str], *, timeout: float | None = None) -> AzResult:
-        """Run az to completion; see `run_process`."""
+        """Run az to completion; see `procs.run_process`."""
         argv = await self._admit(args)
-        return await run_process(argv, timeout=timeout, kill_grace=self.kill_grace)
+        done = await run_process(argv, timeout=timeout, env=AZ_ENV, kill_grace=self.kill_grace)
+        result = AzResult(**{**dataclasses.asdict(done), "argv": redact(argv)},
+                          data=_parse_json(done.stdout))
+        log.debug("%s: exit %s in %.1f s%s", result.command, result.exit_code, result.duration,
+                  " (timed out)" if result.timed_out else "")
+        return result
 
     async def create_vm(self, spec: VMSpec, *, deployment_id: str, timeout: float) -> AzResult:
         """`spec.custom_data` is content: it goes to a private temp file, removed afterwards."""

@@ -2,7 +2,7 @@
 
 The bash loop kept a PID per host in memory and trusted it. Here a process is known by its
 PID *and* its create time (psutil), so a reused PID is never taken for ours, and a kill
-takes its whole tree (`azcli.terminate_tree`). Custom data goes to a private temp file that
+takes its whole tree (`procs.terminate_tree`). Custom data goes to a private temp file that
 lives exactly as long as the process.
 """
 
@@ -16,7 +16,8 @@ import tempfile
 
 import psutil
 
-from azcli import AzCli, AzError, classify, terminate_tree, vm_create_args
+from azcli import AzCli, AzError, classify, vm_create_args
+from procs import terminate_tree
 from vmspec import VMSpec
 
 KILL_GRACE = 2.0

@@ -18,8 +18,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from azcli import die_with_parent
 from natsconn import EmbeddedNats
+from procs import die_with_parent
 
 log = logging.getLogger("embedded")
 

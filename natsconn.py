@@ -32,8 +32,8 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
-from azcli import die_with_parent
 from messages import EVENT_SUBJECTS, Subject
+from procs import die_with_parent
 
 log = logging.getLogger("natsconn")
 

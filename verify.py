@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 import azcli
+import procs
 from azcli import AzCli
 from vmspec import VMSpec
 
@@ -47,7 +48,7 @@ async def check_ssh(spec: VMSpec, *, ip: str, private_key: str | None,
     """`ssh ... true` with a few retries: sshd often starts a little after Succeeded."""
     detail = ""
     for attempt in range(1, SSH_TRIES + 1):
-        result = await azcli.run_process(
+        result = await procs.run_process(
             ssh_args(spec, ip=ip, private_key=private_key, command="true"),
             timeout=spec.ssh_connect_timeout + 10,
         )
@@ -99,7 +100,7 @@ async def check_cloud_init(spec: VMSpec, *, az: AzCli, ip: str,
 
 async def _cloud_init(spec: VMSpec, *, az: AzCli, ip: str, private_key: str | None) -> CheckResult:
     if spec.cloud_init_check == "ssh":
-        result = await azcli.run_process(
+        result = await procs.run_process(
             ssh_args(spec, ip=ip, private_key=private_key, command=CLOUD_INIT_SCRIPT),
             timeout=spec.cloud_init_timeout)
         # `cloud-init status` exits 1 on error and 2 on degraded: the text decides.

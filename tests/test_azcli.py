@@ -13,16 +13,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-# `pytest` (unlike `python -m pytest`) does not put the repo root on sys.path.
+import azcli
+import procs
+from azcli import AzCli, AzResult, FailureKind, TokenBucket, classify
+from vmspec import VMSpec
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-import azcli  # noqa: E402
-import procs  # noqa: E402
-from azcli import AzCli, AzResult, FailureKind, TokenBucket, classify  # noqa: E402
-from vmspec import VMSpec  # noqa: E402
-
 T, C, L, P = (FailureKind.TRANSIENT, FailureKind.CAPACITY, FailureKind.LOOK,
               FailureKind.PERMANENT)
 ERROR_CASES = json.loads((Path(__file__).parent / "data/azcli/errors.json").read_text())

@@ -19,7 +19,7 @@ import os
 import shutil
 import signal
 import socket
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client
@@ -57,6 +57,7 @@ SERVICE_NAME = "vm-launcher"
 SERVICE_VERSION = "1.0.0"
 STATUS_SUBJECT = "vm-launcher.status"
 FETCH_WAIT = 1.0  # the longest a stop waits for the fetch in progress
+SETTLED_MEMORY = 10_000  # finished requests remembered, to settle a redelivery again
 
 
 def default_worker_id() -> str:
@@ -113,6 +114,9 @@ class Worker:
         self.ack_wait = settings.ack_wait
         self.cancels = CancelMemory()
         self._jobs: dict[asyncio.Task[None], Job] = {}
+        # Requests finished here, by stream sequence, and how they were settled: a request
+        # whose ack was lost while NATS was away comes back and is settled again, not redone.
+        self._settled: OrderedDict[int, str] = OrderedDict()
         self._nc: Client | None = None
         self._publisher: Publisher | None = None
         self._service: Service | None = None
@@ -227,6 +231,11 @@ class Worker:
             if self._stopping.is_set():  # fetched while stopping: give it back at once
                 await self._settle(msg, "nak")
                 continue
+            if (how := self._settled.get(msg.metadata.sequence.stream)) is not None:
+                log.info("request %s came back after it was finished here; settling it again",
+                         msg.metadata.sequence.stream)
+                await self._settle(msg, how)
+                continue
             held = self._held(msg)
             if held is not None:  # AckWait passed while NATS was away: keep the work going
                 held.msg = msg  # and ack this newer delivery when done
@@ -335,6 +344,10 @@ class Worker:
 
     async def _settle(self, msg: Msg, how: str, **kwargs: float) -> None:
         """ack / nak / term, flushed; if NATS is away the request comes back after AckWait."""
+        if how != "nak":
+            self._settled[msg.metadata.sequence.stream] = how
+            while len(self._settled) > SETTLED_MEMORY:
+                self._settled.popitem(last=False)
         try:
             await getattr(msg, how)(**kwargs)
             assert self._nc is not None

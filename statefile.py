@@ -392,7 +392,10 @@ class StateWriter:
                 log.exception("writing %s failed", self.state_file.path)
 
     def _write(self, pending: _Pending) -> None:
-        if pending.vms or pending.phase is not None:
-            self.state_file.update(pending.vms, phase=pending.phase)
+        # The events file first: it is the log a rerun replays from. Killed between the two
+        # writes, the state file is behind (the VM looks unfinished and is followed again),
+        # never ahead with its events missing.
         if pending.events:
             self.events_file.append(pending.events)
+        if pending.vms or pending.phase is not None:
+            self.state_file.update(pending.vms, phase=pending.phase)

@@ -2,8 +2,8 @@
 
 The NATS path and the legacy poller both hand their events to `Tracker.sink`. On a rerun
 the events stream is read again from when each unfinished VM was requested: an event the
-events file already holds (same `event_id`) rebuilds the progress but is not written
-twice; events that arrived while the orchestrator was away are written now. `decide`
+events file already holds (same `event_id`) rebuilds the progress and the state file but
+is not logged twice; events that arrived while the orchestrator was away are written now. `decide`
 is the resume rule: which VMs are done, in flight (same request generation), or new.
 """
 
@@ -114,9 +114,11 @@ class Tracker:
         if change is None:
             return
         replayed = message.event_id in self.written
+        # Fields are written even for a replayed event: the events file is written first,
+        # so after a kill the state file may be behind it (rewriting a value is harmless).
+        if change.vm_fields and message.vm_name in self.view.vms:
+            self.writer.update_vm(message.vm_name, **change.vm_fields)
         if not replayed:
-            if change.vm_fields and message.vm_name in self.view.vms:
-                self.writer.update_vm(message.vm_name, **change.vm_fields)
             for action, text in change.log:
                 self.writer.append_event(action, text, event_id=message.event_id)
             self.written.add(message.event_id)

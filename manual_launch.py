@@ -45,13 +45,12 @@ class _Outputs:
 
     async def emit(self, message: Message) -> None:
         print(self.show(message), flush=True)
-        if self.writer is not None:
-            change = self.view.apply(message)
-            if change is not None:
-                if change.vm_fields:
-                    self.writer.update_vm(message.vm_name, **change.vm_fields)
-                for action, text in change.log:
-                    self.writer.append_event(action, text, event_id=message.event_id)
+        change = self.view.apply(message)
+        if self.writer is not None and change is not None:
+            if change.vm_fields:
+                self.writer.update_vm(message.vm_name, **change.vm_fields)
+            for action, text in change.log:
+                self.writer.append_event(action, text, event_id=message.event_id)
         if self.publisher is not None and not await self.publisher.publish(message):
             warn("NATS stopped answering; continuing without publishing events")
             self.publisher = None
@@ -90,4 +89,10 @@ async def launch(spec: VMSpec, *, deployment_id: str, az: str, private_key: str 
                           source=f"manual@{socket.gethostname()}",
                           id_seed=f"{deployment_id}/{spec.name}/{new_event_id()}")
         result = await Launch(spec, az=AzCli(az), report=report, private_key=private_key).run()
+    if not json_lines:
+        vm = outputs.view.vms[spec.name]
+        print(f"{spec.name}: ready ({vm.public_ip or 'no public IP'}) after {result.attempts} "
+              f"attempt(s)" if result.outcome is Outcome.READY else
+              f"{spec.name}: failed after {result.attempts} attempt(s): {vm.last_error}",
+              flush=True)
     return 0 if result.outcome is Outcome.READY else 1

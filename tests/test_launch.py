@@ -40,8 +40,9 @@ def test_launch_creates_the_vm_and_prints_readable_progress(az_sim):
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     pattern = r"\d\d:\d\d:\d\d vm1 (\S+)"
-    assert [re.match(pattern, line)[1] for line in lines] == [
+    assert [re.match(pattern, line)[1] for line in lines[:-1]] == [
         "accepted", "creating", "complete", "verifying", "cloud-init"]
+    assert lines[-1] == "vm1: ready (20.100.0.1) after 1 attempt(s)"
     assert re.fullmatch(r"\d\d:\d\d:\d\d vm1 creating  az vm create vm1 "
                         r"\(Standard_D2s_v5, zone 1\) \[attempt 1\]", lines[1])
     assert "public IP 20.100.0.1, private IP 10.0.0.4" in lines[2]

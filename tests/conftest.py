@@ -27,29 +27,30 @@ AZ_SIM = REPO / "scripts" / "az-sim"
 PYTHON = sys.executable
 
 
+def _settled(predicate: Callable[[], Any], deadline: float, timeout: float,
+             message: str) -> Any:
+    """The predicate's truthy value, None to poll again, or a failure past the deadline."""
+    value = predicate()
+    if not value and time.monotonic() > deadline:
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {message}")
+    return value
+
+
 def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.05,
                message: str = "condition") -> Any:
     """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {message}")
+    while not (value := _settled(predicate, deadline, timeout, message)):
         time.sleep(interval)
+    return value
 
 
 async def async_wait_until(predicate: Callable[[], Any], *, timeout: float,
                            interval: float = 0.05, message: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {message}")
+    while not (value := _settled(predicate, deadline, timeout, message)):
         await asyncio.sleep(interval)
+    return value
 
 
 class AzSim:

@@ -209,16 +209,39 @@ def launch_env(az_sim: AzSim) -> dict[str, str]:
 SSHD = Path("/usr/sbin/sshd")
 
 
-class Sshd:
-    """A private sshd on a free loopback port, accepting one generated key."""
+class _LoopbackDaemon:
+    """A server process of a test on a free loopback port; `stop()` is safe twice."""
+
+    log_name = "server.log"
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _listening(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"{type(self).__name__} exited: "
+                                 f"{(self.root / self.log_name).read_text()}")
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+class Sshd(_LoopbackDaemon):
+    """A private sshd on a free loopback port, accepting one generated key."""
+
+    log_name = "sshd.log"
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
         self.user = getpass.getuser()
         self.key = root / "client_key"
         self.wrong_key = root / "wrong_key"
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Sshd:
         for key in (self.root / "host_key", self.key, self.wrong_key):
@@ -239,17 +262,6 @@ class Sshd:
         wait_until(self._listening, timeout=10, message="sshd to listen")
         return self
 
-    def _listening(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"sshd exited: {(self.root / 'sshd.log').read_text()}")
-        with socket.socket() as sock:
-            return sock.connect_ex(("127.0.0.1", self.port)) == 0
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -257,14 +269,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-class RestartableNats:
+class RestartableNats(_LoopbackDaemon):
     """A nats-server on a fixed port with a persistent store, so it can go away and return."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = _free_port()
+        super().__init__(root)
         self.url = f"nats://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -273,12 +283,3 @@ class RestartableNats:
              "-sd", str(self.root / "jetstream"), "-l", str(self.root / "server.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self._listening, timeout=10, message="nats-server to listen")
-
-    def _listening(self) -> bool:
-        with socket.socket() as sock:
-            return sock.connect_ex(("127.0.0.1", self.port)) == 0
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)

@@ -30,7 +30,8 @@ from eventfeed import close_quietly
 from natsconn import NatsSettings, NatsUnavailable, connect, ensure_streams, nats_server_binary
 from natsrun import Link, NatsRun
 from plan import Plan
-from statefile import StateFileError, StateWriter, read_events, read_state
+from statefile import StateFileError, read_events, read_state
+from statewriter import StateWriter
 from tracker import Ticket, Tracker, decide
 
 EXIT_READY, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

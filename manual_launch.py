@@ -19,7 +19,7 @@ from eventbus import NATS_ERRORS, Publisher, progress_line
 from messages import Message, encode, new_event_id
 from natsconn import NatsSettings, NatsUnavailable, connect, ensure_streams
 from pipeline import Launch, Outcome, Reporter
-from statefile import StateWriter
+from statewriter import StateWriter
 from vmspec import VMSpec
 from vmstate import DeploymentView
 

@@ -28,7 +28,8 @@ from eventfeed import EventFeed, close_quietly
 from messages import Message, encode
 from natsconn import EmbeddedNats, NatsSettings, NatsUnavailable, connect, ensure_streams
 from plan import Plan
-from statefile import StateFileError, StateWriter, read_state
+from statefile import StateFileError, read_state
+from statewriter import StateWriter
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_RUN = 0, 1, 2, 3
 STATS_SUBJECT = "$SRV.STATS.vm-launcher"

@@ -18,7 +18,7 @@ from typing import Any
 from display import Display
 from messages import Failed, Message, utc_now_ms
 from plan import Plan
-from statefile import StateWriter
+from statewriter import StateWriter
 from vmstate import SUCCEEDED, DeploymentView
 
 # Events of a request may carry a worker's clock a little behind ours.

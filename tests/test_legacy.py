@@ -23,7 +23,8 @@ import messages as m
 from azcli import AzCli
 from legacy import SOURCE, calls_summary, run_legacy
 from plan import Plan
-from statefile import StateWriter, read_events, read_state
+from statefile import read_events, read_state
+from statewriter import StateWriter
 from vmspec import VMSpec
 from vmstate import DeploymentView
 

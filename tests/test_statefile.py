@@ -25,12 +25,12 @@ from statefile import (
     EventsFile,
     StateFile,
     StateFileError,
-    StateWriter,
     make_event,
     read_events,
     read_state,
     utc_now_str,
 )
+from statewriter import StateWriter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"

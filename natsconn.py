@@ -77,37 +77,60 @@ class NatsSettings:
         return context
 
 
-async def _quiet_error(exc: Exception) -> None:
-    # nats-py prints a traceback per failed (re)connect by default; one line is enough.
-    log.debug("nats: %s", exc)
+class _FirstContact:
+    """nats-py's error callback: quiet (one debug line, not a traceback per retry), and it
+    tells when every server has refused the first connection, so that a closed port fails
+    at once instead of after the whole connect timeout."""
+
+    def __init__(self, servers: int) -> None:
+        self.servers = servers
+        self.refusals = 0
+        self.all_refused = asyncio.Event()
+
+    async def on_error(self, exc: Exception) -> None:
+        log.debug("nats: %s", exc)
+        if isinstance(exc, ConnectionRefusedError):
+            self.refusals += 1
+            if self.refusals >= self.servers:
+                self.all_refused.set()
 
 
 async def connect(settings: NatsSettings, **callbacks: Any) -> Client:
-    """Connect, failing with NatsUnavailable after `connect_timeout` seconds.
+    """Connect, failing with NatsUnavailable after `connect_timeout` seconds, or as soon as
+    every server has refused the connection.
 
     After the first connection the client reconnects forever; `callbacks` may pass
     nats-py's `disconnected_cb` / `reconnected_cb` / `closed_cb`.
     """
+    contact = _FirstContact(len(settings.servers))
     options: dict[str, Any] = {
         "servers": settings.servers,
         "name": settings.name,
         "connect_timeout": settings.connect_timeout,
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.5,
-        "error_cb": _quiet_error,
+        "error_cb": contact.on_error,
         **callbacks,
     }
     if settings.creds:
         options["user_credentials"] = settings.creds
     if (tls := settings.tls_context()) is not None:
         options["tls"] = tls
+    connecting = asyncio.ensure_future(nats.connect(**options))
+    refused = asyncio.ensure_future(contact.all_refused.wait())
     try:
-        return await asyncio.wait_for(nats.connect(**options), settings.connect_timeout)
-    except (TimeoutError, OSError, nats.errors.Error) as exc:
-        raise NatsUnavailable(
-            f"NATS at {', '.join(settings.servers)} did not answer within "
-            f"{settings.connect_timeout:g} s ({type(exc).__name__})"
-        ) from None
+        await asyncio.wait([connecting, refused], timeout=settings.connect_timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        refused.cancel()
+    if connecting.done() and connecting.exception() is None:
+        return connecting.result()
+    connecting.cancel()
+    with contextlib.suppress(BaseException):
+        await connecting
+    why = "refused the connection" if contact.all_refused.is_set() else (
+        f"did not answer within {settings.connect_timeout:g} s")
+    raise NatsUnavailable(f"NATS at {', '.join(settings.servers)} {why}")
 
 
 async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:

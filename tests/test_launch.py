@@ -135,7 +135,7 @@ def test_launch_warns_once_when_nats_is_unreachable_and_still_succeeds(az_sim):
                   "--nats-url", UNREACHABLE, "--nats-connect-timeout", "0.5")
     assert done.returncode == 0, done.stderr
     (warning,) = done.stderr.splitlines()
-    assert warning.startswith("warning: NATS at nats://127.0.0.1:9 did not answer")
+    assert warning.startswith("warning: NATS at nats://127.0.0.1:9 refused the connection")
     assert "continuing without publishing events" in warning
 
 

@@ -91,10 +91,6 @@ class EmbeddedRuntime:
     def alive_workers(self) -> int:
         return sum(1 for w in self.workers if w.returncode is None)
 
-    @property
-    def pids(self) -> list[int]:
-        return [p for p in [self.nats.pid, *(w.pid for w in self.workers)] if p]
-
     async def stop_workers(self) -> None:
         workers, self.workers = self.workers, []
         for worker in workers:

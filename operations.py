@@ -30,6 +30,7 @@ from natsconn import EmbeddedNats, NatsSettings, NatsUnavailable, connect, ensur
 from plan import Plan
 from statefile import StateFileError, read_state
 from statewriter import StateWriter
+from vmstate import DELETED, DELETING
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_RUN = 0, 1, 2, 3
 STATS_SUBJECT = "$SRV.STATS.vm-launcher"
@@ -159,13 +160,13 @@ async def reset(plan: Plan, *, az: str | None, state_file: Path, events_file: Pa
 
         async def delete(name: str) -> bool:
             async with limit:
-                writer.update_vm(name, state="Deleting")
+                writer.update_vm(name, state=DELETING)
                 writer.append_event("vm_reset_deletion", f"Deleting VM: {name} (reset)")
                 _print(f"deleting {name}")
                 gone = await cli.delete_vm(plan.resource_group, name, timeout=RESET_TIMEOUT)
                 if gone.ok:
                     await cli.delete_public_ip(plan.resource_group, name)
-                    writer.update_vm(name, state="Deleted", public_ip="", private_ip="",
+                    writer.update_vm(name, state=DELETED, public_ip="", private_ip="",
                                      verified=False)
                     _print(f"deleted {name}")
                     return True

@@ -235,8 +235,6 @@ class StateFile(_YamlFile):
             lambda doc: yamledit.apply_state(doc, checked, phase, utc_now_str()),
         )
 
-    def update_vms(self, vms: Mapping[str, Mapping[str, Any]]) -> None:
-        self.update(vms)
 
     def set_phase(self, phase: str) -> None:
         self.update(phase=phase)

@@ -47,7 +47,7 @@ def one_rewrite_per_event(changes: list[tuple[str, dict, str]]) -> tuple[float, 
     state, events = StateFile(state_path), EventsFile(events_path)
     started = time.perf_counter()
     for name, fields, text in changes:
-        state.update_vms({name: fields})
+        state.update({name: fields})
         events.append([make_event("vm_progress", text)])
     return time.perf_counter() - started, state.rewrites + events.rewrites
 

@@ -96,7 +96,7 @@ def test_a_no_op_update_keeps_both_samples_byte_identical(
 def test_updating_one_vm_touches_only_its_lines_and_last_updated(state_path: Path) -> None:
     before = state_path.read_text()
     vm = {"public_ip": "20.51.10.8", "private_ip": "10.0.1.5", "state": "Succeeded"}
-    StateFile(state_path).update_vms({"k0s-controller-2": vm})
+    StateFile(state_path).update({"k0s-controller-2": vm})
     after = state_path.read_text()
 
     old_lines = before.splitlines()
@@ -114,7 +114,7 @@ def test_updating_one_vm_touches_only_its_lines_and_last_updated(state_path: Pat
 def test_adding_a_vm_only_adds_its_lines_and_changes_last_updated(state_path: Path) -> None:
     before = state_path.read_text()
     fields = {"state": "Creating", "last_checked": "2025-07-20T10:07:00Z", "attempt": 0}
-    StateFile(state_path).update_vms({"k0s-worker-1": fields})
+    StateFile(state_path).update({"k0s-worker-1": fields})
     after = state_path.read_text()
 
     (replace, insert) = diff_opcodes(before, after)
@@ -152,8 +152,8 @@ def test_setting_the_phase_changes_only_phase_and_last_updated(state_path: Path)
 
 def test_extra_vm_keys_survive_and_ints_stay_ints(state_path: Path) -> None:
     sf = StateFile(state_path)
-    sf.update_vms({"k0s-controller-1": {"attempt": 2, "zone": "3", "last_error": "quota"}})
-    sf.update_vms({"k0s-controller-1": {"state": "Failed"}})
+    sf.update({"k0s-controller-1": {"attempt": 2, "zone": "3", "last_error": "quota"}})
+    sf.update({"k0s-controller-1": {"state": "Failed"}})
     vm = read_state(state_path)["vm_states"]["k0s-controller-1"]
     assert vm["attempt"] == 2 and vm["zone"] == "3" and vm["last_error"] == "quota"
     assert vm["state"] == "Failed" and vm["public_ip"] == "20.51.10.7"
@@ -187,7 +187,7 @@ def test_appending_an_event_only_adds_lines_and_changes_last_updated(events_path
 def test_missing_files_are_created_in_the_initial_format(tmp_path: Path) -> None:
     state_path = tmp_path / "state" / "deployment-state.yaml"
     events_path = tmp_path / "state" / "deployment-events.yaml"
-    StateFile(state_path, deployment_id="k0rdent-abc").update_vms({"vm-1": {"state": "Creating"}})
+    StateFile(state_path, deployment_id="k0rdent-abc").update({"vm-1": {"state": "Creating"}})
     EventsFile(events_path, deployment_id="k0rdent-abc").append([make_event("a", "b")])
 
     lines = state_path.read_text().splitlines()
@@ -242,7 +242,7 @@ def test_the_fast_event_append_declines_other_layouts(text: str) -> None:
 def test_flow_style_empty_collections_grow_in_block_style(tmp_path: Path) -> None:
     path = tmp_path / "state.yaml"
     path.write_text('last_updated: "x"\nvm_states: {}\n\n# after\nevents: []\nend: 1\n')
-    StateFile(path).update_vms({"vm-1": {"state": "Creating", "last_checked": "t"}})
+    StateFile(path).update({"vm-1": {"state": "Creating", "last_checked": "t"}})
     EventsFile(path).append([make_event("go", "now", timestamp="t")])
     text = path.read_text()
     assert text.endswith(
@@ -257,7 +257,7 @@ def test_an_end_of_line_comment_stays_while_the_block_after_it_moves(tmp_path: P
     path.write_text(
         'last_updated: "x"\nvm_states:\n  a:\n    state: "Creating"  # first\n# below\n\nz: 1\n'
     )
-    StateFile(path).update_vms({"b": {"state": "Failed", "last_checked": "t"}})
+    StateFile(path).update({"b": {"state": "Failed", "last_checked": "t"}})
     assert path.read_text().split("\n", 1)[1] == (
         'vm_states:\n  a:\n    state: "Creating"  # first\n  b:\n    public_ip: ""\n'
         '    private_ip: ""\n    state: "Failed"\n    last_checked: "t"\n# below\n\nz: 1\n'
@@ -272,7 +272,7 @@ def test_the_file_mode_is_kept_across_rewrites(state_path: Path) -> None:
 
 def test_an_unknown_vm_state_is_rejected_with_a_sentence(state_path: Path) -> None:
     with pytest.raises(ValueError, match="is not one of Creating, Succeeded"):
-        StateFile(state_path).update_vms({"vm": {"state": "Running"}})
+        StateFile(state_path).update({"vm": {"state": "Running"}})
 
 
 def test_a_corrupt_file_raises_and_is_left_untouched(tmp_path: Path) -> None:
@@ -298,7 +298,7 @@ from statefile import EventsFile, StateFile
 state, events, proc, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 for i in range(rounds):
     for vm in range(2):
-        StateFile(state).update_vms({f"p{proc}-vm{vm}": {"state": "Creating", "attempt": i}})
+        StateFile(state).update({f"p{proc}-vm{vm}": {"state": "Creating", "attempt": i}})
     EventsFile(events).append([{"action": "tick", "message": f"p{proc} {i}"}])
 """
 

@@ -16,48 +16,20 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from azcli import AzCli, AzError, FailureKind
 from createproc import CreateProcess
+from legacyvm import EXIT_GRACE, Phase, PolledVm, VmTasks, as_found
 from messages import Message
-from pipeline import Reporter, after_failure, remove_vm, report_created, verify_vm
+from pipeline import Reporter
 from plan import Plan
 from vmspec import VMSpec
 
 log = logging.getLogger(__name__)
 
 SOURCE = "legacy-poller"
-EXIT_GRACE = 5.0  # a create client whose VM Azure has already decided gets this long to exit
 IN_FLIGHT = ("Creating", "Updating")
-
-
-class Phase(StrEnum):
-    NEW = "new"  # not yet seen by a poll: the first one decides between adopt and launch
-    QUEUED = "queued"  # waiting for a free slot or for its backoff
-    CREATING = "creating"  # our `az vm create` runs, or Azure's in-flight create was adopted
-    BUSY = "busy"  # a task (verification or clean-up) owns the VM until it ends
-    READY = "ready"
-    FAILED = "failed"
-
-
-@dataclass
-class _Vm:
-    original: VMSpec  # with file contents, as a request carries them
-    spec: VMSpec  # the current attempt's (a capacity failure moves its zone or size)
-    report: Reporter
-    attempt: int  # the current attempt's number; attempts already used before this run
-    phase: Phase = Phase.NEW
-    create: CreateProcess | None = None
-    since: float = 0.0  # loop time the current create (ours or adopted) began
-    not_before: float = 0.0  # loop time before which it is not relaunched (backoff)
-    started: float = 0.0  # loop time this run first launched or adopted it
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
 
 async def run_legacy(plan: Plan, *, az: AzCli, sink: Callable[[Message], Awaitable[None]],
@@ -97,9 +69,10 @@ class _Poller:
                  deadline: float) -> None:
         self.plan, self.az, self.sink = plan, az, sink
         self.poll_interval, self.concurrency = poll_interval, concurrency
-        self.private_key, self.deadline = private_key, deadline
+        self.deadline = deadline
         self.loop = asyncio.get_running_loop()
-        self.vms: dict[str, _Vm] = {}
+        self.vms: dict[str, PolledVm] = {}
+        self.work = VmTasks(az, private_key)
         self.tasks: set[asyncio.Task[None]] = set()
         self.wake = asyncio.Event()
         self.run_id = uuid.uuid4().hex
@@ -135,7 +108,7 @@ class _Poller:
     async def _add(self, spec: VMSpec, used: int) -> None:
         report = Reporter(self.sink, deployment_id=self.plan.deployment_id, vm_name=spec.name,
                           source=SOURCE, id_seed=f"{self.run_id}/{spec.name}")
-        vm = _Vm(spec, spec, report, used, started=self.loop.time())
+        vm = PolledVm(spec, spec, report, used, started=self.loop.time())
         self.vms[spec.name] = vm
         try:
             vm.original = vm.spec = spec.with_file_contents()
@@ -173,17 +146,17 @@ class _Poller:
                         if isinstance(item, dict) and "name" in item)
         return seen
 
-    async def _first_sight(self, vm: _Vm, seen: dict[str, Any] | None) -> None:
+    async def _first_sight(self, vm: PolledVm, seen: dict[str, Any] | None) -> None:
         state = (seen or {}).get("provisioningState")
         if seen is not None and (state in IN_FLIGHT or state == "Succeeded"):
-            vm.spec = _as_found(vm.spec, seen)
+            vm.spec = as_found(vm.spec, seen)
             vm.attempt, vm.phase, vm.since = max(vm.attempt, 1), Phase.CREATING, self.loop.time()
             if state != "Succeeded":
                 await vm.report.status("provisioning", f"found {vm.name} {state} in Azure; "
                                        "adopting it instead of creating it", attempt=vm.attempt,
                                        spec=vm.spec)
         elif state == "Failed":
-            self._spawn(vm, self._replace_failed(vm))
+            self._spawn(vm, self.work.replace_failed(vm))
         elif seen is None and vm.attempt >= vm.spec.max_attempts:
             error = AzError("RetriesExhausted", f"{vm.attempt} attempts already made and "
                             f"{vm.name} is not in Azure", FailureKind.PERMANENT)
@@ -193,17 +166,17 @@ class _Poller:
             vm.phase = Phase.QUEUED
         # Deleting (someone else's clean-up): decide again once it is gone.
 
-    async def _decide(self, vm: _Vm, seen: dict[str, Any] | None, *, gone: bool) -> None:
+    async def _decide(self, vm: PolledVm, seen: dict[str, Any] | None, *, gone: bool) -> None:
         state = (seen or {}).get("provisioningState")
         ip = (seen or {}).get("publicIps") or ""
         if state == "Succeeded" and ip:
-            self._spawn(vm, self._succeeded(vm, seen or {}))
+            self._spawn(vm, self.work.succeeded(vm, seen or {}))
         elif state == "Failed":
-            self._spawn(vm, self._failed(vm, _provisioning_failed(vm), grace=EXIT_GRACE))
+            self._spawn(vm, self.work.failed(vm, _provisioning_failed(vm), grace=EXIT_GRACE))
         elif self.loop.time() - vm.since > vm.spec.create_timeout:
             timeout = AzError("Timeout", f"{vm.name} not provisioned after "
                               f"{vm.spec.create_timeout:g} s", FailureKind.TRANSIENT)
-            self._spawn(vm, self._failed(vm, timeout, decided=True))
+            self._spawn(vm, self.work.failed(vm, timeout, decided=True))
         elif gone and vm.create is not None and state in IN_FLIGHT:
             # The client died (killed, crashed) but Azure keeps creating: adopt, never re-create.
             code = vm.create.proc.returncode
@@ -215,7 +188,7 @@ class _Poller:
         elif gone and seen is None:
             missing = AzError("VmMissing", f"az vm create for {vm.name} ended and the VM is "
                               "not in Azure", FailureKind.TRANSIENT)
-            self._spawn(vm, self._failed(vm, missing))
+            self._spawn(vm, self.work.failed(vm, missing))
 
     async def _launch_due(self) -> None:
         running = sum(1 for vm in self.vms.values() if vm.create is not None)
@@ -226,7 +199,7 @@ class _Poller:
                 await self._launch(vm)
                 running += vm.create is not None
 
-    async def _launch(self, vm: _Vm) -> None:
+    async def _launch(self, vm: PolledVm) -> None:
         vm.attempt += 1
         where = f"zone {vm.spec.zone}" if vm.spec.zone else "no zone"
         await vm.report.status("creating", f"az vm create {vm.name} ({vm.spec.size}, {where})",
@@ -238,11 +211,11 @@ class _Poller:
         except (ValueError, OSError) as exc:  # no location; az missing or not executable
             code = "InvalidRequest" if isinstance(exc, ValueError) else "AzNotRunnable"
             error = AzError(code, str(exc), FailureKind.PERMANENT)
-            self._spawn(vm, self._failed(vm, error, decided=True))
+            self._spawn(vm, self.work.failed(vm, error, decided=True))
 
     # --- per-VM tasks -----------------------------------------------------------------------
 
-    def _spawn(self, vm: _Vm, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, vm: PolledVm, work: Coroutine[Any, Any, None]) -> None:
         vm.phase = Phase.BUSY
         task = asyncio.create_task(self._guarded(vm, work), name=f"legacy-{vm.name}")
         self.tasks.add(task)
@@ -252,7 +225,7 @@ class _Poller:
         self.tasks.discard(task)
         self.wake.set()
 
-    async def _guarded(self, vm: _Vm, work: Coroutine[Any, Any, None]) -> None:
+    async def _guarded(self, vm: PolledVm, work: Coroutine[Any, Any, None]) -> None:
         try:
             await work
         except Exception as exc:  # a bug must not leave the VM busy until the deadline
@@ -260,43 +233,6 @@ class _Poller:
             error = AzError("InternalError", f"{type(exc).__name__}: {exc}", FailureKind.PERMANENT)
             await vm.report.failed(error, attempt=vm.attempt, final=True, spec=vm.spec)
             vm.phase = Phase.FAILED
-
-    async def _succeeded(self, vm: _Vm, seen: dict[str, Any]) -> None:
-        vm.spec = _as_found(vm.spec, seen)
-        ip = await report_created(vm.report, seen, spec=vm.spec, attempt=vm.attempt,
-                                  seconds=self.loop.time() - vm.started)
-        if vm.create is not None:  # Succeeded: its client is about to exit by itself
-            await vm.create.finish(grace=EXIT_GRACE)
-            vm.create = None
-        error = await verify_vm(vm.spec, ip=ip, az=self.az, report=vm.report, attempt=vm.attempt,
-                                private_key=self.private_key)
-        if error is None:
-            vm.phase = Phase.READY
-        else:
-            await self._retry(vm, error)
-
-    async def _failed(self, vm: _Vm, fallback: AzError, *, grace: float = 0.0,
-                      decided: bool = False) -> None:
-        """The attempt failed: the create's own error (from its stderr) unless `decided`."""
-        reported = await vm.create.finish(grace=grace) if vm.create is not None else None
-        vm.create = None
-        await self._retry(vm, fallback if decided or reported is None else reported)
-
-    async def _retry(self, vm: _Vm, error: AzError) -> None:
-        retry = await after_failure(error, az=self.az, report=vm.report, spec=vm.spec,
-                                    original=vm.original, attempt=vm.attempt)
-        if retry is None:
-            vm.phase = Phase.FAILED
-            return
-        vm.spec, vm.phase = retry.spec, Phase.QUEUED
-        vm.not_before = self.loop.time() + retry.delay
-
-    async def _replace_failed(self, vm: _Vm) -> None:
-        """Found Failed before we created it: remove it (waits until gone), then create."""
-        await vm.report.status("deleting", f"found {vm.name} Failed; removing it before "
-                               "creating", attempt=max(vm.attempt, 1), spec=vm.spec)
-        removed = await remove_vm(self.az, vm.spec)
-        vm.phase = Phase.QUEUED if removed.ok else Phase.NEW  # not removed: look again
 
     # --- the end ----------------------------------------------------------------------------
 
@@ -321,13 +257,6 @@ class _Poller:
                 vm.create = None
 
 
-def _as_found(spec: VMSpec, seen: dict[str, Any]) -> VMSpec:
-    """The spec with the zone and size the VM really has (the worker may have moved them)."""
-    zones = seen.get("zones") or []
-    size = (seen.get("hardwareProfile") or {}).get("vmSize")
-    return spec.replace(zone=zones[0] if zones else spec.zone, size=size or spec.size)
-
-
-def _provisioning_failed(vm: _Vm) -> AzError:
+def _provisioning_failed(vm: PolledVm) -> AzError:
     return AzError("ProvisioningFailed", f"{vm.name} ended in state Failed",
                    FailureKind.TRANSIENT)

@@ -19,7 +19,7 @@ import os
 import shutil
 import signal
 import socket
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client
@@ -30,15 +30,9 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 
 from azcli import AzCli
-from eventbus import NATS_ERRORS, CancelMemory, Publisher, dead_letter, describe
-from messages import (
-    Cancel,
-    CreateRequest,
-    Message,
-    MessageError,
-    Subject,
-    decode,
-)
+from eventbus import NATS_ERRORS, CancelMemory, Publisher
+from jobrunner import Job, JobRunner
+from messages import Cancel, MessageError, Subject, decode
 from natsconn import (
     ACK_WAIT,
     REQUESTS_STREAM,
@@ -48,8 +42,6 @@ from natsconn import (
     ensure_streams,
     ensure_worker_consumer,
 )
-from pipeline import Launch, Outcome, Reporter
-from vmspec import VMSpec
 
 log = logging.getLogger("worker")
 
@@ -57,7 +49,6 @@ SERVICE_NAME = "vm-launcher"
 SERVICE_VERSION = "1.0.0"
 STATUS_SUBJECT = "vm-launcher.status"
 FETCH_WAIT = 1.0  # the longest a stop waits for the fetch in progress
-SETTLED_MEMORY = 10_000  # finished requests remembered, to settle a redelivery again
 
 
 def default_worker_id() -> str:
@@ -89,20 +80,6 @@ class WorkerSettings:
             raise ValueError("Worker settings: " + "; ".join(problems) + ".")
 
 
-@dataclass
-class Job:
-    """One fetched request while this worker holds it."""
-
-    msg: Msg
-    deliveries: int
-    request: Message | None = None
-    report: Reporter | None = None
-    attempt: int = 1
-    launching: bool = False
-    stop_reason: str | None = None  # "cancel" or "shutdown"
-    cancel_detail: str = ""
-
-
 class Worker:
     """One worker process's NATS side. `async with Worker(settings) as worker:`;
     `stop()` is graceful and safe to call twice."""
@@ -114,11 +91,7 @@ class Worker:
         self.ack_wait = settings.ack_wait
         self.cancels = CancelMemory()
         self._jobs: dict[asyncio.Task[None], Job] = {}
-        # Requests finished here, by stream sequence, and how they were settled: a request
-        # whose ack was lost while NATS was away comes back and is settled again, not redone.
-        self._settled: OrderedDict[int, str] = OrderedDict()
         self._nc: Client | None = None
-        self._publisher: Publisher | None = None
         self._service: Service | None = None
         self._fetcher: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -158,7 +131,10 @@ class Worker:
         self.ack_wait = await ensure_worker_consumer(js, ack_wait=self.settings.ack_wait)
         subscription = await js.pull_subscribe_bind(durable=WORKER_CONSUMER,
                                                     stream=REQUESTS_STREAM)
-        self._publisher = Publisher(nc, js)
+        runner = JobRunner(nc, Publisher(nc, js), az=self.az, cancels=self.cancels,
+                           counts=self.counts, worker_id=self.worker_id,
+                           max_deliveries=self.settings.max_deliveries,
+                           private_key=self.settings.ssh_private_key, ack_wait=self.ack_wait)
         await nc.subscribe(Subject.CANCEL.value, cb=self._on_cancel)
         self._service = await add_service(
             nc, name=SERVICE_NAME, version=SERVICE_VERSION,
@@ -166,7 +142,8 @@ class Worker:
             metadata={"worker_id": self.worker_id}, stats_handler=lambda _: self.stats())
         await self._service.add_endpoint(name="status", subject=STATUS_SUBJECT,
                                          handler=self._on_status)
-        self._fetcher = asyncio.create_task(self._fetch_loop(subscription), name="fetcher")
+        self._fetcher = asyncio.create_task(self._fetch_loop(subscription, runner),
+                                            name="fetcher")
         log.info("worker %s serving %s (concurrency %d, ack wait %g s)", self.worker_id,
                  Subject.REQUEST.value, self.settings.concurrency, self.ack_wait)
 
@@ -214,7 +191,8 @@ class Worker:
 
     # --- fetching ------------------------------------------------------------------------
 
-    async def _fetch_loop(self, subscription: JetStreamContext.PullSubscription) -> None:
+    async def _fetch_loop(self, subscription: JetStreamContext.PullSubscription,
+                          runner: JobRunner) -> None:
         while not self._stopping.is_set():
             if len(self._jobs) >= self.settings.concurrency:
                 self._slot_free.clear()
@@ -229,12 +207,9 @@ class Worker:
                 await asyncio.sleep(FETCH_WAIT)
                 continue
             if self._stopping.is_set():  # fetched while stopping: give it back at once
-                await self._settle(msg, "nak")
+                await runner.settle(msg, "nak")
                 continue
-            if (how := self._settled.get(msg.metadata.sequence.stream)) is not None:
-                log.info("request %s came back after it was finished here; settling it again",
-                         msg.metadata.sequence.stream)
-                await self._settle(msg, how)
+            if await runner.settle_again(msg):
                 continue
             held = self._held(msg)
             if held is not None:  # AckWait passed while NATS was away: keep the work going
@@ -243,7 +218,7 @@ class Worker:
                          msg.metadata.sequence.stream)
                 continue
             job = Job(msg=msg, deliveries=msg.metadata.num_delivered)
-            task = asyncio.create_task(self._handle(job), name=f"request-{id(msg)}")
+            task = asyncio.create_task(runner.handle(job), name=f"request-{id(msg)}")
             self._jobs[task] = job
             task.add_done_callback(self._job_done)
 
@@ -257,104 +232,6 @@ class Worker:
         self._slot_free.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("request handler failed", exc_info=task.exception())
-
-    async def _handle(self, job: Job) -> None:
-        try:
-            await self._process(job)
-        except asyncio.CancelledError:
-            if job.stop_reason != "shutdown":
-                raise
-            await self._settle(job.msg, "nak")  # another worker (or a restart) takes it
-
-    async def _process(self, job: Job) -> None:
-        try:
-            request = decode(job.msg.data)
-            if not isinstance(request.payload, CreateRequest):
-                raise MessageError(f"expected a {Subject.REQUEST.value} message, got "
-                                   f"{request.type.value}", field="type")
-        except MessageError as exc:
-            await self._dead_letter(job, f"unreadable request: {exc}")
-            return
-        job.request = request
-        job.report = Reporter(self._emitter(job), deployment_id=request.deployment_id,
-                              vm_name=request.payload.spec.name, source=self.worker_id,
-                              id_seed=f"{request.event_id}/{job.deliveries}")
-        if job.deliveries > self.settings.max_deliveries:
-            await self._dead_letter(job, f"delivered {job.deliveries} times, more than the "
-                                    f"limit of {self.settings.max_deliveries}", request)
-        elif (reason := self.cancels.match(request)) is not None:
-            job.cancel_detail = reason
-            await self._finish_cancelled(job)
-        else:
-            await self._launch(job, request.payload.spec)
-
-    async def _launch(self, job: Job, spec: VMSpec) -> None:
-        assert job.report is not None
-        launch = Launch(spec, az=self.az, report=job.report,
-                        private_key=self.settings.ssh_private_key)
-        heartbeat = asyncio.create_task(self._heartbeat(job))
-        job.launching = True
-        try:
-            result = await launch.run()
-        except asyncio.CancelledError:
-            if job.stop_reason != "cancel":
-                raise
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            await self._finish_cancelled(job)
-            return
-        except Exception:
-            log.exception("launch of %s crashed; releasing the request", spec.name)
-            await self._settle(job.msg, "nak", delay=self.ack_wait / 3)
-            return
-        finally:
-            job.launching = False
-            heartbeat.cancel()
-        self.counts["completed" if result.outcome is Outcome.READY else "failed"] += 1
-        await self._settle(job.msg, "ack")
-
-    async def _finish_cancelled(self, job: Job) -> None:
-        assert job.report is not None
-        await job.report.status("cancelled", f"cancelled: {job.cancel_detail}",
-                                attempt=job.attempt)
-        self.counts["cancelled"] += 1
-        await self._settle(job.msg, "term")
-
-    async def _dead_letter(self, job: Job, reason: str, request: Message | None = None) -> None:
-        await self._emitter(job)(dead_letter(
-            job.msg.data, reason=reason, request=request, deliveries=job.deliveries,
-            source=self.worker_id, seq=job.msg.metadata.sequence.stream))
-        self.counts["dead_lettered"] += 1
-        await self._settle(job.msg, "term")
-
-    def _emitter(self, job: Job):
-        async def emit(message: Message) -> None:
-            job.attempt = max(job.attempt, message.attempt)
-            label, detail = describe(message)
-            log.info("%s/%s %s: %s%s", message.deployment_id, message.vm_name or "-", label,
-                     detail, f" [attempt {message.attempt}]" if message.attempt else "")
-            assert self._publisher is not None
-            await self._publisher.publish(message)
-        return emit
-
-    async def _heartbeat(self, job: Job) -> None:
-        while True:
-            await asyncio.sleep(self.ack_wait / 3)
-            with contextlib.suppress(*NATS_ERRORS):
-                await job.msg.in_progress()
-
-    async def _settle(self, msg: Msg, how: str, **kwargs: float) -> None:
-        """ack / nak / term, flushed; if NATS is away the request comes back after AckWait."""
-        if how != "nak":
-            self._settled[msg.metadata.sequence.stream] = how
-            while len(self._settled) > SETTLED_MEMORY:
-                self._settled.popitem(last=False)
-        try:
-            await getattr(msg, how)(**kwargs)
-            assert self._nc is not None
-            await self._nc.flush(timeout=5)
-        except NATS_ERRORS as exc:
-            log.warning("could not %s request (%s); it returns after AckWait", how,
-                        type(exc).__name__)
 
     # --- cancels, status, connection -----------------------------------------------------
 

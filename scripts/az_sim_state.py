@@ -1,0 +1,118 @@
+"""The az simulator's shared state: the JSON state file and the time model of its records.
+
+A VM's provisioning state is a pure function of the times stored in its record, so every
+process computes it lazily and a killed client does not stop provisioning (as in Azure).
+The JSON state file is shared by many concurrent processes: writers take an exclusive flock
+on a sidecar lock file and replace the file atomically; readers take no lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+
+FOREVER = 1e18  # a busy-until time that never comes (JSON has no infinity)
+
+
+def bump(counter: dict, key: str) -> int:
+    counter[key] = counter.get(key, 0) + 1
+    return counter[key]
+
+
+# ================================================================ state file
+
+
+def empty_state() -> dict:
+    return {"vms": {}, "nics": {}, "public_ips": {}, "disks": {}, "create_counts": {},
+            "create_attempts": {}, "succeeded_at": {}, "calls": {}, "throttle_seen": 0,
+            "private_counter": 0, "public_counter": 0}
+
+
+class StateStore:
+    """The JSON state file shared by every az-sim process."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def read(self) -> dict:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                return {**empty_state(), **json.load(f)}
+        except FileNotFoundError:
+            return empty_state()
+
+    @contextmanager
+    def transaction(self):
+        """Yield the state for a read-modify-write under the lock; save it if no error."""
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o700, exist_ok=True)
+        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            state = self.read()
+            yield state
+            tmp = f"{self.path}.{os.getpid()}.tmp"
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
+                           encoding="utf-8") as f:
+                json.dump(state, f, separators=(",", ":"))
+            os.replace(tmp, self.path)
+        finally:
+            os.close(fd)  # closing releases the flock
+
+
+# ================================================================ time model
+
+
+def provisioning_state(vm: dict, now: float) -> str:
+    if vm.get("deleting_since") is not None:
+        return "Deleting"
+    if vm.get("ready_at") is None or now < vm["ready_at"]:
+        return "Updating" if vm.get("redeploy") else "Creating"
+    return vm["outcome"]
+
+
+def ips_visible(vm: dict, now: float) -> bool:
+    return vm.get("ips_at") is not None and now >= vm["ips_at"]
+
+
+def power_state(vm: dict, now: float) -> str:
+    if provisioning_state(vm, now) == "Creating" and vm.get("ready_at"):
+        halfway = (vm["created_at"] + vm["ready_at"]) / 2
+        return "VM starting" if now >= halfway and vm["outcome"] == "Succeeded" else ""
+    running = vm.get("running_at") is not None and now >= vm["running_at"]
+    return "VM running" if running else ""
+
+
+def materialize(state: dict, now: float) -> dict:
+    """Apply the transitions that are due: a VM past gone_at vanishes with its side resources."""
+    for name, vm in list(state["vms"].items()):
+        if vm.get("gone_at") is not None and now >= vm["gone_at"]:
+            _remove_vm(state, name, vm)
+    return state
+
+
+def _remove_vm(state: dict, name: str, vm: dict) -> None:
+    del state["vms"][name]
+    nic = state["nics"].get(vm["nic"])
+    if nic is not None and nic.get("vm") == name:
+        if vm.get("nic_delete_option") == "Delete":
+            del state["nics"][vm["nic"]]
+        else:
+            nic.update(vm=None, reserved_for=name, reserved_until=vm.get("nic_reserved_until"))
+    disk = state["disks"].get(vm["os_disk"])
+    if disk is not None and disk.get("vm") == name:
+        if vm.get("os_disk_delete_option") == "Delete" or vm.get("disk_vanishes"):
+            del state["disks"][vm["os_disk"]]
+        else:
+            disk["vm"] = None
+
+
+def nic_reserved(nic: dict, now: float) -> bool:
+    return nic.get("vm") is None and (nic.get("reserved_until") or 0) > now
+
+
+def find(state: dict, kind: str, rg: str, name: str) -> dict | None:
+    """A resource by name; names are one namespace, a record in another RG is not found."""
+    item = state[kind].get(name)
+    return item if item is not None and item["resource_group"].lower() == rg.lower() else None

@@ -1,0 +1,202 @@
+"""`az vm show/list/delete/wait` and `az vm run-command invoke`, with cloud-init's output."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+
+from az_sim_cli import AzError, add_resource_group, compile_query, http_error, search, truthy
+from az_sim_context import Ctx, target
+from az_sim_errors import CONFLICT, NO_TTY, not_found
+from az_sim_resources import vm_resource
+from az_sim_state import FOREVER, find, power_state, provisioning_state
+
+CI_ERROR = ("('scripts_user', RuntimeError('Runparts: 1 failures (part-001) in 1 attempted "
+            "commands'))")
+CI_RECOVERABLE = "Failed at merging in cloud config part from part-001: empty cloud config"
+
+
+def cmd_vm_show(ctx: Ctx, a: dict):
+    rg, name = target(a)
+    ctx.require_rg(rg)
+    st, t = ctx.view()
+    vm = find(st, "vms", rg, name)
+    if vm is None:
+        raise not_found("Microsoft.Compute/virtualMachines", rg, name)
+    return vm_resource(vm, t, details=a["show_details"])
+
+
+def cmd_vm_list(ctx: Ctx, a: dict):
+    rg = a["resource_group"]
+    if rg:
+        ctx.require_rg(rg)
+    st, t = ctx.view()
+    vms = sorted(st["vms"].values(), key=lambda vm: vm["name"].lower())
+    return [vm_resource(vm, t, details=a["show_details"]) for vm in vms
+            if not rg or vm["resource_group"].lower() == rg.lower()]
+
+
+def cmd_vm_delete(ctx: Ctx, a: dict):
+    rg, name = target(a)
+    if not a["yes"]:
+        ctx.warn(NO_TTY)
+        raise AzError("ERROR: Operation cancelled.")
+    ctx.require_rg(rg)
+    with ctx.tx() as (st, t):
+        vm = find(st, "vms", rg, name)
+        if vm is None:
+            return None  # ARM answers 204
+        if vm.get("deleting_since") is None:
+            _start_delete(ctx, st, vm, t)
+        gone = vm["gone_at"]
+    if not a["no_wait"]:
+        ctx.sleep_until(gone)
+    return None
+
+
+def _start_delete(ctx: Ctx, st: dict, vm: dict, t: float) -> None:
+    scn, name = ctx.scn, vm["name"]
+    gone = t + scn.seconds(name, vm["attempt"], "delete_seconds")
+    vm.update(deleting_since=t, gone_at=gone, disk_vanishes=False,
+              nic_reserved_until=gone + scn.nic_reservation_raw * scn.scale)
+    # A VM deleted before it became Succeeded never did.
+    st["succeeded_at"][name] = [x for x in st["succeeded_at"].get(name, []) if x <= t]
+    for key in ("running_at", "ips_at"):
+        if vm.get(key) is not None and vm[key] > t:
+            vm[key] = None
+
+
+def instance_view(vm: dict, t: float) -> dict:
+    """What `vm wait --custom` queries: the VM with instanceView.statuses."""
+    res = vm_resource(vm, t)
+    state = provisioning_state(vm, t)
+    statuses = [{"code": f"ProvisioningState/{state.lower()}", "level": "Info",
+                 "displayStatus": f"Provisioning {state.lower()}"}]
+    if power_state(vm, t):
+        code = power_state(vm, t).split()[-1]
+        statuses.append({"code": f"PowerState/{code}", "level": "Info",
+                         "displayStatus": power_state(vm, t)})
+    res["instanceView"] = {"statuses": statuses}
+    add_resource_group(res)
+    return res
+
+
+def cmd_vm_wait(ctx: Ctx, a: dict):
+    rg, name = target(a)
+    custom = compile_query(a["custom"], label="--custom") if a["custom"] else None
+    if custom is None and not any(a[k] for k in ("created", "deleted", "exists", "updated")):
+        raise AzError("ERROR: incorrect usage: --created | --deleted | --exists | --updated | "
+                      "--custom JMESPATH")
+    interval = max(a["interval"], 1)
+    for _ in range(max(math.ceil(a["timeout"] / interval), 1)):
+        if _wait_satisfied(ctx, rg, name, a, custom):
+            return None
+        time.sleep(interval * ctx.scn.scale)
+    return {}  # azure-cli returns (not raises) its timeout error, and prints it as {}
+
+
+def _wait_satisfied(ctx: Ctx, rg: str, name: str, a: dict, custom) -> bool:
+    """One poll of azure-cli's WaitCommandOperation."""
+    st, t = ctx.view()
+    vm = find(st, "vms", rg, name)
+    if vm is None:
+        if a["deleted"]:
+            return True
+        if a["created"]:
+            return False
+        ctx.require_rg(rg)
+        raise not_found("Microsoft.Compute/virtualMachines", rg, name)
+    if a["exists"]:
+        return True
+    state = provisioning_state(vm, t)
+    if state == "Failed":
+        raise AzError("ERROR: The operation failed")
+    if (a["created"] or a["updated"]) and state == "Succeeded":
+        return True
+    return custom is not None and truthy(search(custom, instance_view(vm, t)))
+
+
+# ================================================================ vm run-command invoke
+
+
+def _cloud_init_call(script: str) -> dict | None:
+    m = re.search(r"cloud-init\s+status([^;&|\n]*)", script)
+    if m is None:
+        return None
+    flags = m.group(1).split()
+    return {"long": any(f == "--long" or re.fullmatch(r"-[a-z]*l[a-z]*", f) for f in flags),
+            "wait": any(f == "--wait" or re.fullmatch(r"-[a-z]*w[a-z]*", f) for f in flags)}
+
+
+def cloud_init_text(vm: dict, at: float, *, long: bool, wait: bool, waited: float) -> str:
+    """`cloud-init status [--long] [--wait]` as cloud-init 23.4+ prints it (tabular)."""
+    ready = vm.get("cloud_init_at") is not None and at >= vm["cloud_init_at"]
+    mode = vm.get("cloud_init") or "done"
+    status, extended, errors = ("running", "running", [])
+    if ready:
+        status, extended, errors = {"error": ("error", "error", [CI_ERROR]),
+                                    "degraded": ("done", "degraded done", [])
+                                    }.get(mode, ("done", "done", []))
+    text = "." * math.ceil(waited / 0.25) + "\n" if wait else ""
+    text += f"status: {status}\n"
+    if long:
+        text += (f"extended_status: {extended}\nboot_status_code: enabled-by-generator\n"
+                 "detail:\nDataSourceAzure [seed=/dev/sr0]\n")
+        text += "errors:\n" + "".join(f"\t- {e}\n" for e in errors) if errors else "errors: []\n"
+        if ready and mode == "degraded":
+            text += f"recoverable_errors:\nWARNING:\n\t- {CI_RECOVERABLE}\n"
+    return text
+
+
+def _echo_after(script: str, operator: str) -> str:
+    m = re.search(re.escape(operator) + r"\s*echo\s+(['\"]?)([^'\"|;&\n]*)\1", script)
+    return m.group(2).strip() + "\n" if m else ""
+
+
+def script_stdout(vm: dict, script: str, *, start: float, end: float, scale: float) -> str:
+    """What the simulated VM prints for a script (see docs/az-simulator.md)."""
+    ci = _cloud_init_call(script)
+    ci_at = vm.get("cloud_init_at")
+    if ci is not None:
+        waited = max(0.0, min(ci_at or end, end) - start) / scale
+        return cloud_init_text(vm, end, long=ci["long"], wait=ci["wait"], waited=waited)
+    if "boot-finished" in script:
+        exists = ci_at is not None and end >= ci_at and vm.get("cloud_init") != "never"
+        return _echo_after(script, "&&" if exists else "||")
+    m = re.fullmatch(r"\s*echo\s+(['\"]?)([^\n]*?)\1\s*", script)
+    return m.group(2) + "\n" if m else ""
+
+
+def _script_end(ctx: Ctx, vm: dict, script: str, t: float) -> float | None:
+    """When the run-command returns; None for never (cloud-init that never finishes)."""
+    end = t + ctx.scn.seconds(vm["name"], vm["attempt"], "run_command_seconds")
+    ci = _cloud_init_call(script)
+    if ci is None:
+        return end
+    if vm.get("cloud_init") == "never" or vm.get("cloud_init_at") is None:
+        return None
+    return max(end, vm["cloud_init_at"]) if ci["wait"] else end
+
+
+def cmd_run_command(ctx: Ctx, a: dict):
+    rg, name = target(a)
+    ctx.require_rg(rg)
+    script = "\n".join(a["scripts"] or [])
+    with ctx.tx() as (st, t):
+        vm = find(st, "vms", rg, name)
+        if vm is None:
+            raise not_found("Microsoft.Compute/virtualMachines", rg, name)
+        if provisioning_state(vm, t) == "Deleting" or power_state(vm, t) != "VM running":
+            raise http_error("OperationNotAllowed", f"Operation 'RunCommand' is not allowed on "
+                             f"VM '{name}' since the VM is not running.")
+        if (vm.get("run_command_busy_until") or 0) > t:
+            raise http_error("Conflict", CONFLICT)
+        end = _script_end(ctx, vm, script, t)
+        vm["run_command_busy_until"] = FOREVER if end is None else end
+        snapshot = dict(vm)
+    ctx.sleep_until(FOREVER if end is None else end)
+    stdout = script_stdout(snapshot, script, start=t, end=end, scale=ctx.scn.scale)[-4096:]
+    return {"value": [{"code": "ProvisioningState/succeeded",
+                       "displayStatus": "Provisioning succeeded", "level": "Info",
+                       "message": f"Enable succeeded: \n[stdout]\n{stdout}\n[stderr]\n"}]}

@@ -81,8 +81,8 @@ class WorkerSettings:
 
 
 class Worker:
-    """One worker process's NATS side. `async with Worker(settings) as worker:`;
-    `stop()` is graceful and safe to call twice."""
+    """One worker process's NATS side: `start()`, then `stop()`, which is graceful and
+    safe to call twice (`serve` runs it between them until a signal)."""
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
@@ -109,17 +109,6 @@ class Worker:
                 "cancelled": self.counts["cancelled"],
                 "dead_lettered": self.counts["dead_lettered"],
                 "concurrency": self.settings.concurrency}
-
-    async def __aenter__(self) -> Worker:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         """Connect, create streams and the shared consumer if missing, start fetching."""

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from conftest import PYTHON, REPO, AzSim
+from test_orchestrator import FAST, orchestrate, vm_args
 from workerkit import RG, Bus, launch_env, running, spec
 
 from messages import Complete, Failed, Subject, decode
@@ -170,3 +171,14 @@ async def test_a_worker_adopts_an_untagged_vm_only_when_started_to(nats_server, 
     untouched(az_sim)
     failed = [m.payload.error_code for m in bus.of("vm1", Failed)]
     assert failed == ([] if flag else ["NotOurs"])
+
+
+@pytest.mark.parametrize("mode", [[], ["--legacy-poll"]], ids=["embedded-workers", "legacy"])
+def test_deploy_hands_adopt_untagged_to_whoever_launches(az_sim, tmp_path, mode):
+    existing_vm(az_sim)
+
+    done = orchestrate(tmp_path, az_sim, *vm_args("vm1:1"), *FAST, "--deployment-id",
+                       DEPLOYMENT, "--adopt-untagged", "--poll-interval", "0.2", *mode)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    untouched(az_sim)

@@ -13,6 +13,7 @@ from test_orchestrator import FAST, orchestrate, vm_args
 from workerkit import RG, Bus, launch_env, running, spec
 
 from messages import Complete, Failed, Subject, decode
+from vmlook import refusal
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -21,6 +22,29 @@ TAG = f"vmlaunch-deployment={DEPLOYMENT}"
 BASE = ["-n", "vm1", "-g", RG, "--image", "Ubuntu2204", "--zone", "1", "--location", "westus2",
         "--no-verify-ssh", "--retry-backoff", "0.05", "--deployment-id", DEPLOYMENT, "--no-nats",
         "--json"]
+
+
+OWNERSHIP = [
+    # tags, adopt_untagged, delete, allowed
+    pytest.param({"vmlaunch-deployment": DEPLOYMENT}, False, False, True, id="ours-adopt"),
+    pytest.param({"vmlaunch-deployment": DEPLOYMENT}, False, True, True, id="ours-delete"),
+    pytest.param(None, False, False, False, id="untagged-adopt"),
+    pytest.param({"owner": "x"}, True, False, True, id="untagged-adopt-allowed"),
+    pytest.param(None, True, True, False, id="untagged-delete-never"),
+    pytest.param({"vmlaunch-deployment": "other"}, True, False, False, id="other-adopt-never"),
+    pytest.param({"vmlaunch-deployment": "other"}, True, True, False, id="other-delete-never"),
+]
+
+
+@pytest.mark.parametrize(("tags", "adopt_untagged", "delete", "allowed"), OWNERSHIP)
+def test_only_our_tag_allows_adoption_and_deletion(tags, adopt_untagged, delete, allowed):
+    vm = {"name": "vm1", **({"tags": tags} if tags is not None else {})}
+    refused = refusal(vm, deployment_id=DEPLOYMENT, adopt_untagged=adopt_untagged,
+                      delete=delete)
+    assert (refused is None) == allowed
+    if refused is not None:
+        assert (refused.code, refused.kind.value) == ("NotOurs", "permanent")
+        assert f"not {TAG}" in refused.message
 
 
 def launch(az_sim: AzSim, *args: str) -> subprocess.CompletedProcess[str]:

@@ -59,9 +59,14 @@ _T, _C, _L, _P = (FailureKind.TRANSIENT, FailureKind.CAPACITY, FailureKind.LOOK,
 # The table: (kind, regex the code's message must match or None, codes). First match wins.
 # A code Azure gives that is not here is PERMANENT; no code at all is "Unknown", TRANSIENT.
 _TABLE: tuple[tuple[FailureKind, str | None, tuple[str, ...]], ...] = (
-    (_T, None, ("TooManyRequests", "InternalServerError", "ServiceUnavailable",
-                "InternalExecutionError", "GatewayTimeout", "Conflict",
-                "AnotherOperationInProgress", "OperationPreempted", "RetryableError",
+    # Throttling (ARM and Compute; azure-cli.md §6): azure-core has already retried these.
+    (_T, None, ("TooManyRequests", "SubscriptionRequestsThrottled",
+                "ResourceGroupRequestsThrottled", "TenantRequestsThrottled")),
+    # Server side (5xx) and the service's own "try again".
+    (_T, None, ("InternalServerError", "ServiceUnavailable", "GatewayTimeout", "ServerTimeout",
+                "InternalExecutionError", "NetworkingInternalOperationError",
+                "RetryableError")),
+    (_T, None, ("Conflict", "AnotherOperationInProgress", "OperationPreempted",
                 "NicReservedForAnotherVm", "TokenCacheLocked", "Timeout", "Unknown")),
     # Cleanup ordering races: they clear once the VM or NIC delete has finished.
     (_T, None, ("NicInUse", "PublicIPAddressCannotBeDeleted")),
@@ -95,7 +100,8 @@ _CODE_LINE = re.compile(r"^\s*Code:\s*(\w+)", re.M)
 # Azure writes "code" before "message" in an error object; [^{}] keeps to that object.
 _JSON_MESSAGE = re.compile(r'"code":\s*"(\w+)"[^{}]*?"message":\s*("(?:[^"\\]|\\.)*")')
 _PAREN_MESSAGE = re.compile(r"\((\w+)\)[ \t]*([^\n]+)")
-_RETRY_AFTER = re.compile(r"retry[- ]after:?\s*(\d+(?:\.\d+)?)", re.I)
+# "Retry-After: 17", "retry after 180 seconds", ARM's "Please try again after '17' seconds".
+_RETRY_AFTER = re.compile(r"(?:retry[- ]after:?|try again after)\s*'?(\d+(?:\.\d+)?)", re.I)
 
 
 def classify(exit_code: int, stderr: str) -> AzError:
@@ -104,8 +110,8 @@ def classify(exit_code: int, stderr: str) -> AzError:
     if code is None:
         code = "ResourceNotFound" if exit_code == 3 else "Unknown"
     message = _messages(stderr).get(code) or _first_error_line(stderr, exit_code)
-    hint = _RETRY_AFTER.search(stderr)
-    return AzError(code, message, _kind(code, message), float(hint[1]) if hint else None)
+    hints = [float(hint) for hint in _RETRY_AFTER.findall(stderr)]  # the longest wait wins
+    return AzError(code, message, _kind(code, message), max(hints) if hints else None)
 
 
 def _kind(code: str, message: str) -> FailureKind:

@@ -58,6 +58,7 @@ class DeployOptions:
     nats_grace: float = 10.0
     workers: WorkerOptions = field(default_factory=WorkerOptions)
     concurrency: int = 8  # legacy mode: creates at once
+    adopt_untagged: bool = False  # legacy mode; embedded workers get workers.adopt_untagged
     poll_interval: float | None = None  # legacy mode; default the plan's, else 30
     deadline: float | None = None  # default the plan's
     confirm: Callable[[str], bool] | None = None  # None: no question asked
@@ -253,7 +254,8 @@ class Deployment:
             self.plan, az=self.az, sink=tracker.sink, poll_interval=interval,
             concurrency=self.options.concurrency, private_key=self.options.ssh_private_key,
             deadline=self.deadline, vms=left,
-            attempts={name: tracker.view.vms[name].attempt for name in left}))
+            attempts={name: tracker.view.vms[name].attempt for name in left},
+            adopt_untagged=self.options.adopt_untagged))
         stopper = asyncio.create_task(self.stop.wait())
         ticker = asyncio.create_task(self._tick_until(poller))
         try:

@@ -33,6 +33,7 @@ class WorkerOptions:
     az: str | None = None
     ssh_private_key: str | None = None
     grace: float = 2.0  # how long a stopping worker lets work in flight finish
+    adopt_untagged: bool = False
 
 
 def worker_argv(url: str, index: int, options: WorkerOptions) -> list[str]:
@@ -44,6 +45,8 @@ def worker_argv(url: str, index: int, options: WorkerOptions) -> list[str]:
         argv.extend(["--az", options.az])
     if options.ssh_private_key is not None:
         argv.extend(["--ssh-private-key", options.ssh_private_key])
+    if options.adopt_untagged:
+        argv.append("--adopt-untagged")
     return argv
 
 

@@ -48,11 +48,12 @@ class JobRunner:
 
     def __init__(self, nc: Client, publisher: Publisher, *, az: AzCli, cancels: CancelMemory,
                  counts: Counter[str], worker_id: str, max_deliveries: int,
-                 private_key: str | None, ack_wait: float) -> None:
+                 private_key: str | None, ack_wait: float, adopt_untagged: bool = False) -> None:
         self._nc, self._publisher = nc, publisher
         self.az, self.cancels, self.counts = az, cancels, counts
         self.worker_id, self.max_deliveries = worker_id, max_deliveries
         self.private_key, self.ack_wait = private_key, ack_wait
+        self.adopt_untagged = adopt_untagged  # the worker's option, never a request's
         self._settled: OrderedDict[int, str] = OrderedDict()
 
     async def handle(self, job: Job) -> None:
@@ -110,7 +111,8 @@ class JobRunner:
 
     async def _launch(self, job: Job, spec: VMSpec) -> None:
         assert job.report is not None
-        launch = Launch(spec, az=self.az, report=job.report, private_key=self.private_key)
+        launch = Launch(spec, az=self.az, report=job.report, private_key=self.private_key,
+                        adopt_untagged=self.adopt_untagged)
         heartbeat = asyncio.create_task(self._heartbeat(job))
         job.launching = True
         try:

@@ -24,6 +24,7 @@ from legacyvm import EXIT_GRACE, Phase, PolledVm, VmTasks, as_found
 from messages import Message
 from pipeline import Reporter
 from plan import Plan
+from vmlook import refusal
 from vmspec import VMSpec
 
 log = logging.getLogger(__name__)
@@ -35,19 +36,23 @@ IN_FLIGHT = ("Creating", "Updating")
 async def run_legacy(plan: Plan, *, az: AzCli, sink: Callable[[Message], Awaitable[None]],
                      poll_interval: float, concurrency: int, private_key: str | None,
                      deadline: float, vms: list[str] | None = None,
-                     attempts: dict[str, int] | None = None) -> None:
+                     attempts: dict[str, int] | None = None,
+                     adopt_untagged: bool = False) -> None:
     """Create, watch and verify the plan's VMs (or `vms`) by polling, until every one is ready
     or finally failed, or until `deadline` (a loop.time() value): then the create processes
     are killed and the unfinished VMs get a final `failed` "DeadlineExceeded".
 
     `attempts`: attempts already started per VM (after NATS loss). An in-flight create found
     in Azure is adopted and keeps its number; a new create is the next number.
+    Only VMs with this deployment's tag are adopted or replaced (`adopt_untagged`: also
+    adopt, never delete, one with no deployment tag); any other fails as NotOurs.
     The az calls made are logged at the end (see `calls_summary`)."""
     if poll_interval <= 0 or concurrency < 1:
         raise ValueError("run_legacy needs a positive poll_interval and a concurrency of at "
                          "least 1.")
     poller = _Poller(plan, az=az, sink=sink, poll_interval=poll_interval,
-                     concurrency=concurrency, private_key=private_key, deadline=deadline)
+                     concurrency=concurrency, private_key=private_key, deadline=deadline,
+                     adopt_untagged=adopt_untagged)
     before = collections.Counter(az.calls)
     try:
         await poller.run(vms if vms is not None else [s.name for s in plan.vms], attempts or {})
@@ -66,8 +71,9 @@ def calls_summary(calls: collections.Counter[str]) -> str:
 class _Poller:
     def __init__(self, plan: Plan, *, az: AzCli, sink: Callable[[Message], Awaitable[None]],
                  poll_interval: float, concurrency: int, private_key: str | None,
-                 deadline: float) -> None:
+                 deadline: float, adopt_untagged: bool) -> None:
         self.plan, self.az, self.sink = plan, az, sink
+        self.adopt_untagged = adopt_untagged
         self.poll_interval, self.concurrency = poll_interval, concurrency
         self.deadline = deadline
         self.loop = asyncio.get_running_loop()
@@ -148,7 +154,14 @@ class _Poller:
 
     async def _first_sight(self, vm: PolledVm, seen: dict[str, Any] | None) -> None:
         state = (seen or {}).get("provisioningState")
-        if seen is not None and (state in IN_FLIGHT or state == "Succeeded"):
+        refused = None if seen is None or state == "Deleting" else refusal(
+            seen, deployment_id=self.plan.deployment_id, adopt_untagged=self.adopt_untagged,
+            delete=state == "Failed")
+        if refused is not None:  # someone else's VM: neither adopted nor deleted
+            await vm.report.failed(refused, attempt=max(vm.attempt, 1), final=True,
+                                   spec=vm.spec)
+            vm.phase = Phase.FAILED
+        elif seen is not None and (state in IN_FLIGHT or state == "Succeeded"):
             vm.spec = as_found(vm.spec, seen)
             vm.attempt, vm.phase, vm.since = max(vm.attempt, 1), Phase.CREATING, self.loop.time()
             if state != "Succeeded":

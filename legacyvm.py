@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from attempts import after_failure, remove_vm
 from azcli import AzCli, AzError
 from createproc import CreateProcess
-from pipeline import Reporter, after_failure, remove_vm, report_created, verify_vm
+from pipeline import Reporter, report_created, verify_vm
 from vmspec import VMSpec
 
 EXIT_GRACE = 5.0  # a create client whose VM Azure has already decided gets this long to exit

@@ -74,7 +74,7 @@ async def _connect(settings: NatsSettings, stack: contextlib.AsyncExitStack) -> 
 
 async def launch(spec: VMSpec, *, deployment_id: str, az: str, private_key: str | None,
                  nats: NatsSettings | None, json_lines: bool, state_file: str | None,
-                 events_file: str | None) -> int:
+                 events_file: str | None, adopt_untagged: bool = False) -> int:
     """Create and verify one VM whose spec passed `spec_problems`. 0 ready, 1 failed."""
     spec = spec.with_file_contents()
     outputs = _Outputs(spec, deployment_id=deployment_id, json_lines=json_lines)
@@ -88,7 +88,8 @@ async def launch(spec: VMSpec, *, deployment_id: str, az: str, private_key: str 
         report = Reporter(outputs.emit, deployment_id=deployment_id, vm_name=spec.name,
                           source=f"manual@{socket.gethostname()}",
                           id_seed=f"{deployment_id}/{spec.name}/{new_event_id()}")
-        result = await Launch(spec, az=AzCli(az), report=report, private_key=private_key).run()
+        result = await Launch(spec, az=AzCli(az), report=report, private_key=private_key,
+                              adopt_untagged=adopt_untagged).run()
     if not json_lines:
         vm = outputs.view.vms[spec.name]
         print(f"{spec.name}: ready ({vm.public_ip or 'no public IP'}) after {result.attempts} "

@@ -145,6 +145,10 @@ def cli() -> None:
               help="Embedded mode: creations at once per worker. [default: the worker's]")
 @click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True,
               help="Legacy mode: creations at once.")
+@click.option("--adopt-untagged", is_flag=True,
+              help="Adopt (never delete) a VM of a planned name that has no "
+                   "vmlaunch-deployment tag; without it such a VM fails as NotOurs. Given to "
+                   "the embedded workers and the legacy poller.")
 @click.option("--poll-interval", type=_POSITIVE,
               help="Legacy mode: seconds between polls. [default: the plan's, else 30]")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
@@ -173,8 +177,10 @@ def deploy(**params: Any) -> None:
         require_nats=params["require_nats"],
         legacy_poll=params["legacy_poll"], nats_grace=params["nats_grace"],
         workers=WorkerOptions(count=params["workers"], az=params["az_path"],
-                              concurrency=params["worker_concurrency"], ssh_private_key=key),
-        concurrency=params["concurrency"], poll_interval=params["poll_interval"],
+                              concurrency=params["worker_concurrency"], ssh_private_key=key,
+                              adopt_untagged=params["adopt_untagged"]),
+        concurrency=params["concurrency"], adopt_untagged=params["adopt_untagged"],
+        poll_interval=params["poll_interval"],
         deadline=params["deadline"], confirm=_confirm(params["yes"]))
     display = make_display(json_lines=params["json_out"], quiet=params["quiet"],
                            verbose=params["verbose"] > 0)

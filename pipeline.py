@@ -1,21 +1,21 @@
 """One VM from request to ready: validate, adopt or create, verify, retry.
 
 The pipeline does not know where its events go (NATS, a terminal, the legacy
-poller's reducer): it is given an `emit` coroutine. Retry decisions, clean-up and
-verification are public functions so the legacy poller reuses them.
+poller's reducer): it is given an `emit` coroutine. Verification is public, and the end
+of a failed attempt lives in attempts.py, so the legacy poller reuses them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from azcli import AzCli, AzError, AzResult, FailureKind
+from attempts import after_failure, remove_vm
+from azcli import AzCli, AzError, FailureKind
 from messages import (
     CloudInitComplete,
     Complete,
@@ -28,10 +28,10 @@ from messages import (
     stable_event_id,
 )
 from verify import check_cloud_init, check_ssh
+from vmlook import look, refusal, unknown_error
 from vmspec import VMSpec, spec_problems
 
 Emit = Callable[[Message], Awaitable[None]]
-BACKOFF_CAP = 120.0
 # Base pause between SSH tries; a request with a shorter retry_backoff uses that instead.
 SSH_BACKOFF = 2.0
 
@@ -80,39 +80,6 @@ class Reporter:
         ), attempt=attempt)
 
 
-def next_spec(spec: VMSpec, original: VMSpec, error: AzError) -> VMSpec:
-    """After a capacity failure, move to the next fallback zone, then the next size."""
-    if error.kind is not FailureKind.CAPACITY:
-        return spec
-    zones = [z for z in [original.zone, *original.fallback_zones] if z is not None]
-    if spec.zone in zones and zones.index(spec.zone) + 1 < len(zones):
-        return spec.replace(zone=zones[zones.index(spec.zone) + 1])
-    sizes = [original.size, *original.fallback_sizes]
-    if spec.size in sizes and sizes.index(spec.size) + 1 < len(sizes):
-        # A new size starts again from the first zone.
-        return spec.replace(size=sizes[sizes.index(spec.size) + 1], zone=original.zone)
-    return spec
-
-
-def backoff_delay(spec: VMSpec, attempt: int, error: AzError) -> float:
-    """Exponential with jitter, never shorter than the service's retry-after hint."""
-    delay = min(BACKOFF_CAP, spec.retry_backoff * 2 ** (attempt - 1))
-    delay *= random.uniform(0.5, 1.0)
-    return max(delay, error.retry_after or 0.0)
-
-
-async def remove_vm(az: AzCli, spec: VMSpec) -> AzResult:
-    """Delete the VM (its NIC and OS disk go with it) and then its public IP.
-
-    `az vm create` gives the public IP no delete option, so it is removed separately:
-    no orphan, no cost leak, and a retry in another zone gets a fresh zonal IP.
-    """
-    deleted = await az.delete_vm(spec.resource_group, spec.name)
-    if not deleted.ok:
-        return deleted
-    return await az.delete_public_ip(spec.resource_group, spec.name)
-
-
 async def verify_vm(spec: VMSpec, *, ip: str, az: AzCli, report: Reporter, attempt: int,
                     private_key: str | None) -> AzError | None:
     """Run the requested checks, emitting their events; the error of the first failure."""
@@ -146,50 +113,19 @@ async def report_created(report: Reporter, vm: dict, *, spec: VMSpec, attempt: i
     return ip
 
 
-@dataclass(frozen=True)
-class Retry:
-    spec: VMSpec  # for the next attempt: the zone or size may have moved
-    delay: float  # seconds to wait before it
-
-
-async def after_failure(error: AzError, *, az: AzCli, report: Reporter, spec: VMSpec,
-                        original: VMSpec, attempt: int) -> Retry | None:
-    """Report a failed attempt, remove what it left, plan the next one; None when final."""
-    final = error.kind is FailureKind.PERMANENT or attempt >= spec.max_attempts
-    await report.failed(error, attempt=attempt, final=final, spec=spec)
-    await clean_up(az, report, spec, attempt=attempt)
-    if final:
-        return None
-    spec = next_spec(spec, original, error)
-    delay = backoff_delay(spec, attempt, error)
-    await report.status("retrying", f"{error.code}: attempt {attempt + 1} of "
-                        f"{spec.max_attempts} in {delay:.1f} s", attempt=attempt + 1, spec=spec)
-    return Retry(spec, delay)
-
-
-async def clean_up(az: AzCli, report: Reporter, spec: VMSpec, *, attempt: int) -> None:
-    """Delete a failed attempt's VM and public IP, if the VM exists; waits until gone."""
-    shown = await az.show_vm(spec.resource_group, spec.name)
-    if shown.not_found:
-        return
-    await report.status("deleting", f"deleting {spec.name} and its public IP",
-                        attempt=attempt, spec=spec)
-    await remove_vm(az, spec)
-
-
-def _state(result: AzResult) -> str:
-    return result.data.get("provisioningState", "") if isinstance(result.data, dict) else ""
-
-
 class Launch:
-    """Creates and verifies one VM, retrying on its own up to `max_attempts`."""
+    """Creates and verifies one VM, retrying on its own up to `max_attempts`.
+
+    `adopt_untagged` (a launcher option, never a request field) lets it adopt a VM of that
+    name that carries no deployment tag; it never deletes one."""
 
     def __init__(self, spec: VMSpec, *, az: AzCli, report: Reporter,
-                 private_key: str | None = None) -> None:
+                 private_key: str | None = None, adopt_untagged: bool = False) -> None:
         self.original = spec
         self.az = az
         self.report = report
         self.private_key = private_key
+        self.adopt_untagged = adopt_untagged
         self.started = time.monotonic()
 
     async def run(self) -> LaunchResult:
@@ -240,21 +176,27 @@ class Launch:
                                private_key=self.private_key)
 
     async def _create_or_adopt(self, spec: VMSpec, attempt: int) -> dict | AzError:
-        """Look first: never start a second create of a VM that exists or is in flight."""
-        shown = await self.az.show_vm(spec.resource_group, spec.name)
-        state = _state(shown)
-        if shown.ok and state == "Succeeded":
-            return shown.data
-        if shown.ok and state in ("Creating", "Updating"):
+        """Look first: never start a second create of a VM that exists or is in flight, and
+        act only on what a read said (azure-cli.md §6)."""
+        seen = await look(self.az, spec, time.monotonic() + spec.create_timeout)
+        if seen.unknown:
+            return unknown_error(spec, seen)
+        if seen.absent:
+            return await self._create(spec, attempt)
+        broken = seen.state in ("Failed", "Deleting")
+        refused = refusal(seen.data, deployment_id=self.report.deployment_id,
+                          adopt_untagged=self.adopt_untagged, delete=broken)
+        if refused is not None:
+            return refused
+        if seen.state == "Succeeded":
+            return seen.data
+        if not broken:  # Creating, Updating, or a state we do not know: never destructive
             return await self._wait_in_flight(spec, attempt)
-        if shown.ok and state in ("Failed", "Deleting"):
-            await self.report.status("deleting", f"found {spec.name} {state}; removing it "
-                                     "before creating", attempt=attempt, spec=spec)
-            removed = await remove_vm(self.az, spec)
-            if not removed.ok:
-                return removed.error
-        elif not shown.ok and not shown.not_found:
-            return shown.error
+        await self.report.status("deleting", f"found {spec.name} {seen.state}; removing it "
+                                 "before creating", attempt=attempt, spec=spec)
+        removed = await remove_vm(self.az, spec)
+        if not removed.ok:
+            return removed.error
         return await self._create(spec, attempt)
 
     async def _create(self, spec: VMSpec, attempt: int) -> dict | AzError:
@@ -269,9 +211,9 @@ class Launch:
                                          FailureKind.TRANSIENT)
         if created.timed_out or error.kind is FailureKind.LOOK:
             # Azure keeps creating after the client dies: look before deciding.
-            shown = await self.az.show_vm(spec.resource_group, spec.name)
-            if shown.ok and _state(shown) == "Succeeded":
-                return shown.data
+            seen = await look(self.az, spec, time.monotonic() + spec.create_timeout)
+            if seen.state == "Succeeded":
+                return seen.data
         return error
 
     async def _wait_in_flight(self, spec: VMSpec, attempt: int) -> dict | AzError:
@@ -282,14 +224,13 @@ class Launch:
         while time.monotonic() < deadline:
             await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 1.5, 15.0)
-            shown = await self.az.show_vm(spec.resource_group, spec.name)
-            state = _state(shown)
-            if state == "Succeeded":
-                return shown.data
-            if state == "Failed":
+            seen = await look(self.az, spec, deadline)
+            if seen.state == "Succeeded":
+                return seen.data
+            if seen.state == "Failed":
                 return AzError("ProvisioningFailed", f"{spec.name} ended in state Failed",
                                FailureKind.TRANSIENT)
-            if shown.not_found:
+            if seen.absent:
                 return await self._create(spec, attempt)
         return AzError("Timeout", f"{spec.name} still not provisioned after "
                        f"{spec.create_timeout:g} s", FailureKind.TRANSIENT)

@@ -32,12 +32,16 @@ nats_options = cliopts.nats_options(
 
 
 def local_options(command: F) -> F:
-    """--az, --ssh-private-key, -v: shared by every command."""
+    """--az, --ssh-private-key, --adopt-untagged, -v: shared by every command."""
     return cliopts.apply_options(command, [
         click.option("--az", "az_path", envvar="AZ_CLI", default="az", show_default=True,
                      help="The az executable. [env: AZ_CLI]"),
         click.option("--ssh-private-key", type=click.Path(exists=True, dir_okay=False),
                      help="Private key for the SSH checks (never leaves this machine)."),
+        click.option("--adopt-untagged", is_flag=True,
+                     help="Adopt (never delete) a VM of that name with no vmlaunch-deployment "
+                          "tag. Without it such a VM fails as NotOurs; a VM tagged for "
+                          "another deployment always does. No request can grant this."),
         click.option("-v", "--verbose", count=True, help="More log detail (repeatable)."),
     ])
 
@@ -79,8 +83,8 @@ def cli() -> None:
                    "heartbeats every third of it. Tests shorten it.")
 def serve(nats_url: str, nats_creds: str | None, tls_ca: str | None, tls_cert: str | None,
           tls_key: str | None, nats_connect_timeout: float, az_path: str,
-          ssh_private_key: str | None, verbose: int, concurrency: int, worker_id: str | None,
-          grace: float, max_deliveries: int, ack_wait: float) -> None:
+          ssh_private_key: str | None, adopt_untagged: bool, verbose: int, concurrency: int,
+          worker_id: str | None, grace: float, max_deliveries: int, ack_wait: float) -> None:
     """Take vm.create.request messages from NATS and create the VMs (worker mode).
 
     All workers share one durable consumer, so N workers on M machines split the work.
@@ -98,7 +102,7 @@ def serve(nats_url: str, nats_creds: str | None, tls_ca: str | None, tls_cert: s
         nats=_required(cliopts.nats_settings(params, name=f"vm-launcher-{worker_id}")),
         worker_id=worker_id, az=az_path, concurrency=concurrency,
         ssh_private_key=ssh_private_key, grace=grace, max_deliveries=max_deliveries,
-        ack_wait=ack_wait)
+        ack_wait=ack_wait, adopt_untagged=adopt_untagged)
     sys.exit(asyncio.run(worker.serve(settings)))
 
 
@@ -122,7 +126,8 @@ def launch(spec_file: str | None, deployment_id: str | None, json_lines: bool,
            state_file: str | None, events_file: str | None, no_nats: bool, nats_url: str,
            nats_creds: str | None, tls_ca: str | None, tls_cert: str | None,
            tls_key: str | None, nats_connect_timeout: float, az_path: str,
-           ssh_private_key: str | None, verbose: int, **spec_params: Any) -> None:
+           ssh_private_key: str | None, adopt_untagged: bool, verbose: int,
+           **spec_params: Any) -> None:
     """Create and verify one VM in the foreground, without an orchestrator.
 
     Every VM spec field is an option (or comes from --spec). The spec is checked first:
@@ -145,7 +150,7 @@ def launch(spec_file: str | None, deployment_id: str | None, json_lines: bool,
         code = asyncio.run(manual_launch.launch(
             spec, deployment_id=deployment_id or f"manual-{spec.name}", az=az_path,
             private_key=ssh_private_key, nats=nats, json_lines=json_lines,
-            state_file=state_file, events_file=events_file))
+            state_file=state_file, events_file=events_file, adopt_untagged=adopt_untagged))
     except KeyboardInterrupt:
         click.echo("interrupted; the az processes were stopped", err=True)
         code = EXIT_FAILED

@@ -67,6 +67,7 @@ class WorkerSettings:
     grace: float = 30.0
     max_deliveries: int = 5
     ack_wait: float = ACK_WAIT
+    adopt_untagged: bool = False  # adopt (never delete) a same-named VM with no deployment tag
 
     def __post_init__(self) -> None:
         problems = [text for bad, text in (
@@ -123,7 +124,8 @@ class Worker:
         runner = JobRunner(nc, Publisher(nc, js), az=self.az, cancels=self.cancels,
                            counts=self.counts, worker_id=self.worker_id,
                            max_deliveries=self.settings.max_deliveries,
-                           private_key=self.settings.ssh_private_key, ack_wait=self.ack_wait)
+                           private_key=self.settings.ssh_private_key, ack_wait=self.ack_wait,
+                           adopt_untagged=self.settings.adopt_untagged)
         await nc.subscribe(Subject.CANCEL.value, cb=self._on_cancel)
         self._service = await add_service(
             nc, name=SERVICE_NAME, version=SERVICE_VERSION,

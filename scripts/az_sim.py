@@ -116,7 +116,8 @@ def _count_call(store: StateStore, command: str, scn: Scenario, *, throttle: boo
         if not throttle or not scn.throttle or (commands and command not in commands):
             return False
         st["throttle_seen"] += 1
-        return st["throttle_seen"] <= scn.throttle.get("first_calls", 0)
+        after = scn.throttle.get("after_calls", 0)
+        return after < st["throttle_seen"] <= after + scn.throttle.get("first_calls", 0)
 
 
 def _help(command: str | None, words: list[str]) -> str:

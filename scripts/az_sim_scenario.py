@@ -74,11 +74,13 @@ def _check_scenario(data: dict) -> list[str]:
     else:
         problems.append("defaults must be a mapping")
     throttle = data.get("throttle", {})
-    if not isinstance(throttle, dict) or set(throttle) - {"first_calls", "code", "commands",
-                                                          "message"}:
-        problems.append("throttle must be a mapping of first_calls, code, commands, message")
+    if not isinstance(throttle, dict) or set(throttle) - {"first_calls", "after_calls", "code",
+                                                          "commands", "message"}:
+        problems.append("throttle must be a mapping of first_calls, after_calls, code, "
+                        "commands, message")
     else:
         _check_number(problems, "throttle.first_calls", throttle.get("first_calls", 0))
+        _check_number(problems, "throttle.after_calls", throttle.get("after_calls", 0))
         if not isinstance(throttle.get("commands", []), list):
             problems.append("throttle.commands must be a list such as ['vm create']")
     rules = data.get("vms", [])

@@ -377,6 +377,15 @@ def test_the_first_k_matching_calls_are_throttled(sim):
     assert sim.state()["calls"] == {"vm list": 3, "vm show": 1}
 
 
+def test_after_calls_lets_the_first_matching_calls_through_before_throttling(sim):
+    sim.scenario(throttle={"after_calls": 1, "first_calls": 2, "commands": ["vm show"],
+                           "code": "InternalServerError", "message": "boom"})
+    shows = [sim.run("vm", "show", "-g", RG, "-n", "x") for _ in range(4)]
+    assert [p.returncode for p in shows] == [3, 1, 1, 3]  # through, throttled twice, through
+    assert shows[1].stderr.startswith("ERROR: (InternalServerError) boom\n")
+    assert sim.state()["throttled_calls_seen"] == 4
+
+
 def test_a_bad_scenario_reports_every_problem(sim):
     sim.scenario_path.write_text("time_scale: -1\nbogus: 1\nvms:\n  - match: x\n    hang: 3\n")
     p = sim.run("vm", "list")

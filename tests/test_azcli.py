@@ -175,6 +175,51 @@ def test_classify_follows_the_table(exit_code: int, stderr: str, code: str, kind
     assert error.message
 
 
+ARM_THROTTLE = ("Number of 'write' requests for subscription 'sub' actually exceeded the limit "
+                "of '1200' for time interval '01:00:00'. Please try again after '{n}' seconds.")
+COMPUTE_THROTTLE = ("The request is being throttled as the limit has been reached for operation "
+                    "type - Read_30Min. For more information, see - https://aka.ms/computethrottling")
+
+# azure-cli.md §6: every throttle and 5xx code is transient, whatever command printed it.
+THROTTLE_AND_5XX = [
+    pytest.param(http_error("SubscriptionRequestsThrottled", ARM_THROTTLE.format(n=17)),
+                 "SubscriptionRequestsThrottled", 17.0, id="subscription-throttled"),
+    pytest.param(http_error("ResourceGroupRequestsThrottled", ARM_THROTTLE.format(n=5)),
+                 "ResourceGroupRequestsThrottled", 5.0, id="resource-group-throttled"),
+    pytest.param(http_error("TenantRequestsThrottled", ARM_THROTTLE.format(n=30)),
+                 "TenantRequestsThrottled", 30.0, id="tenant-throttled"),
+    pytest.param(http_error("TooManyRequests", COMPUTE_THROTTLE), "TooManyRequests", None,
+                 id="compute-throttled"),
+    pytest.param(preflight("SubscriptionRequestsThrottled", ARM_THROTTLE.format(n=8)),
+                 "SubscriptionRequestsThrottled", 8.0, id="throttled-create-preflight"),
+    pytest.param(http_error("TooManyRequests", "throttled\nRetry-After: 12"), "TooManyRequests",
+                 12.0, id="retry-after-value"),
+    pytest.param(http_error("TooManyRequests", "Retry-After: 3. " + ARM_THROTTLE.format(n=9)),
+                 "TooManyRequests", 9.0, id="both-hints-the-longer-wins"),
+    pytest.param(http_error("ServerTimeout", "The server timed out."), "ServerTimeout", None,
+                 id="server-timeout"),
+    pytest.param(deployment_failed("NetworkingInternalOperationError", "An error occurred."),
+                 "NetworkingInternalOperationError", None, id="networking-internal"),
+    pytest.param(http_error("InternalServerError", "Encountered internal server error."),
+                 "InternalServerError", None, id="internal-server-error"),
+    pytest.param(http_error("RetryableError", "A retryable error occurred."), "RetryableError",
+                 None, id="retryable-error"),
+    pytest.param(http_error("GatewayTimeout", "The gateway did not receive a response."),
+                 "GatewayTimeout", None, id="gateway-timeout"),
+    pytest.param(http_error("ServiceUnavailable", "Service is unavailable."),
+                 "ServiceUnavailable", None, id="service-unavailable"),
+    pytest.param(http_error("InternalExecutionError", "An internal execution error occurred."),
+                 "InternalExecutionError", None, id="internal-execution-error"),
+]
+
+
+@pytest.mark.parametrize(("stderr", "code", "retry_after"), THROTTLE_AND_5XX)
+def test_every_throttle_and_server_error_is_transient_with_its_retry_after(
+        stderr: str, code: str, retry_after: float | None) -> None:
+    error = classify(1, stderr)
+    assert (error.code, error.kind, error.retry_after) == (code, T, retry_after)
+
+
 def test_classify_gives_each_code_its_own_message() -> None:
     error = classify(1, deployment_failed("ZonalAllocationFailed", "no room in zone 2"))
     assert error.message == "no room in zone 2"

@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 import pytest
+import yaml
 from conftest import AZ_SIM, AzSim, async_wait_until
 
 import messages as m
@@ -34,6 +35,7 @@ DEPLOYMENT = "k0rdent-legacy01"
 RG = "k0rdent-legacy01-resgrp"
 POLL = 0.2
 CLOUD_INIT = "#cloud-config\nruncmd: [echo legacy]\n"
+OURS = f"vmlaunch-deployment={DEPLOYMENT}"
 
 
 @pytest.fixture
@@ -292,9 +294,10 @@ async def test_vms_already_in_azure_are_adopted_and_keep_their_attempt_counts(
     # created (attempt 1), vm-3's attempt 1 left nothing in Azure.
     scenario(sim, create_seconds=150)
     plan = make_plan(tmp_path, ["vm-1", "vm-2", "vm-3"])
-    sim.az("vm", "create", "-g", RG, "-n", "vm-2", "--image", "Debian12", "--zone", "1")
+    sim.az("vm", "create", "-g", RG, "-n", "vm-2", "--image", "Debian12", "--zone", "1",
+           "--tags", OURS)
     sim.az("vm", "create", "-g", RG, "-n", "vm-1", "--image", "Debian12", "--zone", "1",
-           "--no-wait")
+           "--tags", OURS, "--no-wait")
     deployment = Deployment(tmp_path, plan)
 
     recorder = await deployment.run(attempts={"vm-1": 2, "vm-2": 1, "vm-3": 1})
@@ -307,6 +310,66 @@ async def test_vms_already_in_azure_are_adopted_and_keep_their_attempt_counts(
     provisioning = [e.vm_name for _, e in recorder.events
                     if isinstance(e.payload, m.Status) and e.payload.state == "provisioning"]
     assert provisioning == ["vm-1"]  # vm-2 is already Succeeded: verified only
+
+
+@pytest.mark.parametrize(("tags", "adopt_untagged"), [
+    pytest.param([], False, id="untagged"),
+    pytest.param(["vmlaunch-deployment=other-dep"], True, id="another-deployments"),
+])
+async def test_a_vm_that_is_not_ours_is_neither_adopted_nor_deleted(
+        sim: AzSim, tmp_path: Path, tags: list[str], adopt_untagged: bool):
+    scenario(sim)
+    sim.az("vm", "create", "-g", RG, "-n", "vm-1", "--image", "Debian12", "--zone", "1",
+           *(["--tags", *tags] if tags else []))
+    deployment = Deployment(tmp_path, make_plan(tmp_path, ["vm-1"]))
+
+    recorder = await deployment.run(adopt_untagged=adopt_untagged)
+
+    (_, failed), = recorder.of("vm-1", m.Failed)
+    assert (failed.payload.error_code, failed.payload.final) == ("NotOurs", True)
+    assert f"not {OURS}" in failed.payload.message
+    azure = sim.state()
+    assert azure["create_counts"] == {"vm-1": 1}  # only the one made above
+    assert "vm delete" not in azure["calls"]
+    assert not recorder.of("vm-1", m.Complete)
+    assert deployment.vm_states()["vm-1"]["state"] == "Failed"
+
+
+async def test_adopt_untagged_adopts_an_untagged_vm_but_never_deletes_an_untagged_failed_one(
+        sim: AzSim, tmp_path: Path):
+    scenario(sim, {"match": "vm-2", "attempts": [1], "fail": "InternalServerError"})
+    sim.az("vm", "create", "-g", RG, "-n", "vm-1", "--image", "Debian12", "--zone", "1")
+    sim.az("vm", "create", "-g", RG, "-n", "vm-2", "--image", "Debian12", "--zone", "1",
+           check=False)
+    deployment = Deployment(tmp_path, make_plan(tmp_path, ["vm-1", "vm-2"]))
+
+    recorder = await deployment.run(adopt_untagged=True)
+
+    assert recorder.view.vms["vm-1"].ready
+    (_, failed), = recorder.of("vm-2", m.Failed)
+    assert failed.payload.error_code == "NotOurs"
+    azure = sim.state()
+    assert azure["create_counts"] == {"vm-1": 1, "vm-2": 1}
+    assert azure["vms"]["vm-2"]["provisioningState"] == "Failed"
+    assert "vm delete" not in azure["calls"]
+
+
+async def test_the_clean_up_reads_again_until_azure_answers_before_it_deletes(
+        sim: AzSim, tmp_path: Path):
+    # vm list answers (the poller sees its own create end Failed); the clean-up's first two
+    # vm show reads fail: the VM is deleted only once a read said it exists and is ours.
+    scenario(sim, {"match": "vm-1", "attempts": [1], "fail": "InternalServerError"})
+    sim.scenario({**yaml.safe_load(sim.scenario_path.read_text()), "throttle": {
+        "first_calls": 2, "code": "TooManyRequests", "commands": ["vm show"]}})
+    deployment = Deployment(tmp_path, make_plan(tmp_path, ["vm-1"]))
+
+    recorder = await deployment.run()
+
+    assert recorder.view.vms["vm-1"].ready
+    azure = sim.state()
+    assert azure["calls"]["vm show"] == 3  # two unknowns, then the answer
+    assert azure["calls"]["vm delete"] == 1
+    assert azure["create_counts"] == {"vm-1": 2}
 
 
 async def test_only_the_given_vms_are_handled(sim: AzSim, tmp_path: Path):

@@ -33,6 +33,8 @@ class WorkerOptions:
     az: str | None = None
     ssh_private_key: str | None = None
     grace: float = 2.0  # how long a stopping worker lets work in flight finish
+    # Exactly the extra-arg flags the plan uses (speccheck.extra_flags): nothing more.
+    allow_extra_args: tuple[str, ...] = ()
 
 
 def worker_argv(url: str, index: int, options: WorkerOptions) -> list[str]:
@@ -44,6 +46,7 @@ def worker_argv(url: str, index: int, options: WorkerOptions) -> list[str]:
         argv.extend(["--az", options.az])
     if options.ssh_private_key is not None:
         argv.extend(["--ssh-private-key", options.ssh_private_key])
+    argv.extend(f"--allow-extra-arg={flag}" for flag in options.allow_extra_args)
     return argv
 
 

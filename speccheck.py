@@ -102,12 +102,11 @@ def value_problems(spec: Any, p: str) -> list[str]:
     """One problem per bad value of the spec's argv fields, each naming its field."""
     problems = []
     for label, key, value in _values(spec):
-        why = unsafe(value)
         rule = _FORMATS.get(key)
-        if why is None and rule is not None and not rule[0].fullmatch(value):
-            why = f"must be {rule[1]}"
+        why = f"must be {rule[1]}" if rule and not rule[0].fullmatch(value) else unsafe(value)
         if why is not None:
-            problems.append(f"{p}: {label} {show(value)} {why}")
+            shown = "" if key == "name" else f" {show(value)}"  # "VM 'x': name must be..."
+            problems.append(f"{p}: {label}{shown} {why}")
     return problems
 
 
@@ -174,7 +173,7 @@ def extra_arg_problems(args: list[str], allowed: Collection[str] | None, p: str)
     return problems
 
 
-def extra_flags(specs: Collection[Any]) -> list[str]:
+def extra_flags(specs: Collection[Any]) -> tuple[str, ...]:
     """The flags the specs' extra args use, sorted: what their workers must allow."""
-    return sorted({arg.split("=", 1)[0] for spec in specs for arg in spec.extra_args
-                   if arg.startswith("--")})
+    return tuple(sorted({arg.split("=", 1)[0] for spec in specs for arg in spec.extra_args
+                         if arg.startswith("--")}))

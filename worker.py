@@ -42,6 +42,7 @@ from natsconn import (
     ensure_streams,
     ensure_worker_consumer,
 )
+from speccheck import flag_problem
 
 log = logging.getLogger("worker")
 
@@ -67,6 +68,8 @@ class WorkerSettings:
     grace: float = 30.0
     max_deliveries: int = 5
     ack_wait: float = ACK_WAIT
+    # The only flags a request's extra_args may pass to az vm create (--allow-extra-arg).
+    allow_extra_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         problems = [text for bad, text in (
@@ -76,6 +79,8 @@ class WorkerSettings:
             (self.ack_wait < 1, "ack_wait must be at least 1 second"),
             (not self.worker_id, "worker_id must not be empty"),
         ) if bad]
+        problems += [f"extra arg {flag!r} {why}" for flag in self.allow_extra_args
+                     if (why := flag_problem(flag)) is not None]
         if problems:
             raise ValueError("Worker settings: " + "; ".join(problems) + ".")
 
@@ -123,7 +128,8 @@ class Worker:
         runner = JobRunner(nc, Publisher(nc, js), az=self.az, cancels=self.cancels,
                            counts=self.counts, worker_id=self.worker_id,
                            max_deliveries=self.settings.max_deliveries,
-                           private_key=self.settings.ssh_private_key, ack_wait=self.ack_wait)
+                           private_key=self.settings.ssh_private_key, ack_wait=self.ack_wait,
+                           allowed_extra_args=frozenset(self.settings.allow_extra_args))
         await nc.subscribe(Subject.CANCEL.value, cb=self._on_cancel)
         self._service = await add_service(
             nc, name=SERVICE_NAME, version=SERVICE_VERSION,

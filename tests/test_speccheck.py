@@ -208,10 +208,15 @@ def _closed_port() -> int:
 
 
 def test_ssh_args_end_the_options_before_the_destination():
-    spec = VMSpec.from_dict({**BASE, "ssh_user": "ops"})
-    argv = verify.ssh_args(spec, ip="10.0.0.4", private_key="/k", command="true")
-    assert argv[-3:] == ["--", "ops@10.0.0.4", "true"]
+    port = _closed_port()
+    spec = VMSpec.from_dict({**BASE, "ssh_user": "ops", "ssh_port": port,
+                             "ssh_connect_timeout": 1})
+    argv = verify.ssh_args(spec, ip="127.0.0.1", private_key=None, command="true")
+    assert argv[-3:] == ["--", "ops@127.0.0.1", "true"]
     assert argv.count("--") == 1
+    # The real client takes that form: it goes on to connect.
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    assert f"port {port}: Connection refused" in done.stderr
 
 
 def test_a_hostile_ssh_user_is_never_read_as_an_ssh_option(tmp_path):

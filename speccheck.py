@@ -42,22 +42,22 @@ _PUBLIC_KEY = re.compile(r"(?:ssh-[a-z0-9-]+|ecdsa-sha2-nistp\d+|sk-[a-z0-9@.-]+
 _DEPLOYMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
 _LONG_FLAG = re.compile(r"--[a-z0-9][a-z0-9-]*")
 
-# field: (pattern, what it must be). Choice fields (zone, priority...) are checked by
-# vmspec against their lists; custom_data is a file path or file content, never an argument.
+_SIZE_RULE = (_SIZE, "a VM size of letters, digits, '_' and '-', e.g. Standard_D2s_v5")
+_USER_RULE = (_USER, "a user name of 1-32 of a-z, 0-9, '_' and '-', starting with a letter "
+                     "or '_'")
+# field: (pattern, what it must be).
 _FORMATS: dict[str, tuple[re.Pattern[str], str]] = {
     "name": (_VM_NAME, "1-64 letters, digits, '-' or '.' (no '_'), starting and ending "
                        "with a letter or digit, not only digits"),
     "resource_group": (_RESOURCE_GROUP, "1-90 letters, digits, '_', '-', '.', '(' or ')' "
                                         "and not end with '.'"),
     "location": (_LOCATION, "a region name of letters and digits, e.g. westus2"),
-    "size": (_SIZE, "a VM size of letters, digits, '_' and '-', e.g. Standard_D2s_v5"),
-    "fallback_sizes": (_SIZE, "a VM size of letters, digits, '_' and '-', e.g. Standard_D2s_v5"),
+    "size": _SIZE_RULE,
+    "fallback_sizes": _SIZE_RULE,
     "image": (_IMAGE, "an alias (Ubuntu2204), a URN publisher:offer:sku:version or an "
                       "image resource id"),
-    "admin_username": (_USER, "a user name of 1-32 of a-z, 0-9, '_' and '-', starting "
-                              "with a letter or '_'"),
-    "ssh_user": (_USER, "a user name of 1-32 of a-z, 0-9, '_' and '-', starting with a "
-                        "letter or '_'"),
+    "admin_username": _USER_RULE,
+    "ssh_user": _USER_RULE,
     "ssh_key_name": (_NAME_OR_ID, "an SSH key resource name (1-80 letters, digits, '_', '.', "
                                   "'-') or id"),
     "vnet_name": (_NAME, "1-80 letters, digits, '_', '.' or '-', starting and ending with "
@@ -68,9 +68,10 @@ _FORMATS: dict[str, tuple[re.Pattern[str], str]] = {
     "tags": (_TAG_KEY, "a tag name of 1-512 characters without < > % & \\ ? / ="),
     "tag_value": (_TAG_VALUE, "at most 256 characters"),
 }
-_CHOICES = frozenset({"zone", "fallback_zones", "priority", "eviction_policy",
-                      "public_ip_sku", "cloud_init_check"})
-_NOT_ARGUMENTS = frozenset({"custom_data", "extra_args"})
+# Checked elsewhere: choices against their lists and ssh_public_key as a whole key (vmspec),
+# extra_args below; custom_data is a file path or file content, never an argument.
+_SKIPPED = frozenset({"zone", "fallback_zones", "priority", "eviction_policy", "public_ip_sku",
+                      "cloud_init_check", "ssh_public_key", "extra_args", "custom_data"})
 # Flags the tool sets on `az vm create` itself, or whose effect it cannot live with
 # (--query/--output change what it parses, --no-wait ends the create at once, --debug and
 # --verbose print request bodies, custom data included, into the stderr it reports).
@@ -114,14 +115,14 @@ def _values(spec: Any) -> Iterator[tuple[str, str, str]]:
     """(label, field, value) of every string that may reach an argv."""
     for f in fields(spec):
         value = getattr(spec, f.name)
-        if f.name in _CHOICES or f.name in _NOT_ARGUMENTS or f.name == "ssh_public_key":
+        if f.name in _SKIPPED:
             continue
         if isinstance(value, str):
             yield f.name, f.name, value
         elif isinstance(value, list):
             yield from ((f"{f.name}[{i}]", f.name, v) for i, v in enumerate(value))
         elif isinstance(value, dict):
-            for key, item in value.items():
+            for key, item in value.items():  # tags, the only mapping
                 yield f"{f.name} key", f.name, key
                 yield f"{f.name}[{key!r}]", "tag_value", item
 
@@ -149,6 +150,11 @@ def flag_problem(flag: str) -> str | None:
     if taken:
         return f"would set {taken[0]}, which the tool sets itself"
     return None
+
+
+def allow_list_problems(flags: Collection[str]) -> list[str]:
+    """What is wrong with a worker's `--allow-extra-arg` flags."""
+    return [f"{flag!r} {why}" for flag in flags if (why := flag_problem(flag)) is not None]
 
 
 def extra_arg_problems(args: list[str], allowed: Collection[str] | None, p: str) -> list[str]:

@@ -19,7 +19,7 @@ import cliopts
 import manual_launch
 import worker
 from natsconn import ACK_WAIT, NatsSettings
-from speccheck import deployment_id_problem, flag_problem
+from speccheck import allow_list_problems, deployment_id_problem
 from typedfields import FieldErrors
 from vmspec import VMSpec, spec_problems
 
@@ -53,7 +53,7 @@ def _allowed_flags(ctx: click.Context, param: click.Parameter,
                    values: tuple[str, ...]) -> tuple[str, ...]:
     """`--allow-extra-arg accelerated-networking` means the flag --accelerated-networking."""
     flags = tuple(v if v.startswith("-") else f"--{v}" for v in values)
-    problems = [f"{flag!r} {why}" for flag in flags if (why := flag_problem(flag)) is not None]
+    problems = allow_list_problems(flags)
     if problems:
         raise click.BadParameter("; ".join(problems), ctx, param)
     return flags

@@ -42,7 +42,7 @@ from natsconn import (
     ensure_streams,
     ensure_worker_consumer,
 )
-from speccheck import flag_problem
+from speccheck import allow_list_problems
 
 log = logging.getLogger("worker")
 
@@ -79,8 +79,8 @@ class WorkerSettings:
             (self.ack_wait < 1, "ack_wait must be at least 1 second"),
             (not self.worker_id, "worker_id must not be empty"),
         ) if bad]
-        problems += [f"extra arg {flag!r} {why}" for flag in self.allow_extra_args
-                     if (why := flag_problem(flag)) is not None]
+        problems += [f"allow_extra_args: {problem}"
+                     for problem in allow_list_problems(self.allow_extra_args)]
         if problems:
             raise ValueError("Worker settings: " + "; ".join(problems) + ".")
 

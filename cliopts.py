@@ -6,7 +6,8 @@ The VM spec's fields become options, so the CLI cannot drift from the spec:
 booleans become `--verify-ssh/--no-verify-ssh`). Every option defaults to None, meaning
 "not given", so a spec file or `VMSpec`'s own default applies; `spec_values()` turns the
 parsed values back into a dict of VMSpec fields holding only what was given.
-Values are checked later, all at once, by `vmspec.spec_problems`.
+Values are checked later, all at once, by `vmspec.spec_problems` (formats: speccheck.py;
+no value may start with '-' or hold a control character).
 `nats_options()` and `nats_settings()` are the NATS connection's options, defined once.
 """
 
@@ -34,26 +35,30 @@ from vmspec import (
 F = TypeVar("F", bound=Callable[..., Any])
 
 HELP: dict[str, str] = {
-    "name": "VM name (Azure's rules for a Linux VM name).",
+    "name": "VM name: 1-64 letters, digits, '-' or '.' (no '_'), starting and ending with "
+            "a letter or digit (Azure's Linux host-name rules).",
     "resource_group": "Resource group of the VM.",
-    "image": "Image URN or alias, e.g. Debian:debian-12:12-gen2:latest.",
+    "image": "Image alias (Ubuntu2204), URN (Debian:debian-12:12-gen2:latest) or image id.",
     "location": "Region, e.g. westus2; default: the resource group's (one az group show).",
-    "size": "VM size.",
+    "size": "VM size, e.g. Standard_D2s_v5.",
     "zone": "Availability zone.",
     "priority": "VM priority.",
     "eviction_policy": "Eviction policy; only with priority Spot or Low.",
-    "admin_username": "Admin user created on the VM.",
+    "admin_username": "Admin user created on the VM (POSIX name: [a-z_][a-z0-9_-]{0,31}).",
     "ssh_key_name": "Azure SSH public key resource to install on the VM.",
-    "ssh_public_key": "Public key file to install (instead of --ssh-key-name).",
+    "ssh_public_key": "Public key file to install (one OpenSSH key line; instead of "
+                      "--ssh-key-name).",
     "vnet_name": "Virtual network.",
     "subnet": "Subnet.",
     "nsg": "Network security group.",
     "public_ip_sku": "Public IP SKU.",
     "custom_data": "cloud-init file; its content never appears in events or logs.",
     "os_disk_size_gb": "OS disk size in GiB.",
-    "tags": "Tag KEY=VALUE (repeatable).",
+    "tags": "Tag KEY=VALUE (repeatable; no '=' in KEY).",
     "extra_args": "Argument passed through to az vm create (repeatable; "
-                  "--extra-arg=--flag for flags).",
+                  "--extra-arg=--flag for flags): long flags, each followed by its values, "
+                  "never a flag the tool sets itself (--tags, --name...). NATS workers "
+                  "must allow each flag (serve --allow-extra-arg).",
     "fallback_zones": "Zone to move to after a capacity failure (repeatable, in order).",
     "fallback_sizes": "Size to move to once the zones are exhausted (repeatable, in order).",
     "max_attempts": "Create attempts before giving up.",
@@ -63,7 +68,7 @@ HELP: dict[str, str] = {
     "verify_cloud_init": "Check that cloud-init finished.",
     "cloud_init_check": "How to check cloud-init.",
     "cloud_init_timeout": "Seconds the cloud-init check may take.",
-    "ssh_user": "User for the SSH checks; default: the admin username.",
+    "ssh_user": "User for the SSH checks (POSIX name); default: the admin username.",
     "ssh_port": "Port for the SSH checks.",
     "ssh_connect_timeout": "SSH connect timeout in seconds.",
 }

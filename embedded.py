@@ -34,6 +34,8 @@ class WorkerOptions:
     ssh_private_key: str | None = None
     grace: float = 2.0  # how long a stopping worker lets work in flight finish
     adopt_untagged: bool = False
+    # Exactly the extra-arg flags the plan uses (speccheck.extra_flags): nothing more.
+    allow_extra_args: tuple[str, ...] = ()
 
 
 def worker_argv(url: str, index: int, options: WorkerOptions) -> list[str]:
@@ -47,6 +49,7 @@ def worker_argv(url: str, index: int, options: WorkerOptions) -> list[str]:
         argv.extend(["--ssh-private-key", options.ssh_private_key])
     if options.adopt_untagged:
         argv.append("--adopt-untagged")
+    argv.extend(f"--allow-extra-arg={flag}" for flag in options.allow_extra_args)
     return argv
 
 

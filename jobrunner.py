@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from azcli import AzCli
+from azcli import AzCli, AzError, FailureKind
 from eventbus import NATS_ERRORS, CancelMemory, Publisher, dead_letter, describe
 from messages import CreateRequest, Message, MessageError, Subject, decode
 from pipeline import Launch, Outcome, Reporter
-from vmspec import VMSpec
+from speccheck import deployment_id_problem
+from vmspec import VMSpec, spec_problems
 
 log = logging.getLogger("worker")  # these lines are the worker's, as operators know them
 
@@ -48,12 +49,14 @@ class JobRunner:
 
     def __init__(self, nc: Client, publisher: Publisher, *, az: AzCli, cancels: CancelMemory,
                  counts: Counter[str], worker_id: str, max_deliveries: int,
-                 private_key: str | None, ack_wait: float, adopt_untagged: bool = False) -> None:
+                 private_key: str | None, ack_wait: float, adopt_untagged: bool = False,
+                 allowed_extra_args: frozenset[str] = frozenset()) -> None:
         self._nc, self._publisher = nc, publisher
         self.az, self.cancels, self.counts = az, cancels, counts
         self.worker_id, self.max_deliveries = worker_id, max_deliveries
         self.private_key, self.ack_wait = private_key, ack_wait
         self.adopt_untagged = adopt_untagged  # the worker's option, never a request's
+        self.allowed_extra_args = allowed_extra_args
         self._settled: OrderedDict[int, str] = OrderedDict()
 
     async def handle(self, job: Job) -> None:
@@ -106,8 +109,26 @@ class JobRunner:
         elif (reason := self.cancels.match(request)) is not None:
             job.cancel_detail = reason
             await self._finish_cancelled(job)
+        elif problems := self._problems(request):
+            await self._refuse(job, request.payload.spec, problems)
         else:
             await self._launch(job, request.payload.spec)
+
+    def _problems(self, request: Message) -> list[str]:
+        """Why this worker will not run a request: its spec or its deployment id (a tag
+        value on the az argv) is unsafe, or its extra args use a flag not allowed here."""
+        why = deployment_id_problem(request.deployment_id)
+        return [*([why] if why else []),
+                *spec_problems(request.payload.spec, files_are_paths=False,
+                               allowed_extra_args=self.allowed_extra_args)]
+
+    async def _refuse(self, job: Job, spec: VMSpec, problems: list[str]) -> None:
+        """Fail for good without a single az call; the sender must fix the request."""
+        assert job.report is not None
+        error = AzError("InvalidRequest", "; ".join(problems), FailureKind.PERMANENT)
+        await job.report.failed(error, attempt=1, final=True, spec=spec)
+        self.counts["failed"] += 1
+        await self.settle(job.msg, "ack")
 
     async def _launch(self, job: Job, spec: VMSpec) -> None:
         assert job.report is not None

@@ -25,6 +25,7 @@ import operations
 from display import format_table, make_display
 from embedded import WorkerOptions
 from plan import Plan, PlanError, PlanSource, load_plan
+from speccheck import extra_flags
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_STATE_FILE = Path("state/deployment-state.yaml")
@@ -178,7 +179,8 @@ def deploy(**params: Any) -> None:
         legacy_poll=params["legacy_poll"], nats_grace=params["nats_grace"],
         workers=WorkerOptions(count=params["workers"], az=params["az_path"],
                               concurrency=params["worker_concurrency"], ssh_private_key=key,
-                              adopt_untagged=params["adopt_untagged"]),
+                              adopt_untagged=params["adopt_untagged"],
+                              allow_extra_args=extra_flags(plan.vms)),
         concurrency=params["concurrency"], adopt_untagged=params["adopt_untagged"],
         poll_interval=params["poll_interval"],
         deadline=params["deadline"], confirm=_confirm(params["yes"]))

@@ -20,12 +20,12 @@ Every problem of a plan is collected and raised at once as one `PlanError`.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import speccheck
 import typedfields
 from vmspec import VMSpec, spec_problems
 
@@ -33,8 +33,6 @@ DEFAULT_DEADLINE = 1800.0
 PLAN_KEYS = ("deployment_id", "resource_group", "location", "deadline", "ssh_private_key",
              "defaults", "vms")
 PER_PLAN_FIELDS = frozenset({"name", "resource_group"})
-# A deployment id travels as an Azure tag value, a NATS message id and a file field.
-_DEPLOYMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
 
 class PlanError(ValueError):
@@ -151,9 +149,8 @@ def validate(plan: Plan, *, entries: int | None = None) -> list[str]:
     problems = []
     if not plan.deployment_id:
         problems.append("deployment_id is required")
-    elif not _DEPLOYMENT_ID.match(plan.deployment_id):
-        problems.append(f"deployment_id {plan.deployment_id!r} must be 1-80 letters, digits, "
-                        "'.', '_' or '-', starting with a letter or digit")
+    elif (why := speccheck.deployment_id_problem(plan.deployment_id)) is not None:
+        problems.append(why)
     if not plan.resource_group:
         problems.append("resource_group is required (with --vm: --resource-group)")
     if plan.deadline <= 0:

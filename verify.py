@@ -40,7 +40,8 @@ def ssh_args(spec: VMSpec, *, ip: str, private_key: str | None, command: str) ->
             "-p", str(spec.ssh_port)]
     if private_key is not None:
         args += ["-i", private_key, "-o", "IdentitiesOnly=yes"]
-    return [*args, f"{spec.effective_ssh_user}@{ip}", command]
+    # `--`: the destination is never read as an option, whatever the user name holds.
+    return [*args, "--", f"{spec.effective_ssh_user}@{ip}", command]
 
 
 async def check_ssh(spec: VMSpec, *, ip: str, private_key: str | None,

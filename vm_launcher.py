@@ -19,6 +19,7 @@ import cliopts
 import manual_launch
 import worker
 from natsconn import ACK_WAIT, NatsSettings
+from speccheck import allow_list_problems, deployment_id_problem
 from typedfields import FieldErrors
 from vmspec import VMSpec, spec_problems
 
@@ -52,6 +53,16 @@ def _required(settings: NatsSettings | None) -> NatsSettings:
     return settings
 
 
+def _allowed_flags(ctx: click.Context, param: click.Parameter,
+                   values: tuple[str, ...]) -> tuple[str, ...]:
+    """`--allow-extra-arg accelerated-networking` means the flag --accelerated-networking."""
+    flags = tuple(v if v.startswith("-") else f"--{v}" for v in values)
+    problems = allow_list_problems(flags)
+    if problems:
+        raise click.BadParameter("; ".join(problems), ctx, param)
+    return flags
+
+
 def _logging(verbose: int, *, quiet: bool) -> None:
     levels = [logging.WARNING, logging.INFO, logging.DEBUG] if quiet else [
         logging.INFO, logging.DEBUG]
@@ -81,10 +92,16 @@ def cli() -> None:
               help="AckWait in seconds of the shared consumer, applied only if this worker "
                    "creates it (an existing consumer keeps its own); a busy worker sends "
                    "heartbeats every third of it. Tests shorten it.")
+@click.option("--allow-extra-arg", "allow_extra_args", multiple=True, metavar="FLAG",
+              callback=_allowed_flags,
+              help="A flag that requests may pass to az vm create in extra_args, e.g. "
+                   "--allow-extra-arg=--accelerated-networking (repeatable). A request "
+                   "using any other flag fails (InvalidRequest) without an az call.")
 def serve(nats_url: str, nats_creds: str | None, tls_ca: str | None, tls_cert: str | None,
           tls_key: str | None, nats_connect_timeout: float, az_path: str,
           ssh_private_key: str | None, adopt_untagged: bool, verbose: int, concurrency: int,
-          worker_id: str | None, grace: float, max_deliveries: int, ack_wait: float) -> None:
+          worker_id: str | None, grace: float, max_deliveries: int, ack_wait: float,
+          allow_extra_args: tuple[str, ...]) -> None:
     """Take vm.create.request messages from NATS and create the VMs (worker mode).
 
     All workers share one durable consumer, so N workers on M machines split the work.
@@ -102,7 +119,7 @@ def serve(nats_url: str, nats_creds: str | None, tls_ca: str | None, tls_cert: s
         nats=_required(cliopts.nats_settings(params, name=f"vm-launcher-{worker_id}")),
         worker_id=worker_id, az=az_path, concurrency=concurrency,
         ssh_private_key=ssh_private_key, grace=grace, max_deliveries=max_deliveries,
-        ack_wait=ack_wait, adopt_untagged=adopt_untagged)
+        ack_wait=ack_wait, adopt_untagged=adopt_untagged, allow_extra_args=allow_extra_args)
     sys.exit(asyncio.run(worker.serve(settings)))
 
 
@@ -137,6 +154,8 @@ def launch(spec_file: str | None, deployment_id: str | None, json_lines: bool,
     """
     _logging(verbose, quiet=True)
     spec, problems = _spec(spec_file, spec_params)
+    if deployment_id is not None and (why := deployment_id_problem(deployment_id)):
+        problems.append(why)
     if spec is None or problems:
         for problem in problems:
             click.echo(f"error: {problem}", err=True)

@@ -9,19 +9,14 @@ machine needs no shared disk.
 from __future__ import annotations
 
 import dataclasses
-import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+import speccheck
 import typedfields
 
-# Azure's rules for a Linux VM name (also its computer name): 1-64 characters of
-# letters, digits, '-', '_' and '.', starting with a letter or digit, ending with a
-# letter, digit or '_', and not only digits.
-_VM_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9_])?$")
-# Resource group: 1-90 of letters, digits, '_', '-', '.', '(' and ')', not ending in '.'.
-_RESOURCE_GROUP = re.compile(r"^[\w().-]{0,89}[\w()-]$")
 ZONES = ("1", "2", "3")
 PRIORITIES = ("Regular", "Low", "Spot")
 EVICTION_POLICIES = ("Deallocate", "Delete")
@@ -96,25 +91,18 @@ class VMSpec:
 SPEC_FIELDS: dict[str, Any] = get_type_hints(VMSpec)
 
 
-def spec_problems(spec: VMSpec, *, files_are_paths: bool) -> list[str]:
+def spec_problems(spec: VMSpec, *, files_are_paths: bool,
+                  allowed_extra_args: Collection[str] | None = None) -> list[str]:
     """Every problem with a spec, as sentences naming the VM and the field.
 
     `files_are_paths` is true for plans and the command line (custom_data and
     ssh_public_key name files that must be readable), false for requests (they carry
-    the contents).
+    the contents). `allowed_extra_args`: the only flags extra_args may use (a worker's
+    allow-list); None allows any flag the tool does not set itself.
     """
     p = f"VM {spec.name!r}"
-    problems: list[str] = []
-    if not _VM_NAME.match(spec.name) or spec.name.isdigit():
-        problems.append(
-            f"{p}: name must be 1-64 letters, digits, '-', '_' or '.', start with a letter "
-            "or digit, end with a letter, digit or '_', and not be only digits"
-        )
-    if not _RESOURCE_GROUP.match(spec.resource_group):
-        problems.append(
-            f"{p}: resource_group {spec.resource_group!r} must be 1-90 letters, digits, "
-            "'_', '-', '.', '(' or ')' and not end with '.'"
-        )
+    problems = speccheck.value_problems(spec, p)
+    problems += speccheck.extra_arg_problems(spec.extra_args, allowed_extra_args, p)
     if not spec.image:
         problems.append(f"{p}: image is required")
     for zone in [spec.zone, *spec.fallback_zones]:
@@ -170,19 +158,29 @@ def _file_problems(spec: VMSpec, p: str) -> list[str]:
             continue
         file = Path(path).expanduser()
         try:
-            size = len(file.read_bytes())
+            data = file.read_bytes()
         except OSError as exc:
             problems.append(f"{p}: {name} file {path!r} cannot be read ({exc.strerror})")
             continue
-        if name == "custom_data" and size > CUSTOM_DATA_MAX_BYTES:
+        if name == "custom_data" and len(data) > CUSTOM_DATA_MAX_BYTES:
             problems.append(
-                f"{p}: custom_data file {path!r} is {size} bytes; "
+                f"{p}: custom_data file {path!r} is {len(data)} bytes; "
                 f"Azure accepts at most {CUSTOM_DATA_MAX_BYTES}"
             )
+        if name == "ssh_public_key":
+            # with_file_contents strips the content: the key goes as one argument.
+            why = speccheck.public_key_problem(data.decode(errors="replace").strip())
+            if why is not None:
+                problems.append(f"{p}: ssh_public_key file {path!r} {why}")
     return problems
 
 
 def _content_problems(spec: VMSpec, p: str) -> list[str]:
+    problems = []
     if spec.custom_data is not None and len(spec.custom_data.encode()) > CUSTOM_DATA_MAX_BYTES:
-        return [f"{p}: custom_data is larger than Azure's {CUSTOM_DATA_MAX_BYTES} bytes"]
-    return []
+        problems.append(f"{p}: custom_data is larger than Azure's {CUSTOM_DATA_MAX_BYTES} bytes")
+    key = spec.ssh_public_key
+    if key is not None and (why := speccheck.public_key_problem(key)):
+        problems.append(f"{p}: ssh_public_key {why}")
+    return problems
+

@@ -42,6 +42,7 @@ from natsconn import (
     ensure_streams,
     ensure_worker_consumer,
 )
+from speccheck import allow_list_problems
 
 log = logging.getLogger("worker")
 
@@ -68,6 +69,8 @@ class WorkerSettings:
     max_deliveries: int = 5
     ack_wait: float = ACK_WAIT
     adopt_untagged: bool = False  # adopt (never delete) a same-named VM with no deployment tag
+    # The only flags a request's extra_args may pass to az vm create (--allow-extra-arg).
+    allow_extra_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         problems = [text for bad, text in (
@@ -77,6 +80,8 @@ class WorkerSettings:
             (self.ack_wait < 1, "ack_wait must be at least 1 second"),
             (not self.worker_id, "worker_id must not be empty"),
         ) if bad]
+        problems += [f"allow_extra_args: {problem}"
+                     for problem in allow_list_problems(self.allow_extra_args)]
         if problems:
             raise ValueError("Worker settings: " + "; ".join(problems) + ".")
 
@@ -125,7 +130,8 @@ class Worker:
                            counts=self.counts, worker_id=self.worker_id,
                            max_deliveries=self.settings.max_deliveries,
                            private_key=self.settings.ssh_private_key, ack_wait=self.ack_wait,
-                           adopt_untagged=self.settings.adopt_untagged)
+                           adopt_untagged=self.settings.adopt_untagged,
+                           allowed_extra_args=frozenset(self.settings.allow_extra_args))
         await nc.subscribe(Subject.CANCEL.value, cb=self._on_cancel)
         self._service = await add_service(
             nc, name=SERVICE_NAME, version=SERVICE_VERSION,

@@ -44,7 +44,9 @@ class NatsCluster:
 
 
 class Orchestrator:
-    """`orchestrator.py deploy ...` as a real process; stdout and stderr go to files."""
+    """`orchestrator.py deploy ...` as a real process; stdout and stderr go to files.
+    As a context manager it never outlives the test (a failed test must not leave it
+    polling a simulator that the next run reuses)."""
 
     def __init__(self, cwd: Path, az_sim: AzSim, *args: str) -> None:
         self.cwd = cwd
@@ -52,6 +54,18 @@ class Orchestrator:
                 (cwd / "orchestrator.err").open("wb") as err:
             self.proc = subprocess.Popen([sys.executable, str(ORCHESTRATOR), *args], cwd=cwd,
                                          env=env_for(az_sim), stdout=out, stderr=err)
+
+    def __enter__(self) -> Orchestrator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
     def output(self) -> str:
         return ((self.cwd / "orchestrator.out").read_text(errors="replace")

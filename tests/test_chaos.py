@@ -53,6 +53,8 @@ class Chaos:
         self.terminated: list[str] = []
         self.counts = collections.Counter[str]()
         self.started = 0
+        self.term_exits: dict[str, int] = {}
+        self.term_logs: dict[str, str] = {}
 
     def start_worker(self) -> None:
         worker_id = f"w{self.started}"
@@ -81,6 +83,11 @@ class Chaos:
         self.workers.signal(victim, signal.SIGTERM)  # it finishes or releases its work itself
         self.terminated.append(victim)
         self.start_worker()
+
+    async def collect_terminated(self) -> None:
+        for victim in self.terminated:
+            self.term_exits[victim] = await self.workers.wait_exit(victim, timeout=30)
+            self.term_logs[victim] = self.workers.log(victim)[-2000:]
 
     async def nats(self) -> None:
         await asyncio.to_thread(self.server.stop)  # SIGTERM: the store stays
@@ -162,31 +169,36 @@ def figures(chaos: Chaos, az_sim: AzSim, tmp_path: Path, seconds: float) -> dict
     }
 
 
-async def test_chaos_forty_vms_survive_faults_kills_terms_and_a_nats_restart(
-        tmp_path, az_sim, nats_server_restartable):
-    az_sim.scenario(SCENARIO)
-    url = nats_server_restartable.url
-    begun = time.monotonic()
-    orchestrator = Orchestrator(tmp_path, az_sim, "deploy", *vm_args(*NAMES, group=RG), *FAST,
-                                "--location", "westus2", "--max-attempts", "6",
-                                "--nats-url", url, "--require-nats", "-q")
-    async with running(url, az_sim, tmp_path) as workers:
-        chaos = Chaos(workers, nats_server_restartable)
+async def _run_under_chaos(orchestrator: Orchestrator, az_sim: AzSim, server: RestartableNats,
+                           tmp_path: Path) -> tuple[Chaos, int]:
+    """Three workers and the disruptions until the deployment ends; its exit code."""
+    async with running(server.url, az_sim, tmp_path) as workers:
+        chaos = Chaos(workers, server)
         for _ in range(3):
             chaos.start_worker()
         await async_wait_until(lambda: az_sim.state()["vms"], timeout=60,
                                message="the first creations")
         await chaos.run(orchestrator)
         code = await asyncio.to_thread(orchestrator.wait, 240)
-        # A SIGTERMed worker leaves by itself, cleanly.
-        term_exits = {victim: await workers.wait_exit(victim, timeout=30)
-                      for victim in chaos.terminated}
-        term_logs = {victim: workers.log(victim)[-2000:] for victim in chaos.terminated}
+        await chaos.collect_terminated()
+    return chaos, code
+
+
+async def test_chaos_forty_vms_survive_faults_kills_terms_and_a_nats_restart(
+        tmp_path, az_sim, nats_server_restartable):
+    az_sim.scenario(SCENARIO)
+    begun = time.monotonic()
+    with Orchestrator(tmp_path, az_sim, "deploy", *vm_args(*NAMES, group=RG), *FAST,
+                      "--location", "westus2", "--max-attempts", "6", "--nats-url",
+                      nats_server_restartable.url, "--require-nats", "-q") as orchestrator:
+        chaos, code = await _run_under_chaos(orchestrator, az_sim, nats_server_restartable,
+                                             tmp_path)
     took = time.monotonic() - begun
     print(f"\nchaos figures: {json.dumps(figures(chaos, az_sim, tmp_path, took))}", flush=True)
 
     assert code == 0, orchestrator.output()[-4000:]
-    assert term_exits == dict.fromkeys(chaos.terminated, 0), term_logs
+    # A SIGTERMed worker leaves by itself, cleanly.
+    assert chaos.term_exits == dict.fromkeys(chaos.terminated, 0), chaos.term_logs
     vms = state(tmp_path)["vm_states"]
     assert {name: vms[name]["state"] for name in NAMES} == dict.fromkeys(NAMES, "Succeeded")
     sim = az_sim.state()

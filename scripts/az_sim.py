@@ -108,16 +108,30 @@ def resolve_command(argv: list[str]) -> tuple[str | None, list[str]]:
     return None, words
 
 
-def _count_call(store: StateStore, command: str, scn: Scenario, *, throttle: bool) -> bool:
-    """Count the invocation; True if the scenario's throttle makes this one fail."""
+def _applies(settings: dict, command: str) -> bool:
+    commands = settings.get("commands")
+    return bool(settings) and not (commands and command not in commands)
+
+
+def _count_call(store: StateStore, command: str, scn: Scenario, *,
+                throttle: bool) -> dict | None:
+    """Count the invocation; the throttle or fault that makes this one fail, if any."""
     with store.transaction() as st:
         bump(st["calls"], command)
-        commands = scn.throttle.get("commands")
-        if not throttle or not scn.throttle or (commands and command not in commands):
-            return False
-        st["throttle_seen"] += 1
-        after = scn.throttle.get("after_calls", 0)
-        return after < st["throttle_seen"] <= after + scn.throttle.get("first_calls", 0)
+        if not throttle:
+            return None
+        if _applies(scn.throttle, command):
+            st["throttle_seen"] += 1
+            after = scn.throttle.get("after_calls", 0)
+            if after < st["throttle_seen"] <= after + scn.throttle.get("first_calls", 0):
+                return scn.throttle
+        if not _applies(scn.faults, command):
+            return None
+        st["fault_calls_seen"] += 1
+        fault = scn.fault(st["fault_calls_seen"])
+        if fault is not None:
+            bump(st["faults_injected"].setdefault(command, {}), fault["code"])
+        return fault
 
 
 def _help(command: str | None, words: list[str]) -> str:
@@ -150,8 +164,8 @@ def run_az(argv: list[str]) -> int:
     throttled = _count_call(store, command, scn, throttle=scn.logged_in)
     if not scn.logged_in:
         raise AzError("ERROR: Please run 'az login' to setup account.")
-    if throttled:
-        raise throttle_error(command, scn.throttle)
+    if throttled is not None:
+        raise throttle_error(command, throttled, args.get("resource_group"))
     result = handler(Ctx(scn, store, args), args)
     if result is not None:
         add_resource_group(result)
@@ -172,7 +186,9 @@ def sim_state(store: StateStore) -> dict:
             "create_attempts": st["create_attempts"],
             "succeeded_at": {k: v for k, v in succeeded.items() if v}, "calls": st["calls"],
             "nics": st["nics"], "public_ips": st["public_ips"], "disks": st["disks"],
-            "throttled_calls_seen": st["throttle_seen"], "now": t}
+            "throttled_calls_seen": st["throttle_seen"],
+            "fault_calls_seen": st["fault_calls_seen"], "faults_injected": st["faults_injected"],
+            "now": t}
 
 
 def run_sim(argv: list[str]) -> int:

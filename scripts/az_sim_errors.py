@@ -128,18 +128,44 @@ def preflight_error(code: str, message: str) -> AzError:
     return traceback_error("InvalidTemplateDeployment", outer, (code, message))
 
 
+WRITE_COMMANDS = ("vm create", "vm delete", "network public-ip delete", "network nic delete",
+                  "disk delete", "vm run-command invoke")
+ARM_LIMIT = ("Number of '{kind}' requests for {scope} actually exceeded the limit of '{limit}' "
+             "for time interval '01:00:00'. Please try again after '{after}' seconds.")
+DIAGNOSTIC = ("Diagnostic information: timestamp '20260101T000000Z', subscription id "
+              f"'{SUBSCRIPTION}', tracking id '{{tracking}}', request correlation id "
+              "'{tracking}'.")
+# Throttle and transient 5xx texts (azure-cli.md section 6); {op}, {kind}, {limit}, {after},
+# {rg} and {tracking} are filled in per call.
 THROTTLE_MESSAGES = {
     "TooManyRequests": "The request is being throttled as the limit has been reached for "
     "operation type - {op}. For more information, see - https://aka.ms/computethrottling",
+    "SubscriptionRequestsThrottled": ARM_LIMIT.replace(
+        "{scope}", f"subscription '{SUBSCRIPTION}'"),
+    "ResourceGroupRequestsThrottled": ARM_LIMIT.replace(
+        "{scope}", f"subscription '{SUBSCRIPTION}' and resource group '{{rg}}'"),
+    "TenantRequestsThrottled": ARM_LIMIT.replace("{scope}", "tenant"),
+    "InternalServerError": f"Encountered internal server error. {DIAGNOSTIC}",
+    "ServerTimeout": f"The request timed out. {DIAGNOSTIC}",
+    "GatewayTimeout": "The gateway did not receive a response from 'Microsoft.Compute' within "
+    "the specified time period.",
+    "ServiceUnavailable": "The service is currently unavailable. Please try again later.",
+    "NetworkingInternalOperationError": "An unknown error occurred.",
+    "RetryableError": "A retryable error occurred.",
 }
 
 
-def throttle_error(command: str, throttle: dict) -> AzError:
+def throttle_error(command: str, throttle: dict, rg: str | None = None) -> AzError:
+    """A throttled or transiently failed call, before it did anything; a `vm create` fails on
+    the deployment PUT, which azure-cli 2.91.0 prints as its crash traceback."""
     code = throttle.get("code", "TooManyRequests")
-    op = "PutVM3Min" if command == "vm create" else "Read_30Min"
+    write = command in WRITE_COMMANDS
     default = THROTTLE_MESSAGES.get(code, "Number of requests for subscription "
                                     f"'{SUBSCRIPTION}' exceeded the limit.")
-    message = throttle.get("message") or default.format(op=op)
+    message = throttle.get("message") or default.format(
+        op="PutVM3Min" if command == "vm create" else "Read_30Min",
+        kind="write" if write else "read", limit=1200 if write else 12000,
+        after=f"{throttle.get('retry_after', 5):g}", rg=rg or "", tracking=guid(random_hex()))
     if command == "vm create":
         return traceback_error(code, message)
     return http_error(code, message)

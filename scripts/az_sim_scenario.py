@@ -6,6 +6,7 @@ See docs/az-simulator.md for the scenario format.
 from __future__ import annotations
 
 import json
+import random
 from fnmatch import fnmatchcase
 
 DEFAULTS = {"create_seconds": 60.0, "delete_seconds": 20.0, "run_command_seconds": 20.0,
@@ -13,7 +14,8 @@ DEFAULTS = {"create_seconds": 60.0, "delete_seconds": 20.0, "run_command_seconds
 RULE_KEYS = {"match", "attempts", "fail", "fail_phase", "fail_message", "left_failed", "hang",
              "cloud_init", *DEFAULTS}
 TOP_KEYS = {"time_scale", "location", "resource_groups", "logged_in", "public_ip",
-            "public_ip_early", "nic_reservation_seconds", "defaults", "throttle", "vms"}
+            "public_ip_early", "nic_reservation_seconds", "defaults", "throttle", "faults", "vms"}
+FAULT_KEYS = {"rate", "seed", "codes", "commands", "retry_after"}
 CLOUD_INIT_MODES = ("done", "degraded", "error", "never")
 
 
@@ -51,6 +53,30 @@ def _check_rule(problems: list[str], where: str, rule) -> None:
             problems.append(f"{where}.{key} must be a string")
 
 
+def _is_names(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _check_faults(problems: list[str], faults) -> None:
+    if not isinstance(faults, dict):
+        problems.append("faults must be a mapping of " + ", ".join(sorted(FAULT_KEYS)))
+        return
+    problems.extend(f"faults: unknown key {k!r}" for k in sorted(set(faults) - FAULT_KEYS))
+    rate = faults.get("rate", 0.0)
+    _check_number(problems, "faults.rate", rate)
+    if isinstance(rate, int | float) and rate > 1:
+        problems.append(f"faults.rate must be at most 1, not {rate!r}")
+    _check_number(problems, "faults.retry_after", faults.get("retry_after", 5))
+    seed = faults.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        problems.append(f"faults.seed must be an integer, not {seed!r}")
+    codes = faults.get("codes", ["TooManyRequests"])
+    if not (_is_names(codes) and codes):
+        problems.append("faults.codes must be a non-empty list of Azure error codes")
+    if not _is_names(faults.get("commands", [])):
+        problems.append("faults.commands must be a list such as ['vm show']")
+
+
 def _check_scenario(data: dict) -> list[str]:
     """Every problem of a scenario, so that one run reports them all."""
     problems = [f"unknown top-level key {k!r}" for k in sorted(set(data) - TOP_KEYS)]
@@ -83,6 +109,7 @@ def _check_scenario(data: dict) -> list[str]:
         _check_number(problems, "throttle.after_calls", throttle.get("after_calls", 0))
         if not isinstance(throttle.get("commands", []), list):
             problems.append("throttle.commands must be a list such as ['vm create']")
+    _check_faults(problems, data.get("faults", {}))
     rules = data.get("vms", [])
     if isinstance(rules, list):
         for i, rule in enumerate(rules):
@@ -107,6 +134,7 @@ class Scenario:
         self.nic_reservation_raw = float(data.get("nic_reservation_seconds", 0))
         self.defaults = {**DEFAULTS, **data.get("defaults", {})}
         self.throttle = data.get("throttle") or {}
+        self.faults = data.get("faults") or {}
         self.rules = data.get("vms") or []
 
     def rg_exists(self, rg: str) -> bool:
@@ -120,6 +148,15 @@ class Scenario:
                     attempts is None or attempt in attempts):
                 return rule[key]
         return self.defaults.get(key, default)
+
+    def fault(self, call: int) -> dict | None:
+        """The error of the `call`-th call that matches `faults`, or None: a pure function of
+        the seed and the call number, so that a run reproduces."""
+        rng = random.Random(f"{self.faults.get('seed', 0)}/{call}")
+        if rng.random() >= self.faults.get("rate", 0.0):
+            return None
+        code = rng.choice(self.faults.get("codes") or ["TooManyRequests"])
+        return {"code": code, "retry_after": self.faults.get("retry_after", 5)}
 
     def seconds(self, name: str, attempt: int, key: str) -> float:
         return float(self.setting(name, attempt, key)) * self.scale

@@ -27,6 +27,7 @@ def bump(counter: dict, key: str) -> int:
 def empty_state() -> dict:
     return {"vms": {}, "nics": {}, "public_ips": {}, "disks": {}, "create_counts": {},
             "create_attempts": {}, "succeeded_at": {}, "calls": {}, "throttle_seen": 0,
+            "fault_calls_seen": 0, "faults_injected": {},
             "private_counter": 0, "public_counter": 0}
 
 

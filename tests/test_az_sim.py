@@ -394,6 +394,56 @@ def test_a_bad_scenario_reports_every_problem(sim):
         assert problem in p.stderr
 
 
+def test_random_faults_fail_before_acting_with_azures_texts(sim):
+    sim.create("kept")
+    sim.scenario(faults={"rate": 1.0, "retry_after": 3, "codes": [
+        "SubscriptionRequestsThrottled"], "commands": ["vm create", "vm delete"]})
+    create = sim.create("new-vm")
+    assert create.returncode == 1
+    assert ("(SubscriptionRequestsThrottled) Number of 'write' requests for subscription '"
+            in create.stderr and "Please try again after '3' seconds." in create.stderr)
+    delete = sim.run("vm", "delete", "-g", RG, "-n", "kept", "--yes")
+    assert delete.returncode == 1
+    assert delete.stderr.startswith("ERROR: (SubscriptionRequestsThrottled) Number of 'write'")
+    assert "\nCode: SubscriptionRequestsThrottled\nMessage: " in delete.stderr
+    assert sim.show("kept")["provisioningState"] == "Succeeded"  # reads are not faulted
+    state = sim.state()
+    assert sorted(state["vms"]) == ["kept"] and state["create_attempts"] == {"kept": 1}
+    assert state["faults_injected"] == {"vm create": {"SubscriptionRequestsThrottled": 1},
+                                        "vm delete": {"SubscriptionRequestsThrottled": 1}}
+
+
+def _fault_pattern(sim, seed: int) -> list[str]:
+    sim.run("sim", "reset")
+    sim.scenario(faults={"rate": 0.4, "seed": seed, "commands": ["vm show"],
+                         "codes": ["TooManyRequests", "InternalServerError"]})
+    runs = [sim.run("vm", "show", "-g", RG, "-n", "absent") for _ in range(12)]
+    assert {p.returncode for p in runs} <= {1, 3}
+    return [re.match(r"ERROR: \((\w+)\)", p.stderr).group(1) for p in runs]
+
+
+def test_random_faults_reproduce_per_seed_and_call_count(sim):
+    first = _fault_pattern(sim, 7)
+    assert {"TooManyRequests", "InternalServerError", "ResourceNotFound"} <= set(first)
+    assert first == _fault_pattern(sim, 7)
+    other = _fault_pattern(sim, 8)
+    assert other != first
+    state = sim.state()
+    assert sum(state["faults_injected"]["vm show"].values()) == 12 - other.count(
+        "ResourceNotFound")
+    assert state["fault_calls_seen"] == 12
+
+
+def test_a_bad_faults_setting_reports_every_problem(sim):
+    sim.scenario(faults={"rate": 2, "seed": "x", "codes": [], "commands": "vm show", "often": 1})
+    p = sim.run("vm", "list")
+    assert p.returncode == 1
+    for problem in ("faults: unknown key 'often'", "faults.rate must be at most 1",
+                    "faults.seed must be an integer", "faults.codes must be a non-empty list",
+                    "faults.commands must be a list"):
+        assert problem in p.stderr
+
+
 # ---------------------------------------------------------------- delete and leftovers
 
 

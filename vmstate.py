@@ -88,6 +88,9 @@ class DeploymentView:
         if message.source:
             vm.worker = message.source
         vm.attempt = max(vm.attempt, message.attempt)
+        if vm.ready and isinstance(message.payload, _READY_AGAIN):
+            # A redelivered request re-adopts a ready VM and says so again: no transition.
+            return Change()
         return _REDUCERS[type(message.payload)](self, vm, message)
 
     def _deployment_wide(self, message: Message) -> Change | None:
@@ -217,6 +220,7 @@ def where_and_time(vm: VMProgress, seconds: float) -> str:
     return f"{_where(vm) or 'default size'}, {seconds:.1f} s"
 
 
+_READY_AGAIN = (Complete, SshVerified, CloudInitComplete)
 _REDUCERS = {
     Status: DeploymentView._status,
     Complete: DeploymentView._complete,

@@ -67,6 +67,18 @@ def test_replaying_the_same_events_rebuilds_the_same_progress():
     assert first.vms == second.vms
 
 
+def test_a_redelivered_request_repeating_a_ready_vm_logs_nothing_new():
+    view = DeploymentView("dep", [SPEC])
+    for message in happy_events():
+        view.apply(message)
+    again = [event(m.Complete(public_ip="20.0.0.1", private_ip="10.0.0.4", vm_id="id",
+                              duration_seconds=9.0, zone="1", size="S")),
+             event(m.SshVerified(ip="20.0.0.1", port=22, user="azureuser")),
+             event(m.CloudInitComplete(result="done", detail="status: done"))]
+    assert [view.apply(message).log for message in again] == [[], [], []]
+    assert view.vms["vm1"].ready
+
+
 def test_only_a_final_failure_marks_the_vm_failed():
     view = DeploymentView("dep", [SPEC])
     attempt_failed = m.Failed(error_code="ZonalAllocationFailed", message="no", retryable=True,

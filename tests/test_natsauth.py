@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from natsauthkit import configured_server, make_pki, secret_file, user_nkey
+from natsauthkit import configured_server, make_pki, operator_setup, secret_file, user_nkey
 
 from embedded import EmbeddedRuntime, WorkerOptions
 from natsauth import Credentials
@@ -90,6 +90,17 @@ async def test_an_nkey_seed_file_authenticates(tmp_path: Path):
         with pytest.raises(NatsAuthError):
             await connect(NatsSettings(servers=[server.url],
                                        auth=Credentials(nkey_file=str(other_seed))))
+
+
+async def test_a_creds_file_authenticates_and_one_of_an_unknown_account_is_refused(
+        tmp_path: Path):
+    config, creds, stranger = operator_setup(tmp_path / "jwt")
+    async with configured_server(tmp_path / "srv", config) as server:
+        assert await connects(NatsSettings(servers=[server.url],
+                                           auth=Credentials(creds_file=creds)))
+        with pytest.raises(NatsAuthError, match="authorization"):
+            await connect(NatsSettings(servers=[server.url], connect_timeout=30,
+                                       auth=Credentials(creds_file=stranger)))
 
 
 async def test_an_unusable_seed_file_is_a_credentials_error_not_a_silent_server(

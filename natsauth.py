@@ -94,13 +94,15 @@ class FirstContact:
         self.refusals = 0
         self.verdict: tuple[str, BaseException] | None = None
         self.decided = asyncio.Event()
+        self.connected = False  # set by `connect`; later failures are only logged
 
     async def on_error(self, exc: Exception) -> None:
-        if "permissions violation" in str(exc).lower():  # a missing grant: tell the operator
-            log.warning("%s", exc)
+        kind = failure_kind(exc)
+        if "permissions violation" in str(exc).lower() or (
+                self.connected and kind in (AUTH, TLS)):  # to fix; reconnecting cannot help
+            log.warning("NATS: %s", exc)
             return
         log.debug("nats: %s", type(exc).__name__)
-        kind = failure_kind(exc)
         if kind == REFUSED:
             self.refusals += 1
             if self.refusals >= self.servers and self.verdict is None:

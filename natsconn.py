@@ -132,6 +132,7 @@ async def connect(settings: NatsSettings, **callbacks: Any) -> Client:
     finally:
         decided.cancel()
     if connecting.done() and connecting.exception() is None:
+        contact.connected = True
         return connecting.result()
     setup_error = connecting.exception() if connecting.done() else None
     connecting.cancel()

@@ -160,8 +160,9 @@ def deploy(**params: Any) -> None:
     NATS URL the requests go to the workers there; with none and a nats-server binary at
     hand, an embedded server and --workers local workers run for the duration (their
     store and logs in state/nats/). NATS unreachable: one warning, then legacy polling
-    (unless --require-nats). A rerun with the same plan resumes: finished VMs are left
-    alone, VMs in flight are picked up, nothing is created twice.
+    (unless --require-nats); credentials rejected or TLS failed: exit 3. A rerun with
+    the same plan resumes: finished VMs are left alone, VMs in flight are picked up,
+    nothing is created twice.
     """
     _logging(params["verbose"])
     plan = _plan(params)

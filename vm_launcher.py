@@ -90,7 +90,8 @@ def serve(az_path: str, ssh_private_key: str | None, verbose: int, concurrency: 
     flight gets --grace seconds (a second signal ends them at once), the rest is released
     for other workers (its az processes are killed). Logs go to
     stderr, one line per request transition; `nats micro stats vm-launcher` shows every
-    worker's counts.
+    worker's counts. Exit 3 when NATS cannot be used: unreachable, credentials rejected,
+    TLS failed, or (--no-manage-streams) a stream missing.
     """
     _logging(verbose, quiet=False)
     worker_id = worker_id or worker.default_worker_id()

@@ -119,6 +119,10 @@ async def test_a_deployment_runs_under_least_privilege_users(tmp_path: Path, az_
     assert "permissions violation" not in (logs + done.stderr).lower()  # no grant missing
     assert "NATS at nats://127.0.0.1:" in done.stdout + (tmp_path / "run" / "state" /
                                                         "deployment-events.yaml").read_text()
+    trail = cli(tmp_path / "run", az_sim, "events", "--no-manage-streams",
+                *cluster.login("orchestrator"))  # the orchestrator may read the events
+    assert trail.returncode == 0, trail.stderr
+    assert all(f"/{name} complete" in trail.stdout for name in VMS), trail.stdout
 
 
 async def test_a_worker_may_not_publish_a_request_nor_the_orchestrator_an_event(

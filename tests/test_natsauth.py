@@ -11,7 +11,7 @@ import psutil
 import pytest
 from natsauthkit import configured_server, make_pki, operator_setup, secret_file, user_nkey
 
-from embedded import EmbeddedRuntime, WorkerOptions
+from embedded import EmbeddedRuntime, WorkerOptions, worker_argv, worker_env
 from natsauth import Credentials
 from natsconn import (
     NatsAuthError,
@@ -171,3 +171,15 @@ async def test_the_embedded_server_admits_only_holders_of_the_per_run_secret(tmp
         assert secret not in repr(settings)
     async with EmbeddedRuntime(store, WorkerOptions(count=0)) as again:
         assert again.client("test").auth.password != secret  # a new secret per run
+
+
+def test_embedded_workers_get_the_secrets_path_in_their_environment_and_nothing_else(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("NATS_TOKEN", "meant-for-another-server")
+    monkeypatch.setenv("NATS_URL", "nats://elsewhere:4222")
+    env = worker_env(tmp_path, WorkerOptions())
+    assert env["NATS_USER"] == "vm-launch"
+    assert env["NATS_PASSWORD_FILE"] == str(tmp_path / "auth" / "password")
+    assert {k for k in env if k.startswith("NATS_")} == {"NATS_USER", "NATS_PASSWORD_FILE"}
+    argv = worker_argv("nats://127.0.0.1:4222", 1, WorkerOptions())
+    assert not any("password" in arg or "token" in arg for arg in argv)

@@ -25,9 +25,15 @@ from nats.aio.client import Client
 from azcli import TAG_DEPLOYMENT, AzCli
 from display import Display
 from embedded import EmbeddedRuntime, WorkerOptions
-from eventbus import NATS_ERRORS
 from eventfeed import close_quietly
-from natsconn import NatsSettings, NatsUnavailable, connect, ensure_streams, nats_server_binary
+from natsconn import (
+    NatsSettings,
+    NatsUnavailable,
+    NatsUnreachable,
+    connect,
+    nats_server_binary,
+    prepare_streams,
+)
 from natsrun import Link, NatsRun
 from plan import Plan
 from statefile import StateFileError, read_events, read_state
@@ -199,16 +205,18 @@ class Deployment:
                 await self.stack.enter_async_context(self.runtime)
             except (NatsUnavailable, OSError) as exc:
                 return self._no_nats(f"embedded NATS could not start: {exc}")
-            settings = NatsSettings(servers=[self.runtime.url], name="vm-launch-orchestrator")
+            settings = self.runtime.client("vm-launch-orchestrator")
         try:
             nc = await connect(settings, disconnected_cb=self.link.disconnected,
                                reconnected_cb=self.link.reconnected)
-            await ensure_streams(nc.jetstream(), replicas=settings.replicas)
-        except (NatsUnavailable, *NATS_ERRORS) as exc:
-            return self._no_nats(str(exc) or type(exc).__name__)
-        self.stack.push_async_callback(close_quietly, nc)
+            self.stack.push_async_callback(close_quietly, nc)
+            await prepare_streams(nc.jetstream(), settings)
+        except NatsUnreachable as exc:  # the one failure polling may work around
+            return self._no_nats(str(exc))
+        except NatsUnavailable as exc:  # wrong secret, TLS, no streams: fix it, no fallback
+            raise CannotRun(str(exc)) from None
         self.mode = (f"NATS, embedded, {options.workers.count} workers" if self.runtime
-                     else f"NATS at {', '.join(settings.servers)}")
+                     else f"NATS at {settings.shown}")
         return nc
 
     def _no_nats(self, reason: str) -> None:

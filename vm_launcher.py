@@ -29,7 +29,9 @@ EXIT_READY, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_RUN = 0, 1, 2, 3
 
 
 nats_options = cliopts.nats_options(
-    default_url=DEFAULT_NATS_URL, url_help="NATS server URL(s), comma-separated. [env: NATS_URL]")
+    default_url=DEFAULT_NATS_URL, manage_streams=True,
+    url_help="NATS server URL(s), comma-separated; may carry user:password@ (never shown). "
+             "[env: NATS_URL]")
 
 
 def local_options(command: F) -> F:
@@ -97,11 +99,9 @@ def cli() -> None:
               help="A flag that requests may pass to az vm create in extra_args, e.g. "
                    "--allow-extra-arg=--accelerated-networking (repeatable). A request "
                    "using any other flag fails (InvalidRequest) without an az call.")
-def serve(nats_url: str, nats_creds: str | None, tls_ca: str | None, tls_cert: str | None,
-          tls_key: str | None, nats_connect_timeout: float, az_path: str,
-          ssh_private_key: str | None, adopt_untagged: bool, verbose: int, concurrency: int,
-          worker_id: str | None, grace: float, max_deliveries: int, ack_wait: float,
-          allow_extra_args: tuple[str, ...]) -> None:
+def serve(az_path: str, ssh_private_key: str | None, adopt_untagged: bool, verbose: int,
+          concurrency: int, worker_id: str | None, grace: float, max_deliveries: int,
+          ack_wait: float, allow_extra_args: tuple[str, ...], **nats_params: Any) -> None:
     """Take vm.create.request messages from NATS and create the VMs (worker mode).
 
     All workers share one durable consumer, so N workers on M machines split the work.
@@ -110,13 +110,13 @@ def serve(nats_url: str, nats_creds: str | None, tls_ca: str | None, tls_cert: s
     flight gets --grace seconds (a second signal ends them at once), the rest is released
     for other workers (its az processes are killed). Logs go to
     stderr, one line per request transition; `nats micro stats vm-launcher` shows every
-    worker's counts.
+    worker's counts. Exit 3 when NATS cannot be used: unreachable, credentials rejected,
+    TLS failed, or (--no-manage-streams) a stream missing.
     """
     _logging(verbose, quiet=False)
     worker_id = worker_id or worker.default_worker_id()
-    params = click.get_current_context().params
     settings = worker.WorkerSettings(
-        nats=_required(cliopts.nats_settings(params, name=f"vm-launcher-{worker_id}")),
+        nats=_required(cliopts.nats_settings(nats_params, name=f"vm-launcher-{worker_id}")),
         worker_id=worker_id, az=az_path, concurrency=concurrency,
         ssh_private_key=ssh_private_key, grace=grace, max_deliveries=max_deliveries,
         ack_wait=ack_wait, adopt_untagged=adopt_untagged, allow_extra_args=allow_extra_args)
@@ -140,20 +140,19 @@ def serve(nats_url: str, nats_creds: str | None, tls_ca: str | None, tls_cert: s
 @nats_options
 @local_options
 def launch(spec_file: str | None, deployment_id: str | None, json_lines: bool,
-           state_file: str | None, events_file: str | None, no_nats: bool, nats_url: str,
-           nats_creds: str | None, tls_ca: str | None, tls_cert: str | None,
-           tls_key: str | None, nats_connect_timeout: float, az_path: str,
+           state_file: str | None, events_file: str | None, no_nats: bool, az_path: str,
            ssh_private_key: str | None, adopt_untagged: bool, verbose: int,
-           **spec_params: Any) -> None:
+           **params: Any) -> None:
     """Create and verify one VM in the foreground, without an orchestrator.
 
     Every VM spec field is an option (or comes from --spec). The spec is checked first:
     every problem is listed and nothing is launched (exit 2). Then the same pipeline as
     the worker runs, printing one line per event; the events also go to NATS when it
-    answers (one warning when it does not). Exit 0 when the VM is ready, 1 when it failed.
+    answers (one warning when it does not). Exit 0 when the VM is ready, 1 when it failed,
+    3 when NATS rejects the credentials or TLS fails (nothing launched).
     """
     _logging(verbose, quiet=True)
-    spec, problems = _spec(spec_file, spec_params)
+    spec, problems = _spec(spec_file, params)
     if deployment_id is not None and (why := deployment_id_problem(deployment_id)):
         problems.append(why)
     if spec is None or problems:
@@ -164,7 +163,7 @@ def launch(spec_file: str | None, deployment_id: str | None, json_lines: bool,
         click.echo(f"error: the az executable {az_path!r} was not found", err=True)
         sys.exit(EXIT_CANNOT_RUN)
     nats = None if no_nats else cliopts.nats_settings(
-        locals(), name=f"vm-launcher-manual-{spec.name}")
+        params, name=f"vm-launcher-manual-{spec.name}")
     try:
         code = asyncio.run(manual_launch.launch(
             spec, deployment_id=deployment_id or f"manual-{spec.name}", az=az_path,

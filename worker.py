@@ -39,8 +39,8 @@ from natsconn import (
     WORKER_CONSUMER,
     NatsSettings,
     connect,
-    ensure_streams,
     ensure_worker_consumer,
+    prepare_streams,
 )
 from speccheck import allow_list_problems
 
@@ -122,7 +122,7 @@ class Worker:
             self.settings.nats, disconnected_cb=self._on_disconnect,
             reconnected_cb=self._on_reconnect)
         js = nc.jetstream()
-        await ensure_streams(js, replicas=self.settings.nats.replicas)
+        await prepare_streams(js, self.settings.nats)
         self.ack_wait = await ensure_worker_consumer(js, ack_wait=self.settings.ack_wait)
         subscription = await js.pull_subscribe_bind(durable=WORKER_CONSUMER,
                                                     stream=REQUESTS_STREAM)

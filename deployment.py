@@ -27,11 +27,12 @@ from display import Display
 from embedded import EmbeddedRuntime, WorkerOptions
 from eventbus import NATS_ERRORS
 from eventfeed import close_quietly
-from natsconn import NatsSettings, NatsUnavailable, connect, ensure_streams, nats_server_binary
+from natsconn import NatsSettings, NatsUnavailable, connect, nats_server_binary
 from natsrun import Link, NatsRun
 from plan import Plan
 from statefile import StateFileError, read_events, read_state
 from statewriter import StateWriter
+from streams import ensure_streams
 from tracker import Ticket, Tracker, decide
 
 EXIT_READY, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

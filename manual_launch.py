@@ -17,9 +17,10 @@ from pathlib import Path
 from azcli import AzCli
 from eventbus import NATS_ERRORS, Publisher, progress_line
 from messages import Message, encode, new_event_id
-from natsconn import NatsSettings, NatsUnavailable, connect, ensure_streams
+from natsconn import NatsSettings, NatsUnavailable, connect
 from pipeline import Launch, Outcome, Reporter
 from statewriter import StateWriter
+from streams import ensure_streams
 from vmspec import VMSpec
 from vmstate import DeploymentView
 

@@ -1,7 +1,8 @@
-"""The NATS connection: settings, connect, streams and consumers, and the embedded server.
+"""The NATS connection: settings, connect, the names of streams and the consumer, and the
+embedded server.
 
-Both the worker and the orchestrator go through here, so stream names and settings
-exist in one place and whoever starts first creates them (idempotently).
+Both the worker and the orchestrator go through here, so the names exist in one place;
+`streams.py` creates the streams and the consumer.
 """
 
 from __future__ import annotations
@@ -21,18 +22,7 @@ from typing import Any
 import nats
 import psutil
 from nats.aio.client import Client
-from nats.js import JetStreamContext
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DiscardPolicy,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-)
-from nats.js.errors import BadRequestError, NotFoundError
 
-from messages import EVENT_SUBJECTS, Subject
 from procs import die_with_parent
 
 log = logging.getLogger("natsconn")
@@ -62,7 +52,7 @@ class NatsSettings:
     tls_key: str | None = None
     connect_timeout: float = 2.0
     name: str = "vm-launch-manager"
-    replicas: int = 1
+    replicas: int | None = None  # streams: None leaves existing ones alone, creates R1
 
     @staticmethod
     def split_urls(urls: str) -> list[str]:
@@ -131,61 +121,6 @@ async def connect(settings: NatsSettings, **callbacks: Any) -> Client:
     why = "refused the connection" if contact.all_refused.is_set() else (
         f"did not answer within {settings.connect_timeout:g} s")
     raise NatsUnavailable(f"NATS at {', '.join(settings.servers)} {why}")
-
-
-async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
-    """Create or update the requests work queue and the events audit stream."""
-    await _ensure_stream(js, StreamConfig(
-        name=REQUESTS_STREAM,
-        subjects=[Subject.REQUEST.value],
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        num_replicas=replicas,
-        duplicate_window=DUPLICATE_WINDOW,
-        max_msg_size=256 * 1024 + 4096,
-    ))
-    await _ensure_stream(js, StreamConfig(
-        name=EVENTS_STREAM,
-        subjects=[s.value for s in EVENT_SUBJECTS],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        num_replicas=replicas,
-        max_age=EVENTS_MAX_AGE,
-        discard=DiscardPolicy.OLD,
-        duplicate_window=120.0,
-    ))
-
-
-async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    try:
-        await js.add_stream(config)
-    except BadRequestError:
-        # Exists with other settings (e.g. created by an older version): align it.
-        await js.update_stream(config)
-
-
-async def ensure_worker_consumer(js: JetStreamContext, *, ack_wait: float = ACK_WAIT) -> float:
-    """The one durable pull consumer that all workers share; returns its actual AckWait.
-
-    `ack_wait` applies only when this call creates the consumer (tests shorten it); an
-    existing consumer keeps its own, and workers pace their heartbeats by the returned value.
-    """
-    config = ConsumerConfig(
-        durable_name=WORKER_CONSUMER,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=ack_wait,
-        # Workers count deliveries themselves and dead-letter past their limit, so the
-        # server must never silently drop a request.
-        max_deliver=-1,
-        max_ack_pending=1000,
-    )
-    try:
-        info = await js.consumer_info(REQUESTS_STREAM, WORKER_CONSUMER)
-    except NotFoundError:
-        with contextlib.suppress(BadRequestError):  # another worker was quicker
-            await js.add_consumer(REQUESTS_STREAM, config)
-        info = await js.consumer_info(REQUESTS_STREAM, WORKER_CONSUMER)
-    return info.config.ack_wait or ack_wait
 
 
 def nats_server_binary() -> str | None:

@@ -26,10 +26,11 @@ from display import format_table
 from eventbus import NATS_ERRORS, describe
 from eventfeed import EventFeed, close_quietly
 from messages import Message, encode
-from natsconn import EmbeddedNats, NatsSettings, NatsUnavailable, connect, ensure_streams
+from natsconn import EmbeddedNats, NatsSettings, NatsUnavailable, connect
 from plan import Plan
 from statefile import StateFileError, read_state
 from statewriter import StateWriter
+from streams import ensure_streams
 from vmstate import DELETED, DELETING
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_RUN = 0, 1, 2, 3

@@ -180,8 +180,10 @@ def nats_options(*, default_url: str | None, url_help: str,
     ]
     if replicas:
         options.append(click.option(
-            "--replicas", type=click.IntRange(1, 5), default=1, show_default=True,
-            help="Stream replicas (3 on a 3-node cluster)."))
+            "--replicas", type=click.IntRange(1, 5), default=None,
+            help="Replicas of the streams (3 on a 3-node cluster): of new ones, and of "
+                 "existing ones, which are otherwise left as they are. [default: 1 for "
+                 "new streams]"))
     return lambda command: apply_options(command, options)
 
 
@@ -193,4 +195,4 @@ def nats_settings(params: Mapping[str, Any], *, name: str) -> NatsSettings | Non
     return NatsSettings(servers=servers, creds=params["nats_creds"], tls_ca=params["tls_ca"],
                         tls_cert=params["tls_cert"], tls_key=params["tls_key"],
                         connect_timeout=params["nats_connect_timeout"], name=name,
-                        replicas=params.get("replicas", 1))
+                        replicas=params.get("replicas"))

@@ -20,6 +20,7 @@ from messages import Message, encode, new_event_id
 from natsconn import NatsSettings, NatsUnavailable, connect
 from pipeline import Launch, Outcome, Reporter
 from statewriter import StateWriter
+from stopsignals import Stopped, unless_stopped
 from streams import ensure_streams
 from vmspec import VMSpec
 from vmstate import DeploymentView
@@ -76,7 +77,8 @@ async def _connect(settings: NatsSettings, stack: contextlib.AsyncExitStack) -> 
 async def launch(spec: VMSpec, *, deployment_id: str, az: str, private_key: str | None,
                  nats: NatsSettings | None, json_lines: bool, state_file: str | None,
                  events_file: str | None) -> int:
-    """Create and verify one VM whose spec passed `spec_problems`. 0 ready, 1 failed."""
+    """Create and verify one VM whose spec passed `spec_problems`. 0 ready, 1 failed or
+    stopped by SIGINT/SIGTERM/SIGHUP."""
     spec = spec.with_file_contents()
     outputs = _Outputs(spec, deployment_id=deployment_id, json_lines=json_lines)
     async with contextlib.AsyncExitStack() as stack:
@@ -89,7 +91,13 @@ async def launch(spec: VMSpec, *, deployment_id: str, az: str, private_key: str 
         report = Reporter(outputs.emit, deployment_id=deployment_id, vm_name=spec.name,
                           source=f"manual@{socket.gethostname()}",
                           id_seed=f"{deployment_id}/{spec.name}/{new_event_id()}")
-        result = await Launch(spec, az=AzCli(az), report=report, private_key=private_key).run()
+        try:
+            result = await unless_stopped(
+                Launch(spec, az=AzCli(az), report=report, private_key=private_key).run())
+        except Stopped as stopped:
+            warn(f"{spec.name}: interrupted by {stopped.signal.name}; its az processes were "
+                 "stopped (run again to resume)")
+            return 1
     if not json_lines:
         vm = outputs.view.vms[spec.name]
         print(f"{spec.name}: ready ({vm.public_ip or 'no public IP'}) after {result.attempts} "

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import re
-import signal
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +29,7 @@ from natsconn import EmbeddedNats, NatsSettings, NatsUnavailable, connect
 from plan import Plan
 from statefile import StateFileError, read_state
 from statewriter import StateWriter
+from stopsignals import on_stop_signals
 from streams import ensure_streams
 from vmstate import DELETED, DELETING
 
@@ -251,16 +251,12 @@ async def events(*, nats: NatsSettings | None, store: Path, deployment_id: str |
 
         feed = EventFeed(nc.jetstream(), show, start=since, deployment_id=deployment_id)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         reader = asyncio.create_task(feed.run())
         waiter = asyncio.create_task(stop.wait() if follow else feed.caught_up.wait())
-        try:
-            await asyncio.wait([reader, waiter], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            await feed.stop(reader)
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+        with on_stop_signals(lambda _: stop.set()):
+            try:
+                await asyncio.wait([reader, waiter], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                await feed.stop(reader)
     return EXIT_OK

@@ -129,3 +129,22 @@ async def ensure_worker_consumer(js: JetStreamContext, *, ack_wait: float = ACK_
             await js.add_consumer(REQUESTS_STREAM, config)
         info = await js.consumer_info(REQUESTS_STREAM, WORKER_CONSUMER)
     return info.config.ack_wait or ack_wait
+
+
+async def worker_subscription(js: JetStreamContext, *, replicas: int | None,
+                              ack_wait: float) -> tuple[JetStreamContext.PullSubscription, float]:
+    """Streams and the shared consumer (created when missing), a pull subscription bound
+    to it, and the consumer's actual AckWait."""
+    await ensure_streams(js, replicas=replicas)
+    actual = await ensure_worker_consumer(js, ack_wait=ack_wait)
+    subscription = await js.pull_subscribe_bind(durable=WORKER_CONSUMER, stream=REQUESTS_STREAM)
+    return subscription, actual
+
+
+async def consumer_exists(js: JetStreamContext) -> bool:
+    """Whether the shared consumer (and so its stream) still exists."""
+    try:
+        await js.consumer_info(REQUESTS_STREAM, WORKER_CONSUMER)
+    except NotFoundError:
+        return False
+    return True

@@ -18,6 +18,7 @@ import click
 import cliopts
 import manual_launch
 import worker
+import workerproc
 from natsconn import ACK_WAIT, NatsSettings
 from typedfields import FieldErrors
 from vmspec import VMSpec, spec_problems
@@ -28,7 +29,8 @@ EXIT_READY, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_RUN = 0, 1, 2, 3
 
 
 nats_options = cliopts.nats_options(
-    default_url=DEFAULT_NATS_URL, url_help="NATS server URL(s), comma-separated. [env: NATS_URL]")
+    default_url=DEFAULT_NATS_URL, replicas=True,
+    url_help="NATS server URL(s), comma-separated. [env: NATS_URL]")
 
 
 def local_options(command: F) -> F:
@@ -72,24 +74,26 @@ def cli() -> None:
 @click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds a stop waits for work in flight before releasing it.")
 @click.option("--max-deliveries", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Deliveries of one request before it goes to vm.create.deadletter.")
+              help="Failed deliveries of one request before it goes to vm.create.deadletter "
+                   "(a delivery released by a graceful stop does not count).")
 @click.option("--ack-wait", type=click.FloatRange(min=1), default=ACK_WAIT, show_default=True,
               help="AckWait in seconds of the shared consumer, applied only if this worker "
                    "creates it (an existing consumer keeps its own); a busy worker sends "
                    "heartbeats every third of it. Tests shorten it.")
 def serve(nats_url: str, nats_creds: str | None, tls_ca: str | None, tls_cert: str | None,
-          tls_key: str | None, nats_connect_timeout: float, az_path: str,
+          tls_key: str | None, nats_connect_timeout: float, replicas: int | None, az_path: str,
           ssh_private_key: str | None, verbose: int, concurrency: int, worker_id: str | None,
           grace: float, max_deliveries: int, ack_wait: float) -> None:
     """Take vm.create.request messages from NATS and create the VMs (worker mode).
 
     All workers share one durable consumer, so N workers on M machines split the work.
     A request is acknowledged only when finished; if this worker dies, another takes it
-    over after AckWait. SIGTERM/SIGINT stop gracefully: nothing more is fetched, work in
-    flight gets --grace seconds (a second signal ends them at once), the rest is released
-    for other workers (its az processes are killed). Logs go to
-    stderr, one line per request transition; `nats micro stats vm-launcher` shows every
-    worker's counts.
+    over after AckWait. SIGTERM/SIGINT/SIGHUP stop gracefully: nothing more is fetched,
+    work in flight gets --grace seconds (a second signal ends them at once), the rest is
+    released for other workers (its az processes are killed). A request that cannot be
+    read is dead-lettered at once. A lost consumer is recreated; exit 3 if that fails.
+    Logs go to stderr, one line per request transition; `nats micro stats vm-launcher`
+    shows every worker's counts.
     """
     _logging(verbose, quiet=False)
     worker_id = worker_id or worker.default_worker_id()
@@ -99,7 +103,7 @@ def serve(nats_url: str, nats_creds: str | None, tls_ca: str | None, tls_cert: s
         worker_id=worker_id, az=az_path, concurrency=concurrency,
         ssh_private_key=ssh_private_key, grace=grace, max_deliveries=max_deliveries,
         ack_wait=ack_wait)
-    sys.exit(asyncio.run(worker.serve(settings)))
+    sys.exit(asyncio.run(workerproc.serve(settings)))
 
 
 @cli.command()
@@ -121,8 +125,9 @@ def serve(nats_url: str, nats_creds: str | None, tls_ca: str | None, tls_cert: s
 def launch(spec_file: str | None, deployment_id: str | None, json_lines: bool,
            state_file: str | None, events_file: str | None, no_nats: bool, nats_url: str,
            nats_creds: str | None, tls_ca: str | None, tls_cert: str | None,
-           tls_key: str | None, nats_connect_timeout: float, az_path: str,
-           ssh_private_key: str | None, verbose: int, **spec_params: Any) -> None:
+           tls_key: str | None, nats_connect_timeout: float, replicas: int | None,
+           az_path: str, ssh_private_key: str | None, verbose: int,
+           **spec_params: Any) -> None:
     """Create and verify one VM in the foreground, without an orchestrator.
 
     Every VM spec field is an option (or comes from --spec). The spec is checked first:

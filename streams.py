@@ -98,13 +98,19 @@ async def _ensure_stream(js: JetStreamContext, wanted: StreamConfig, *,
 def _check_usable(existing: StreamConfig, wanted: StreamConfig) -> None:
     problems = []
     if existing.retention != wanted.retention:
-        problems.append(f"retention is {existing.retention}, not {wanted.retention}")
+        problems.append(f"retention is {_text(existing.retention)}, not "
+                        f"{_text(wanted.retention)}")
     missing = sorted(set(wanted.subjects or []) - set(existing.subjects or []))
     if missing:
         problems.append(f"subjects lack {', '.join(missing)}")
     if problems:
         raise StreamMismatch(f"stream {wanted.name} exists but {'; '.join(problems)}; "
                              "an administrator must fix or delete it")
+
+
+def _text(value: object) -> str:
+    """An API enum's wire value ('workqueue'), a plain string as it is."""
+    return str(getattr(value, "value", value))
 
 
 async def ensure_worker_consumer(js: JetStreamContext, *, ack_wait: float = ACK_WAIT) -> float:

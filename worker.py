@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
+from nats.js.errors import ServiceUnavailableError
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
@@ -42,7 +44,7 @@ SERVICE_NAME = "vm-launcher"
 SERVICE_VERSION = "1.0.0"
 STATUS_SUBJECT = "vm-launcher.status"
 FETCH_WAIT = 1.0  # the longest a stop waits for the fetch in progress
-# Failed attempts in a row to recreate a lost consumer before the worker gives up (exit 3).
+# Refused attempts in a row to recreate a lost consumer before the worker gives up (exit 3).
 RECOVERY_ATTEMPTS = 5
 
 
@@ -95,6 +97,7 @@ class Worker:
         self._hurry = asyncio.Event()
         self.broken = asyncio.Event()  # set, with `broken_reason`, when it cannot go on
         self.broken_reason = ""
+        self._refusals = 0  # failed attempts in a row to recreate the consumer
 
     @property
     def worker_id(self) -> str:
@@ -179,7 +182,6 @@ class Worker:
     async def _fetch_loop(self, js: JetStreamContext,
                           subscription: JetStreamContext.PullSubscription,
                           runner: JobRunner) -> None:
-        failures = 0
         while not self._stopping.is_set():
             if len(self._jobs) >= self.settings.concurrency:
                 self._slot_free.clear()
@@ -188,37 +190,40 @@ class Worker:
             try:
                 (msg,) = await subscription.fetch(1, timeout=FETCH_WAIT)
             except TimeoutError:
-                failures = 0
                 continue  # nothing to do (or NATS is away: the client reconnects)
             except Exception as exc:  # e.g. the consumer or the stream was deleted
-                failures += 1
-                subscription = await self._recover(js, subscription, exc, failures)
+                subscription = await self._recover(js, subscription, exc)
                 runner.ack_wait = self.ack_wait
                 continue
-            failures = 0
             await self._take(msg, runner)
 
     async def _recover(self, js: JetStreamContext,
-                       subscription: JetStreamContext.PullSubscription, exc: Exception,
-                       failures: int) -> JetStreamContext.PullSubscription:
-        """After a failed fetch: recreate a lost consumer (or stream) and subscribe again;
-        give up (the worker exits 3) after RECOVERY_ATTEMPTS failures in a row."""
+                       subscription: JetStreamContext.PullSubscription,
+                       exc: Exception) -> JetStreamContext.PullSubscription:
+        """After a failed fetch: recreate a lost consumer (or stream) and subscribe again.
+        NATS being away is waited out; after RECOVERY_ATTEMPTS refusals in a row (not
+        authorised, a stream this tool cannot use) the worker gives up: it exits 3."""
         log.warning("fetching requests failed (%r); checking the consumer", exc)
-        await asyncio.sleep(min(FETCH_WAIT * failures, 5.0))
+        await asyncio.sleep(FETCH_WAIT)
         try:
-            if await consumer_exists(js):
-                return subscription  # a passing problem: fetch again
-            log.warning("the consumer %s is gone; recreating it", WORKER_CONSUMER)
-            with contextlib.suppress(*NATS_ERRORS):
-                await subscription.unsubscribe()
-            subscription, self.ack_wait = await worker_subscription(
-                js, replicas=self.settings.nats.replicas, ack_wait=self.settings.ack_wait)
-        except Exception as error:  # not authorised, a mismatched stream, NATS away, ...
-            if failures >= RECOVERY_ATTEMPTS:
-                self.broken_reason = (f"cannot fetch requests: {exc!r}; recreating the "
-                                      f"consumer failed: {error or type(error).__name__}")
+            if not await consumer_exists(js):
+                log.warning("the consumer %s is gone; recreating it", WORKER_CONSUMER)
+                old = subscription  # kept until replaced: fetching from it keeps failing
+                subscription, self.ack_wait = await worker_subscription(
+                    js, replicas=self.settings.nats.replicas, ack_wait=self.settings.ack_wait)
+                with contextlib.suppress(*NATS_ERRORS):
+                    await old.unsubscribe()
+        except Exception as error:
+            if _passing(error) or not (self._nc and self._nc.is_connected):
+                return subscription  # NATS away, or a cluster electing a leader: try again
+            self._refusals += 1
+            if self._refusals >= RECOVERY_ATTEMPTS:
+                self.broken_reason = (f"cannot fetch requests ({exc!r}) and cannot recreate "
+                                      f"the consumer: {error or type(error).__name__}")
                 self.broken.set()
                 self._stopping.set()
+            return subscription
+        self._refusals = 0
         return subscription
 
     async def _take(self, msg: Msg, runner: JobRunner) -> None:
@@ -278,3 +283,8 @@ class Worker:
 
     async def _on_reconnect(self) -> None:
         log.warning("NATS reconnected")
+
+
+def _passing(error: Exception) -> bool:
+    """A JetStream error that goes away by itself (no answer yet, no leader yet)."""
+    return isinstance(error, TimeoutError | ServiceUnavailableError | NoRespondersError)

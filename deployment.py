@@ -32,7 +32,7 @@ from plan import Plan
 from statefile import StateFileError, read_events, read_state
 from statewriter import StateWriter
 from stopsignals import STOP_SIGNALS
-from streams import ensure_streams
+from streams import StreamMismatch, ensure_streams
 from tracker import Ticket, Tracker, decide
 
 EXIT_READY, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -70,9 +70,9 @@ async def deploy(plan: Plan, options: DeployOptions, display: Display) -> int:
     try:
         async with contextlib.AsyncExitStack() as stack:
             return await Deployment(plan, options, display, stack).run()
-    except (CannotRun, BadInput) as exc:
+    except (CannotRun, BadInput, StreamMismatch) as exc:
         display.note(str(exc), warning=True)
-        return EXIT_CANNOT_RUN if isinstance(exc, CannotRun) else EXIT_BAD_INPUT
+        return EXIT_BAD_INPUT if isinstance(exc, BadInput) else EXIT_CANNOT_RUN
     finally:
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
@@ -204,7 +204,7 @@ class Deployment:
             nc = await connect(settings, disconnected_cb=self.link.disconnected,
                                reconnected_cb=self.link.reconnected)
             await ensure_streams(nc.jetstream(), replicas=settings.replicas)
-        except (NatsUnavailable, *NATS_ERRORS) as exc:
+        except (NatsUnavailable, *NATS_ERRORS) as exc:  # StreamMismatch: exit 3, in deploy()
             return self._no_nats(str(exc) or type(exc).__name__)
         self.stack.push_async_callback(close_quietly, nc)
         self.mode = (f"NATS, embedded, {options.workers.count} workers" if self.runtime

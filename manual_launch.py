@@ -21,7 +21,7 @@ from natsconn import NatsSettings, NatsUnavailable, connect
 from pipeline import Launch, Outcome, Reporter
 from statewriter import StateWriter
 from stopsignals import Stopped, unless_stopped
-from streams import ensure_streams
+from streams import StreamMismatch, ensure_streams
 from vmspec import VMSpec
 from vmstate import DeploymentView
 
@@ -68,7 +68,7 @@ async def _connect(settings: NatsSettings, stack: contextlib.AsyncExitStack) -> 
     js = nc.jetstream()
     try:
         await ensure_streams(js, replicas=settings.replicas)
-    except NATS_ERRORS as exc:
+    except (StreamMismatch, *NATS_ERRORS) as exc:
         warn(f"NATS has no usable JetStream ({exc}); continuing without publishing events")
         return None
     return Publisher(nc, js, give_up_after=PUBLISH_PATIENCE)

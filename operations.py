@@ -30,7 +30,7 @@ from plan import Plan
 from statefile import StateFileError, read_state
 from statewriter import StateWriter
 from stopsignals import on_stop_signals
-from streams import ensure_streams
+from streams import StreamMismatch, ensure_streams
 from vmstate import DELETED, DELETING
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_RUN = 0, 1, 2, 3
@@ -243,7 +243,11 @@ async def events(*, nats: NatsSettings | None, store: Path, deployment_id: str |
             _err(f"error: {exc}")
             return EXIT_CANNOT_RUN
         stack.push_async_callback(close_quietly, nc)
-        await ensure_streams(nc.jetstream(), replicas=nats.replicas)
+        try:
+            await ensure_streams(nc.jetstream(), replicas=nats.replicas)
+        except StreamMismatch as exc:
+            _err(f"error: {exc}")
+            return EXIT_CANNOT_RUN
 
         async def show(message: Message) -> None:
             if not vms or message.vm_name in vms:

@@ -254,7 +254,8 @@ def reset(**params: Any) -> None:
 @click.option("--all-deployments", is_flag=True, help="Every deployment's events.")
 @click.option("--vm", "vms", multiple=True, help="Only this VM (repeatable).")
 @click.option("--since", help="From this long ago (90s, 10m, 2h, 1d) or this ISO time.")
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new events (Ctrl-C, SIGTERM or SIGHUP ends).")
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep printing new events (Ctrl-C, SIGTERM or SIGHUP ends).")
 @click.option("--json", "json_out", is_flag=True, help="Print each event as a JSON line.")
 def events(**params: Any) -> None:
     """Print the audit trail from the events stream (7 days are kept).

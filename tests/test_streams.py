@@ -61,15 +61,11 @@ async def test_missing_streams_and_the_releases_bucket_are_created_r1(js):
     assert (await releases.get("17")).value == b"2"
 
 
-async def test_existing_streams_are_left_exactly_as_an_admin_made_them(js):
+async def test_existing_streams_change_only_when_other_replicas_are_asked_for(js):
     before = await admin_streams(js)
     await ensure_streams(js)
     await ensure_streams(js, replicas=1)  # asked for what they already have: no change
     assert await configs(js) == before
-
-
-async def test_replicas_are_changed_only_when_asked(js):
-    before = await admin_streams(js)
     with pytest.raises(ServerError, match="replicas > 1 not supported"):
         await ensure_streams(js, replicas=3)  # attempted, and refused by a single server
     assert await configs(js) == before

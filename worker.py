@@ -137,7 +137,7 @@ class Worker:
 
     async def stop(self) -> None:
         """Fetch nothing more; let work finish within the grace period, then cancel the
-        rest (their az trees are killed) and nak their requests for another worker."""
+        rest (their az trees are killed) and release their requests for another worker."""
         if self._stopped:
             return
         self._stopped = True
@@ -165,7 +165,7 @@ class Worker:
         log.info("worker %s stopped (%s)", self.worker_id, json.dumps(self.stats()))
 
     def hurry(self) -> None:
-        """End the grace period of a stop now (a second SIGTERM/SIGINT)."""
+        """End the grace period of a stop now (a second stop signal)."""
         self._hurry.set()
 
     async def _cancel_all(self) -> None:

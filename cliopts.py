@@ -204,8 +204,10 @@ def nats_options(*, default_url: str | None, url_help: str, replicas: bool = Fal
     ]
     if replicas:
         options.append(click.option(
-            "--replicas", type=click.IntRange(1, 5), default=1, show_default=True,
-            help="Stream replicas (3 on a 3-node cluster)."))
+            "--replicas", type=click.IntRange(1, 5), default=None,
+            help="Replicas of the streams (3 on a 3-node cluster): of new ones, and of "
+                 "existing ones, which are otherwise left as they are. [default: 1 for "
+                 "new streams]"))
     if manage_streams:
         options.append(click.option(
             "--no-manage-streams", is_flag=True,
@@ -259,5 +261,5 @@ def nats_settings(params: Mapping[str, Any], *, name: str) -> NatsSettings | Non
         return None
     return NatsSettings(servers=servers, auth=_credentials(params),
                         connect_timeout=params["nats_connect_timeout"], name=name,
-                        replicas=params.get("replicas", 1),
+                        replicas=params.get("replicas"),
                         manage_streams=not params.get("no_manage_streams", False))

@@ -5,7 +5,7 @@ exists), look at Azure once (`az vm list -d`: finished VMs are skipped, VMs tagg
 this deployment but not in the plan are reported as possible leaks, never deleted), ask
 for confirmation, reach NATS (given URL, else the embedded server and workers, else the
 legacy poller), and only then touch the state files. The run ends when every VM is ready
-or finally failed, at the deadline (cancel, mark Failed), or on SIGINT/SIGTERM (exit 130;
+or finally failed, at the deadline (cancel, mark Failed), or on SIGINT/SIGTERM/SIGHUP (exit 130;
 a rerun resumes). NATS lost for longer than the grace period switches the unfinished VMs
 to legacy polling for the rest of the run, even if NATS comes back.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +31,13 @@ from natsconn import (
     NatsUnreachable,
     connect,
     nats_server_binary,
-    prepare_streams,
 )
 from natsrun import Link, NatsRun
 from plan import Plan
 from statefile import StateFileError, read_events, read_state
 from statewriter import StateWriter
+from stopsignals import STOP_SIGNALS
+from streams import StreamMismatch, prepare_streams
 from tracker import Ticket, Tracker, decide
 
 EXIT_READY, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -76,11 +76,11 @@ async def deploy(plan: Plan, options: DeployOptions, display: Display) -> int:
     try:
         async with contextlib.AsyncExitStack() as stack:
             return await Deployment(plan, options, display, stack).run()
-    except (CannotRun, BadInput) as exc:
+    except (CannotRun, BadInput, StreamMismatch) as exc:
         display.note(str(exc), warning=True)
-        return EXIT_CANNOT_RUN if isinstance(exc, CannotRun) else EXIT_BAD_INPUT
+        return EXIT_BAD_INPUT if isinstance(exc, BadInput) else EXIT_CANNOT_RUN
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
 
 
@@ -112,7 +112,7 @@ class Deployment:
                 return EXIT_FAILED
         self.deadline = self.loop.time() + (self.options.deadline or self.plan.deadline)
         # From here on a Ctrl-C is an orderly stop (not during the question above).
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             self.loop.add_signal_handler(sig, self.stop.set)
         nc = await self._reach_nats() if tickets else None
         if not tickets:

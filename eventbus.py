@@ -11,8 +11,6 @@ ever shows custom data.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import time
 from datetime import datetime
@@ -28,14 +26,15 @@ from messages import (
     DeadLetter,
     Failed,
     Message,
+    MessageError,
     SshVerified,
     Status,
     Subject,
     encode,
-    redacted_excerpt,
     stable_event_id,
 )
 from natsconn import REQUESTS_STREAM
+from wirejson import parse_json, redacted_excerpt, safe_text
 
 log = logging.getLogger("eventbus")
 
@@ -131,19 +130,24 @@ class CancelMemory:
 def dead_letter(data: bytes, *, reason: str, request: Message | None, deliveries: int,
                 source: str, seq: int) -> Message:
     """The dead letter of a request (`request` when it could be read); its id is stable
-    per delivery, and its excerpt never holds custom data."""
+    per delivery, its excerpt never holds custom data, and whatever the raw bytes it
+    encodes (its reason and ids are made safe)."""
     return Message(
         deployment_id=request.deployment_id if request else _guess_deployment(data),
         vm_name=request.vm_name if request else "",
-        payload=DeadLetter(reason=reason, subject=Subject.REQUEST.value, deliveries=deliveries,
-                           excerpt=redacted_excerpt(data)),
+        payload=DeadLetter(reason=safe_text(reason), subject=Subject.REQUEST.value,
+                           deliveries=deliveries, excerpt=redacted_excerpt(data)),
         source=source, event_id=stable_event_id(REQUESTS_STREAM, seq, deliveries, "deadletter"),
     )
 
 
 def _guess_deployment(data: bytes) -> str:
-    with contextlib.suppress(ValueError, TypeError, AttributeError):
-        value = json.loads(data).get("deployment_id")
-        if isinstance(value, str) and value:
-            return value[:200]
+    """The raw request's deployment id when it is a short printable string, else unknown."""
+    try:
+        body = parse_json(data)
+    except MessageError:
+        return "unknown"
+    value = body.get("deployment_id") if isinstance(body, dict) else None
+    if isinstance(value, str) and value.isprintable() and 0 < len(value) <= 200:
+        return value  # isprintable() is False for lone surrogates and control characters
     return "unknown"

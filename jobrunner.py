@@ -1,9 +1,13 @@
 """One fetched request while a worker holds it, from decoding to settling.
 
 A request is read and checked, then dead-lettered, reported cancelled, or launched with
-in-progress heartbeats; it is settled (ack, nak or term) exactly when that ends. How each
-was settled is remembered by stream sequence: a request whose ack was lost while NATS was
-away comes back and is settled again, not redone.
+in-progress heartbeats; it is settled (ack, nak or term) exactly when that ends, and no
+exception leaves it unsettled. How each was settled is remembered by stream sequence: a
+request whose ack was lost while NATS was away comes back and is settled again, not redone.
+
+The dead-letter limit counts failed deliveries, not deliveries: a worker that gives a
+request back on a graceful stop records the release in the KV bucket `VM_RELEASES`
+(key: the request's stream sequence) before it naks, and those deliveries are not counted.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 
 from azcli import AzCli, AzError, FailureKind
 from eventbus import NATS_ERRORS, CancelMemory, Publisher, dead_letter, describe
@@ -42,16 +48,18 @@ class Job:
     launching: bool = False
     stop_reason: str | None = None  # "cancel" or "shutdown"
     cancel_detail: str = ""
+    settled: bool = False
 
 
 class JobRunner:
     """Runs one worker's jobs on its connection; counts how they end in `counts`."""
 
-    def __init__(self, nc: Client, publisher: Publisher, *, az: AzCli, cancels: CancelMemory,
-                 counts: Counter[str], worker_id: str, max_deliveries: int,
-                 private_key: str | None, ack_wait: float, adopt_untagged: bool = False,
+    def __init__(self, nc: Client, publisher: Publisher, *, releases: KeyValue, az: AzCli,
+                 cancels: CancelMemory, counts: Counter[str], worker_id: str,
+                 max_deliveries: int, private_key: str | None, ack_wait: float,
+                 adopt_untagged: bool = False,
                  allowed_extra_args: frozenset[str] = frozenset()) -> None:
-        self._nc, self._publisher = nc, publisher
+        self._nc, self._publisher, self._releases = nc, publisher, releases
         self.az, self.cancels, self.counts = az, cancels, counts
         self.worker_id, self.max_deliveries = worker_id, max_deliveries
         self.private_key, self.ack_wait = private_key, ack_wait
@@ -65,7 +73,37 @@ class JobRunner:
         except asyncio.CancelledError:
             if job.stop_reason != "shutdown":
                 raise
-            await self.settle(job.msg, "nak")  # another worker (or a restart) takes it
+            if not job.settled:
+                await self.release(job.msg)  # another worker (or a restart) takes it
+        except Exception:  # a bug must not leave the request unsettled for ever
+            log.exception("handling request %s failed; it returns after AckWait/3",
+                          job.msg.metadata.sequence.stream)
+            if not job.settled:
+                await self._settle(job, "nak", delay=self.ack_wait / 3)
+
+    async def release(self, msg: Msg) -> None:
+        """Give a request back on a graceful stop; recorded first, so that this delivery
+        does not count towards the dead-letter limit."""
+        seq = msg.metadata.sequence.stream
+        try:
+            await self._releases.put(str(seq), str(await self._released(seq) + 1).encode())
+        except NATS_ERRORS as exc:
+            log.warning("could not record the release of request %s (%s); this delivery "
+                        "counts towards its limit", seq, type(exc).__name__)
+        await self.settle(msg, "nak")
+
+    async def _released(self, seq: int) -> int:
+        """How often request `seq` was released on a graceful stop (0 when unknown)."""
+        try:
+            entry = await self._releases.get(str(seq))
+        except KeyNotFoundError:
+            return 0
+        except NATS_ERRORS as exc:  # count every delivery, as if nothing was released
+            log.warning("could not read the releases of request %s (%s)", seq,
+                        type(exc).__name__)
+            return 0
+        value = (entry.value or b"").decode(errors="replace")
+        return int(value) if value.isdigit() and len(value) < 10 else 0
 
     async def settle_again(self, msg: Msg) -> bool:
         """Settle a request finished here as it was settled then; False if it was not."""
@@ -91,22 +129,22 @@ class JobRunner:
                         type(exc).__name__)
 
     async def _process(self, job: Job) -> None:
-        try:
-            request = decode(job.msg.data)
-            if not isinstance(request.payload, CreateRequest):
-                raise MessageError(f"expected a {Subject.REQUEST.value} message, got "
-                                   f"{request.type.value}", field="type")
-        except MessageError as exc:
-            await self._dead_letter(job, f"unreadable request: {exc}")
+        seq = job.msg.metadata.sequence.stream
+        counted = job.deliveries - await self._released(seq)
+        request, problem = _read(job.msg.data)
+        if counted > self.max_deliveries:  # checked first: even a request that crashes us
+            await self._dead_letter(job, f"delivered {job.deliveries} times ({counted} not "
+                                    f"ended by a graceful stop), more than the limit of "
+                                    f"{self.max_deliveries}", request=request)
+            return
+        if request is None:
+            await self._dead_letter(job, f"unreadable request: {problem}")
             return
         job.request = request
         job.report = Reporter(self._emitter(job), deployment_id=request.deployment_id,
                               vm_name=request.payload.spec.name, source=self.worker_id,
                               id_seed=f"{request.event_id}/{job.deliveries}")
-        if job.deliveries > self.max_deliveries:
-            await self._dead_letter(job, f"delivered {job.deliveries} times, more than the "
-                                    f"limit of {self.max_deliveries}", request=request)
-        elif (reason := self.cancels.match(request)) is not None:
+        if (reason := self.cancels.match(request)) is not None:
             job.cancel_detail = reason
             await self._finish_cancelled(job)
         elif problems := self._problems(request):
@@ -146,20 +184,20 @@ class JobRunner:
             return
         except Exception:
             log.exception("launch of %s crashed; releasing the request", spec.name)
-            await self.settle(job.msg, "nak", delay=self.ack_wait / 3)
+            await self._settle(job, "nak", delay=self.ack_wait / 3)
             return
         finally:
             job.launching = False
             heartbeat.cancel()
         self.counts["completed" if result.outcome is Outcome.READY else "failed"] += 1
-        await self.settle(job.msg, "ack")
+        await self._settle(job, "ack")
 
     async def _finish_cancelled(self, job: Job) -> None:
         assert job.report is not None
         await job.report.status("cancelled", f"cancelled: {job.cancel_detail}",
                                 attempt=job.attempt)
         self.counts["cancelled"] += 1
-        await self.settle(job.msg, "term")
+        await self._settle(job, "term")
 
     async def _dead_letter(self, job: Job, reason: str, *,
                            request: Message | None = None) -> None:
@@ -167,7 +205,11 @@ class JobRunner:
             job.msg.data, reason=reason, request=request, deliveries=job.deliveries,
             source=self.worker_id, seq=job.msg.metadata.sequence.stream))
         self.counts["dead_lettered"] += 1
-        await self.settle(job.msg, "term")
+        await self._settle(job, "term")
+
+    async def _settle(self, job: Job, how: str, **kwargs: float) -> None:
+        job.settled = True
+        await self.settle(job.msg, how, **kwargs)
 
     def _emitter(self, job: Job) -> Callable[[Message], Awaitable[None]]:
         async def emit(message: Message) -> None:
@@ -183,3 +225,17 @@ class JobRunner:
             await asyncio.sleep(self.ack_wait / 3)
             with contextlib.suppress(*NATS_ERRORS):
                 await job.msg.in_progress()
+
+
+def _read(data: bytes) -> tuple[Message | None, str]:
+    """The request in `data`, or None and why it cannot be used."""
+    try:
+        request = decode(data)
+    except MessageError as exc:
+        return None, str(exc)
+    except Exception as exc:  # decode must not raise anything else; if it does, the
+        log.exception("decoding a request failed")  # request is still unreadable
+        return None, f"decoding failed ({type(exc).__name__})"
+    if not isinstance(request.payload, CreateRequest):
+        return None, f"type: expected a {Subject.REQUEST.value} message, got {request.type.value}"
+    return request, ""

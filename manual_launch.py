@@ -19,9 +19,11 @@ from azcli import AzCli
 from eventbus import Publisher, progress_line
 from eventfeed import close_quietly
 from messages import Message, encode, new_event_id
-from natsconn import NatsSettings, NatsUnavailable, NatsUnreachable, connect, prepare_streams
+from natsconn import NatsSettings, NatsUnavailable, NatsUnreachable, connect
 from pipeline import Launch, Outcome, Reporter
 from statewriter import StateWriter
+from stopsignals import Stopped, unless_stopped
+from streams import StreamMismatch, prepare_streams
 from vmspec import VMSpec
 from vmstate import DeploymentView
 
@@ -69,14 +71,18 @@ async def _connect(settings: NatsSettings, stack: contextlib.AsyncExitStack) -> 
     except NatsUnreachable as exc:
         warn(f"{exc}; continuing without publishing events")
         return None
+    except StreamMismatch as exc:
+        warn(f"NATS has no usable JetStream ({exc}); continuing without publishing events")
+        return None
     return Publisher(nc, nc.jetstream(), give_up_after=PUBLISH_PATIENCE)
 
 
 async def launch(spec: VMSpec, *, deployment_id: str, az: str, private_key: str | None,
                  nats: NatsSettings | None, json_lines: bool, state_file: str | None,
                  events_file: str | None, adopt_untagged: bool = False) -> int:
-    """Create and verify one VM whose spec passed `spec_problems`. 0 ready, 1 failed,
-    3 NATS rejected our credentials or TLS (nothing launched)."""
+    """Create and verify one VM whose spec passed `spec_problems`. 0 ready, 1 failed or
+    stopped by SIGINT/SIGTERM/SIGHUP, 3 NATS rejected our credentials or TLS (nothing
+    launched)."""
     spec = spec.with_file_contents()
     outputs = _Outputs(spec, deployment_id=deployment_id, json_lines=json_lines)
     async with contextlib.AsyncExitStack() as stack:
@@ -93,8 +99,14 @@ async def launch(spec: VMSpec, *, deployment_id: str, az: str, private_key: str 
         report = Reporter(outputs.emit, deployment_id=deployment_id, vm_name=spec.name,
                           source=f"manual@{socket.gethostname()}",
                           id_seed=f"{deployment_id}/{spec.name}/{new_event_id()}")
-        result = await Launch(spec, az=AzCli(az), report=report, private_key=private_key,
-                              adopt_untagged=adopt_untagged).run()
+        try:
+            result = await unless_stopped(
+                Launch(spec, az=AzCli(az), report=report, private_key=private_key,
+                       adopt_untagged=adopt_untagged).run())
+        except Stopped as stopped:
+            warn(f"{spec.name}: interrupted by {stopped.signal.name}; its az processes were "
+                 "stopped (run again to resume)")
+            return 1
     if not json_lines:
         vm = outputs.view.vms[spec.name]
         print(f"{spec.name}: ready ({vm.public_ip or 'no public IP'}) after {result.attempts} "

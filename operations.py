@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import re
-import signal
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,10 +27,12 @@ from eventbus import NATS_ERRORS, describe
 from eventfeed import EventFeed, close_quietly
 from messages import Message, encode
 from natsauth import write_embedded_auth
-from natsconn import NatsSettings, NatsUnavailable, connect, prepare_streams
+from natsconn import NatsSettings, NatsUnavailable, connect
 from plan import Plan
 from statefile import StateFileError, read_state
 from statewriter import StateWriter
+from stopsignals import on_stop_signals
+from streams import StreamMismatch, prepare_streams
 from vmstate import DELETED, DELETING
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_RUN = 0, 1, 2, 3
@@ -254,7 +255,7 @@ async def events(*, nats: NatsSettings | None, store: Path, deployment_id: str |
             nc: Client = await connect(nats)
             stack.push_async_callback(close_quietly, nc)
             await prepare_streams(nc.jetstream(), nats)
-        except NatsUnavailable as exc:
+        except (NatsUnavailable, StreamMismatch) as exc:
             _err(f"error: {exc}")
             return EXIT_CANNOT_RUN
 
@@ -264,16 +265,12 @@ async def events(*, nats: NatsSettings | None, store: Path, deployment_id: str |
 
         feed = EventFeed(nc.jetstream(), show, start=since, deployment_id=deployment_id)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         reader = asyncio.create_task(feed.run())
         waiter = asyncio.create_task(stop.wait() if follow else feed.caught_up.wait())
-        try:
-            await asyncio.wait([reader, waiter], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            await feed.stop(reader)
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+        with on_stop_signals(lambda _: stop.set()):
+            try:
+                await asyncio.wait([reader, waiter], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                await feed.stop(reader)
     return EXIT_OK

@@ -167,7 +167,8 @@ def deploy(**params: Any) -> None:
     store and logs in state/nats/). NATS unreachable: one warning, then legacy polling
     (unless --require-nats); credentials rejected or TLS failed: exit 3. A rerun with
     the same plan resumes: finished VMs are left alone, VMs in flight are picked up,
-    nothing is created twice.
+    nothing is created twice. SIGINT, SIGTERM and SIGHUP stop it in order (exit 130; a
+    rerun resumes).
     """
     _logging(params["verbose"])
     plan = _plan(params)
@@ -263,7 +264,8 @@ def reset(**params: Any) -> None:
 @click.option("--all-deployments", is_flag=True, help="Every deployment's events.")
 @click.option("--vm", "vms", multiple=True, help="Only this VM (repeatable).")
 @click.option("--since", help="From this long ago (90s, 10m, 2h, 1d) or this ISO time.")
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new events (Ctrl-C ends).")
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep printing new events (Ctrl-C, SIGTERM or SIGHUP ends).")
 @click.option("--json", "json_out", is_flag=True, help="Print each event as a JSON line.")
 def events(**params: Any) -> None:
     """Print the audit trail from the events stream (7 days are kept).

@@ -8,6 +8,7 @@ first, and each names its field path.
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -41,7 +42,8 @@ def _convert(tp: Any, value: Any, path: str, allow_extra: bool) -> tuple[Any, li
         allowed = get_args(tp)
         if value in allowed:
             return value, []
-        return None, [f"{path}: must be one of {', '.join(map(repr, allowed))}, got {value!r}"]
+        return None, [f"{path}: must be one of {', '.join(map(repr, allowed))}, got "
+                      f"{_short(value)}"]
     if origin is list:
         if not isinstance(value, list):
             return None, [f"{path}: expected a list, got {_kind(value)}"]
@@ -92,9 +94,15 @@ def _convert_union(tp: Any, value: Any, path: str, allow_extra: bool) -> tuple[A
     return _convert(inner, value, path, allow_extra)
 
 
+# JSON has no integer limit; every consumer we know of (and Azure) stops at 64 bits.
+INT_LIMIT = 2**63
+
+
 def _convert_scalar(tp: Any, value: Any, path: str) -> tuple[Any, list[str]]:
     if tp is Any:
         return value, []
+    if tp in (int, float) and isinstance(value, int) and not -INT_LIMIT <= value < INT_LIMIT:
+        return None, [f"{path}: integer out of range (64 bits)"]
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value), []
     if tp is int and isinstance(value, bool):
@@ -109,6 +117,16 @@ def _collect(results: list[tuple[Any, list[str]]], kind: type) -> tuple[Any, lis
 
 
 _JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlevel = 2
+
+
+def _short(value: Any) -> str:
+    """A bounded repr of untrusted input (reprlib limits length and depth)."""
+    return _SHORT.repr(value)
 
 
 def _kind(value: Any) -> str:

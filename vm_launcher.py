@@ -18,6 +18,7 @@ import click
 import cliopts
 import manual_launch
 import worker
+import workerproc
 from natsconn import ACK_WAIT, NatsSettings
 from speccheck import allow_list_problems, deployment_id_problem
 from typedfields import FieldErrors
@@ -29,7 +30,7 @@ EXIT_READY, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_RUN = 0, 1, 2, 3
 
 
 nats_options = cliopts.nats_options(
-    default_url=DEFAULT_NATS_URL, manage_streams=True,
+    default_url=DEFAULT_NATS_URL, replicas=True, manage_streams=True,
     url_help="NATS server URL(s), comma-separated; may carry user:password@ (never shown). "
              "[env: NATS_URL]")
 
@@ -89,7 +90,8 @@ def cli() -> None:
 @click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds a stop waits for work in flight before releasing it.")
 @click.option("--max-deliveries", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Deliveries of one request before it goes to vm.create.deadletter.")
+              help="Failed deliveries of one request before it goes to vm.create.deadletter "
+                   "(a delivery released by a graceful stop does not count).")
 @click.option("--ack-wait", type=click.FloatRange(min=1), default=ACK_WAIT, show_default=True,
               help="AckWait in seconds of the shared consumer, applied only if this worker "
                    "creates it (an existing consumer keeps its own); a busy worker sends "
@@ -106,12 +108,13 @@ def serve(az_path: str, ssh_private_key: str | None, adopt_untagged: bool, verbo
 
     All workers share one durable consumer, so N workers on M machines split the work.
     A request is acknowledged only when finished; if this worker dies, another takes it
-    over after AckWait. SIGTERM/SIGINT stop gracefully: nothing more is fetched, work in
-    flight gets --grace seconds (a second signal ends them at once), the rest is released
-    for other workers (its az processes are killed). Logs go to
-    stderr, one line per request transition; `nats micro stats vm-launcher` shows every
-    worker's counts. Exit 3 when NATS cannot be used: unreachable, credentials rejected,
-    TLS failed, or (--no-manage-streams) a stream missing.
+    over after AckWait. SIGTERM/SIGINT/SIGHUP stop gracefully: nothing more is fetched,
+    work in flight gets --grace seconds (a second signal ends them at once), the rest is
+    released for other workers (its az processes are killed). A request that cannot be
+    read is dead-lettered at once. A lost consumer is recreated; exit 3 if that fails.
+    Logs go to stderr, one line per request transition; `nats micro stats vm-launcher`
+    shows every worker's counts. Exit 3 when NATS cannot be used: unreachable,
+    credentials rejected, TLS failed, or (--no-manage-streams) a stream missing.
     """
     _logging(verbose, quiet=False)
     worker_id = worker_id or worker.default_worker_id()
@@ -120,7 +123,7 @@ def serve(az_path: str, ssh_private_key: str | None, adopt_untagged: bool, verbo
         worker_id=worker_id, az=az_path, concurrency=concurrency,
         ssh_private_key=ssh_private_key, grace=grace, max_deliveries=max_deliveries,
         ack_wait=ack_wait, adopt_untagged=adopt_untagged, allow_extra_args=allow_extra_args)
-    sys.exit(asyncio.run(worker.serve(settings)))
+    sys.exit(asyncio.run(workerproc.serve(settings)))
 
 
 @cli.command()

@@ -4,9 +4,11 @@ queue and runs the launch pipeline for each, publishing every event it makes.
 Many workers on many machines share one durable pull consumer, so each request is done
 once. A request is acknowledged only when finished (ready or finally failed); while it
 runs, in-progress heartbeats keep AckWait away, and a worker that dies lets the request
-go to another worker after AckWait. A request that cannot be read, or that was delivered
-too often, goes to `vm.create.deadletter` with the reason. Custom data never appears in
-logs or events.
+go to another worker after AckWait. A request that cannot be read goes to
+`vm.create.deadletter` on its first delivery; one whose deliveries failed too often (a
+graceful stop's release is not a failure) goes there too. A consumer or stream lost under
+a running worker is recreated; if that is impossible the worker exits 3 with the reason.
+Custom data never appears in logs or events.
 """
 
 from __future__ import annotations
@@ -16,15 +18,15 @@ import contextlib
 import json
 import logging
 import os
-import shutil
-import signal
 import socket
 from collections import Counter
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
+from nats.js.errors import ServiceUnavailableError
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
@@ -33,16 +35,9 @@ from azcli import AzCli
 from eventbus import NATS_ERRORS, CancelMemory, Publisher
 from jobrunner import Job, JobRunner
 from messages import Cancel, MessageError, Subject, decode
-from natsconn import (
-    ACK_WAIT,
-    REQUESTS_STREAM,
-    WORKER_CONSUMER,
-    NatsSettings,
-    connect,
-    ensure_worker_consumer,
-    prepare_streams,
-)
+from natsconn import ACK_WAIT, WORKER_CONSUMER, NatsSettings, connect
 from speccheck import allow_list_problems
+from streams import RELEASES_BUCKET, consumer_exists, worker_subscription
 
 log = logging.getLogger("worker")
 
@@ -50,6 +45,8 @@ SERVICE_NAME = "vm-launcher"
 SERVICE_VERSION = "1.0.0"
 STATUS_SUBJECT = "vm-launcher.status"
 FETCH_WAIT = 1.0  # the longest a stop waits for the fetch in progress
+# Refused attempts in a row to recreate a lost consumer before the worker gives up (exit 3).
+RECOVERY_ATTEMPTS = 5
 
 
 def default_worker_id() -> str:
@@ -104,6 +101,9 @@ class Worker:
         self._slot_free = asyncio.Event()
         self._stopped = False
         self._hurry = asyncio.Event()
+        self.broken = asyncio.Event()  # set, with `broken_reason`, when it cannot go on
+        self.broken_reason = ""
+        self._refusals = 0  # failed attempts in a row to recreate the consumer
 
     @property
     def worker_id(self) -> str:
@@ -122,12 +122,11 @@ class Worker:
             self.settings.nats, disconnected_cb=self._on_disconnect,
             reconnected_cb=self._on_reconnect)
         js = nc.jetstream()
-        await prepare_streams(js, self.settings.nats)
-        self.ack_wait = await ensure_worker_consumer(js, ack_wait=self.settings.ack_wait)
-        subscription = await js.pull_subscribe_bind(durable=WORKER_CONSUMER,
-                                                    stream=REQUESTS_STREAM)
-        runner = JobRunner(nc, Publisher(nc, js), az=self.az, cancels=self.cancels,
-                           counts=self.counts, worker_id=self.worker_id,
+        subscription, self.ack_wait = await worker_subscription(
+            js, self.settings.nats, ack_wait=self.settings.ack_wait)
+        runner = JobRunner(nc, Publisher(nc, js), releases=await js.key_value(RELEASES_BUCKET),
+                           az=self.az, cancels=self.cancels, counts=self.counts,
+                           worker_id=self.worker_id,
                            max_deliveries=self.settings.max_deliveries,
                            private_key=self.settings.ssh_private_key, ack_wait=self.ack_wait,
                            adopt_untagged=self.settings.adopt_untagged,
@@ -139,14 +138,14 @@ class Worker:
             metadata={"worker_id": self.worker_id}, stats_handler=lambda _: self.stats())
         await self._service.add_endpoint(name="status", subject=STATUS_SUBJECT,
                                          handler=self._on_status)
-        self._fetcher = asyncio.create_task(self._fetch_loop(subscription, runner),
+        self._fetcher = asyncio.create_task(self._fetch_loop(js, subscription, runner),
                                             name="fetcher")
         log.info("worker %s serving %s (concurrency %d, ack wait %g s)", self.worker_id,
                  Subject.REQUEST.value, self.settings.concurrency, self.ack_wait)
 
     async def stop(self) -> None:
         """Fetch nothing more; let work finish within the grace period, then cancel the
-        rest (their az trees are killed) and nak their requests for another worker."""
+        rest (their az trees are killed) and release their requests for another worker."""
         if self._stopped:
             return
         self._stopped = True
@@ -174,7 +173,7 @@ class Worker:
         log.info("worker %s stopped (%s)", self.worker_id, json.dumps(self.stats()))
 
     def hurry(self) -> None:
-        """End the grace period of a stop now (a second SIGTERM/SIGINT)."""
+        """End the grace period of a stop now (a second stop signal)."""
         self._hurry.set()
 
     async def _cancel_all(self) -> None:
@@ -188,7 +187,8 @@ class Worker:
 
     # --- fetching ------------------------------------------------------------------------
 
-    async def _fetch_loop(self, subscription: JetStreamContext.PullSubscription,
+    async def _fetch_loop(self, js: JetStreamContext,
+                          subscription: JetStreamContext.PullSubscription,
                           runner: JobRunner) -> None:
         while not self._stopping.is_set():
             if len(self._jobs) >= self.settings.concurrency:
@@ -199,25 +199,58 @@ class Worker:
                 (msg,) = await subscription.fetch(1, timeout=FETCH_WAIT)
             except TimeoutError:
                 continue  # nothing to do (or NATS is away: the client reconnects)
-            except Exception as exc:  # keep serving whatever happens
-                log.warning("fetching requests failed (%r); trying again", exc)
-                await asyncio.sleep(FETCH_WAIT)
+            except Exception as exc:  # e.g. the consumer or the stream was deleted
+                subscription = await self._recover(js, subscription, exc)
+                runner.ack_wait = self.ack_wait
                 continue
-            if self._stopping.is_set():  # fetched while stopping: give it back at once
-                await runner.settle(msg, "nak")
-                continue
-            if await runner.settle_again(msg):
-                continue
-            held = self._held(msg)
-            if held is not None:  # AckWait passed while NATS was away: keep the work going
-                held.msg = msg  # and ack this newer delivery when done
-                log.info("request %s came back while in flight here; continuing it",
-                         msg.metadata.sequence.stream)
-                continue
-            job = Job(msg=msg, deliveries=msg.metadata.num_delivered)
-            task = asyncio.create_task(runner.handle(job), name=f"request-{id(msg)}")
-            self._jobs[task] = job
-            task.add_done_callback(self._job_done)
+            await self._take(msg, runner)
+
+    async def _recover(self, js: JetStreamContext,
+                       subscription: JetStreamContext.PullSubscription,
+                       exc: Exception) -> JetStreamContext.PullSubscription:
+        """After a failed fetch: recreate a lost consumer (or stream) and subscribe again.
+        NATS being away is waited out; after RECOVERY_ATTEMPTS refusals in a row (not
+        authorised, a stream this tool cannot use) the worker gives up: it exits 3."""
+        log.warning("fetching requests failed (%r); checking the consumer", exc)
+        await asyncio.sleep(FETCH_WAIT)
+        try:
+            if not await consumer_exists(js):
+                log.warning("the consumer %s is gone; recreating it", WORKER_CONSUMER)
+                old = subscription  # kept until replaced: fetching from it keeps failing
+                subscription, self.ack_wait = await worker_subscription(
+                    js, self.settings.nats, ack_wait=self.settings.ack_wait)
+                with contextlib.suppress(*NATS_ERRORS):
+                    await old.unsubscribe()
+        except Exception as error:
+            if _passing(error) or not (self._nc and self._nc.is_connected):
+                return subscription  # NATS away, or a cluster electing a leader: try again
+            self._refusals += 1
+            if self._refusals >= RECOVERY_ATTEMPTS:
+                self.broken_reason = (f"cannot fetch requests ({exc!r}) and cannot recreate "
+                                      f"the consumer: {error or type(error).__name__}")
+                self.broken.set()
+                self._stopping.set()
+            return subscription
+        self._refusals = 0
+        return subscription
+
+    async def _take(self, msg: Msg, runner: JobRunner) -> None:
+        """Start a job for a fetched request (or settle it at once)."""
+        if self._stopping.is_set():  # fetched while stopping: give it back at once
+            await runner.release(msg)
+            return
+        if await runner.settle_again(msg):
+            return
+        held = self._held(msg)
+        if held is not None:  # AckWait passed while NATS was away: keep the work going
+            held.msg = msg  # and ack this newer delivery when done
+            log.info("request %s came back while in flight here; continuing it",
+                     msg.metadata.sequence.stream)
+            return
+        job = Job(msg=msg, deliveries=msg.metadata.num_delivered)
+        task = asyncio.create_task(runner.handle(job), name=f"request-{id(msg)}")
+        self._jobs[task] = job
+        task.add_done_callback(self._job_done)
 
     def _held(self, msg: Msg) -> Job | None:
         seq = msg.metadata.sequence.stream
@@ -260,26 +293,6 @@ class Worker:
         log.warning("NATS reconnected")
 
 
-async def serve(settings: WorkerSettings) -> int:
-    """Run a worker until SIGTERM/SIGINT (a second one ends the grace period at once).
-    0 after a graceful stop, 3 if it cannot start."""
-    if shutil.which(settings.az) is None:
-        log.error("cannot serve: the az executable %r was not found", settings.az)
-        return 3
-    stop = asyncio.Event()
-    worker = Worker(settings)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: worker.hurry() if stop.is_set() else stop.set())
-    try:
-        await worker.start()
-    except Exception as exc:  # NatsUnavailable, no JetStream, not authorised, ...
-        log.error("cannot serve: %s", exc or type(exc).__name__)
-        await worker.stop()
-        return 3
-    try:
-        await stop.wait()
-        log.info("stop requested; fetching nothing more")
-    finally:
-        await worker.stop()
-    return 0
+def _passing(error: Exception) -> bool:
+    """A JetStream error that goes away by itself (no answer yet, no leader yet)."""
+    return isinstance(error, TimeoutError | ServiceUnavailableError | NoRespondersError)

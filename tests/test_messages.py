@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import messages as m
 from vmspec import VMSpec
+from wirejson import MAX_MESSAGE_BYTES, redacted_excerpt
 
 SPEC = VMSpec(name="k0s-worker-1", resource_group="rg-1", image="Debian:debian-12:12-gen2:latest",
               location="westus2", zone="2", tags={"team": "infra"}, custom_data="#cloud-config\n",
@@ -93,7 +94,7 @@ def test_decode_refuses_bad_messages_naming_the_field(raw, field, words):
 
 
 def test_decode_refuses_oversized_messages_before_parsing():
-    data = b"{" + b" " * m.MAX_MESSAGE_BYTES + b"}"
+    data = b"{" + b" " * MAX_MESSAGE_BYTES + b"}"
     with pytest.raises(m.MessageError, match="more than 262144"):
         m.decode(data)
 
@@ -113,8 +114,8 @@ def test_stable_event_ids_repeat_for_the_same_parts_only():
 def test_redacted_excerpt_never_shows_custom_data():
     data = m.encode(m.Message(deployment_id="d", vm_name="v", payload=EXAMPLES["request"]))
     secret = data.replace(b"#cloud-config", b"PrivateKey=SECRET")
-    assert "SECRET" not in m.redacted_excerpt(secret, limit=10_000)
-    assert "SECRET" not in m.redacted_excerpt(secret[:-5], limit=10_000)
+    assert "SECRET" not in redacted_excerpt(secret, limit=10_000)
+    assert "SECRET" not in redacted_excerpt(secret[:-5], limit=10_000)
 
 
 def test_schema_command_prints_a_json_schema_for_every_type():

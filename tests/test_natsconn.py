@@ -13,9 +13,8 @@ from natsconn import (
     NatsSettings,
     NatsUnavailable,
     connect,
-    ensure_streams,
-    ensure_worker_consumer,
 )
+from streams import ensure_streams, ensure_worker_consumer
 
 
 def closed_port() -> int:

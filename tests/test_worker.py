@@ -35,7 +35,8 @@ from messages import (
     Subject,
     encode,
 )
-from natsconn import REQUESTS_STREAM, WORKER_CONSUMER, ensure_worker_consumer
+from natsconn import REQUESTS_STREAM, WORKER_CONSUMER
+from streams import ensure_worker_consumer
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -18,7 +18,8 @@ from conftest import PYTHON, REPO, AzSim, async_wait_until, wait_until
 from nats.aio.msg import Msg
 
 from messages import Cancel, CreateRequest, Message, Subject, decode, encode
-from natsconn import EVENTS_STREAM, REQUESTS_STREAM, ensure_streams, nats_server_binary
+from natsconn import EVENTS_STREAM, REQUESTS_STREAM, nats_server_binary
+from streams import ensure_streams
 from vmspec import VMSpec
 
 RG = "rg-test"

@@ -24,9 +24,10 @@ import deployment
 import operations
 from display import format_table, make_display
 from embedded import WorkerOptions
-from natsconn import NatsUnavailable, provision_streams
+from natsconn import NatsUnavailable
 from plan import Plan, PlanError, PlanSource, load_plan
 from speccheck import extra_flags
+from streams import provision_streams
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_STATE_FILE = Path("state/deployment-state.yaml")

@@ -170,7 +170,7 @@ async def prepare_streams(js: JetStreamContext, settings: NatsSettings) -> None:
         if settings.manage_streams:
             await ensure_streams(js, replicas=settings.replicas)
             return
-        for stream in (REQUESTS_STREAM, EVENTS_STREAM, RELEASES_STREAM):
+        for stream in (REQUESTS_STREAM, EVENTS_STREAM):
             with contextlib.suppress(NotFoundError):
                 await js.stream_info(stream)
                 continue

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 import cliopts
+import customdata
 import manual_launch
 import worker
 from natsconn import ACK_WAIT, NatsSettings
@@ -99,6 +100,7 @@ def serve(nats_url: str, nats_creds: str | None, tls_ca: str | None, tls_cert: s
         worker_id=worker_id, az=az_path, concurrency=concurrency,
         ssh_private_key=ssh_private_key, grace=grace, max_deliveries=max_deliveries,
         ack_wait=ack_wait)
+    customdata.prepare()  # sweeps what a SIGKILLed process left
     sys.exit(asyncio.run(worker.serve(settings)))
 
 

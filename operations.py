@@ -28,7 +28,7 @@ from eventfeed import EventFeed, close_quietly
 from messages import Message, encode
 from natsconn import EmbeddedNats, NatsSettings, NatsUnavailable, connect, ensure_streams
 from plan import Plan
-from statefile import StateFileError, read_state
+from statefile import LoadedState, StateFileError, load_state
 from statewriter import StateWriter
 from vmstate import DELETED, DELETING
 
@@ -49,13 +49,23 @@ def _err(text: str) -> None:
 
 # --- status -----------------------------------------------------------------------------------
 
-async def status(*, state_file: Path, json_out: bool, live: bool, resource_group: str | None,
-                 az: str | None, nats: NatsSettings | None) -> int:
+def _load(state_file: Path, events_file: Path) -> LoadedState | None:
+    """Both files checked; None (after saying why) for a malformed or unreadable one."""
     try:
-        state = read_state(state_file)
-    except StateFileError as exc:
+        loaded = load_state(state_file, events_file)
+    except (StateFileError, OSError) as exc:
         _err(f"error: {exc}")
-        return EXIT_CANNOT_RUN
+        return None
+    if loaded.rebuilt:
+        _err(f"warning: {loaded.rebuilt}")
+    return loaded
+
+
+async def status(*, state_file: Path, events_file: Path, json_out: bool, live: bool,
+                 resource_group: str | None, az: str | None, nats: NatsSettings | None) -> int:
+    if (loaded := _load(state_file, events_file)) is None:
+        return EXIT_BAD_INPUT
+    state = loaded.data
     if not state:
         _err(f"error: no state file at {state_file}")
         return EXIT_CANNOT_RUN
@@ -154,24 +164,28 @@ async def reset(plan: Plan, *, az: str | None, state_file: Path, events_file: Pa
     """Delete the plan's VMs (NIC and disk go with them) and their public IPs, in parallel.
 
     0 when every VM is gone, 1 otherwise."""
+    if _load(state_file, events_file) is None:
+        return EXIT_BAD_INPUT
     cli = AzCli(az)
     limit = asyncio.Semaphore(RESET_CONCURRENCY)
     async with StateWriter(state_file, events_file, deployment_id=plan.deployment_id) as writer:
 
         async def delete(name: str) -> bool:
             async with limit:
-                writer.update_vm(name, state=DELETING)
-                writer.append_event("vm_reset_deletion", f"Deleting VM: {name} (reset)")
+                writer.record(name, {"state": DELETING},
+                              [("vm_reset_deletion", f"Deleting VM: {name} (reset)")])
                 _print(f"deleting {name}")
                 gone = await cli.delete_vm(plan.resource_group, name, timeout=RESET_TIMEOUT)
                 if gone.ok:
                     await cli.delete_public_ip(plan.resource_group, name)
-                    writer.update_vm(name, state=DELETED, public_ip="", private_ip="",
-                                     verified=False)
+                    writer.record(name, {"state": DELETED, "public_ip": "", "private_ip": "",
+                                         "verified": False},
+                                  [("vm_reset_deleted", f"Deleted VM: {name} (reset)")])
                     _print(f"deleted {name}")
                     return True
                 error = gone.error.message if gone.error else "unknown error"
-                writer.update_vm(name, last_error=f"reset: {error}")
+                writer.record(name, {"last_error": f"reset: {error}"},
+                              [("vm_reset_failed", f"Could not delete VM: {name}: {error}")])
                 _err(f"error: could not delete {name}: {error}")
                 return False
 

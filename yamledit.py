@@ -166,7 +166,17 @@ def _event_map(event: Mapping[str, Any]) -> CommentedMap:
     item = CommentedMap()
     for key, value in event.items():
         plain = key != "timestamp" and isinstance(value, str)
-        item[key] = _plain_or_dq(value) if plain else _dq(value)
+        item[key] = _plain_or_dq(value) if plain else _fields_map(value) if isinstance(
+            value, Mapping) else _dq(value)
+    return item
+
+
+def _fields_map(fields: Mapping[str, Any]) -> CommentedMap:
+    # An event's structured change on one line (`vm_states: {vm-1: {state: "Creating"}}`):
+    # one line per key, as the scripts that grep the log expect.
+    item = CommentedMap((key, _fields_map(value) if isinstance(value, Mapping) else _dq(value))
+                        for key, value in fields.items())
+    item.fa.set_flow_style()
     return item
 
 

@@ -88,8 +88,8 @@ async def test_a_failed_state_write_is_retried_without_appending_the_events_agai
     state, events = paths
     state.mkdir()  # the state write fails; the events append works
     async with StateWriter(state, events, deployment_id="dep-1", delay=10) as writer:
-        writer.record("vm-1", {"state": "Creating"}, [("vm_creation_started", "go vm-1")],
-                      event_id="e1")
+        writer.update_vm("vm-1", state="Creating")
+        writer.append_event("vm_creation_started", "go vm-1", event_id="e1")
         for _ in range(3):
             with pytest.raises(WriteFailed, match="Is a directory"):
                 await writer.flush()
@@ -147,7 +147,9 @@ async def test_a_malformed_state_file_is_refused_by_name_and_left_untouched(
 async def test_new_files_are_0600_and_an_existing_files_mode_is_kept(
         paths: tuple[Path, Path]) -> None:
     state, events = paths
-    await a_deployment(state, events)
+    async with StateWriter(state, events, deployment_id="dep-1") as writer:
+        writer.update_vm("vm-1", state="Creating")
+        writer.append_event("vm_creation_started", "go vm-1")
     for path in (state, events, Path(f"{state}.lock"), Path(f"{events}.lock")):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     shutil.copy(DATA / "sample-deployment-state.yaml", state)

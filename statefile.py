@@ -39,36 +39,6 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 VM_STATES = ("Creating", "Succeeded", "Failed", "Deleting", "Deleted")
 NEW_FILE_MODE = atomicfile.NEW_FILE_MODE
 
-_STATE_TEMPLATE = """\
-# k0rdent Deployment State
-# Auto-generated on {ts}
-
-# Basic deployment info
-deployment_id: {id}
-created_at: "{ts}"
-last_updated: "{ts}"
-phase: "initialized"
-status: "in_progress"
-
-# VM states (will be populated as VMs are created)
-vm_states: {{}}
-"""
-_EVENTS_TEMPLATE = """\
-# k0rdent Deployment Events Log
-# Auto-generated on {ts}
-
-deployment_id: {id}
-created_at: "{ts}"
-last_updated: "{ts}"
-
-# Events log
-events:
-  - timestamp: "{ts}"
-    action: deployment_initialized
-    message: Deployment state tracking initialized
-"""
-
-
 class StateFileError(Exception):
     """A state or events file exists but cannot be used (bad YAML or wrong shape)."""
 
@@ -153,10 +123,11 @@ def load_state(state_path: Path, events_path: Path, *, writable: bool = False) -
         atomicfile.check_writable(path)
     ids = {str(e["event_id"]) for e in events if e.get("event_id")}
     reason = lost_content(data) if state_path.exists() else None
-    if reason is None:
+    replayed = replay(events) if reason else {}
+    if reason is None or (data is not None and not replayed):  # nothing was lost
         return LoadedState(data or {}, ids)
     vms = {name: dict(entry) for name, entry in ((data or {}).get("vm_states") or {}).items()}
-    for name, fields in (replayed := replay(events)).items():
+    for name, fields in replayed.items():
         vms.setdefault(name, {}).update(fields)
     return LoadedState({**(data or {}), "vm_states": vms}, ids,
                        rebuild_note(state_path, reason, events_path, len(replayed)))
@@ -287,11 +258,11 @@ class StateFile(_YamlFile):
                 self._restore(doc, reason, self.events_path)
             yamledit.apply_state(doc, checked, phase, utc_now_str())
 
-        self._update(_STATE_TEMPLATE, mutate)
+        self._update(yamledit.STATE_TEMPLATE, mutate)
 
     def _restore(self, doc: Any, reason: str, events_path: Path) -> None:
-        events = read_events(events_path)
-        vms = replay(events)
+        if not (vms := replay(read_events(events_path))):
+            return  # nothing to rebuild: a blank file starts from the template
         log.info("%s", rebuild_note(self.path, reason, events_path, len(vms)))  # commands warn
         owner = read_state(events_path).get("deployment_id") or self.deployment_id
         if "deployment_id" not in doc and owner:
@@ -315,7 +286,7 @@ class EventsFile(_YamlFile):
             return
         now = utc_now_str()
         self._update(
-            _EVENTS_TEMPLATE,
+            yamledit.EVENTS_TEMPLATE,
             lambda doc, _blank: yamledit.apply_events(doc, items, now),
             edit_text=lambda text: yamledit.append_events_text(text, items, now),
             # A new file's first event must not be later than the events queued before it.

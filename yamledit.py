@@ -26,6 +26,37 @@ _YAML_WORDS = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "n
 _LAST_UPDATED_LINE = re.compile(r'^last_updated: "[^"\n]*"[ \t]*$', re.MULTILINE)
 
 
+# New files, as the bash scripts start them ({ts}: creation time, {id}: deployment id).
+STATE_TEMPLATE = """\
+# k0rdent Deployment State
+# Auto-generated on {ts}
+
+# Basic deployment info
+deployment_id: {id}
+created_at: "{ts}"
+last_updated: "{ts}"
+phase: "initialized"
+status: "in_progress"
+
+# VM states (will be populated as VMs are created)
+vm_states: {{}}
+"""
+EVENTS_TEMPLATE = """\
+# k0rdent Deployment Events Log
+# Auto-generated on {ts}
+
+deployment_id: {id}
+created_at: "{ts}"
+last_updated: "{ts}"
+
+# Events log
+events:
+  - timestamp: "{ts}"
+    action: deployment_initialized
+    message: Deployment state tracking initialized
+"""
+
+
 class NotAMappingError(ValueError):
     """The YAML parses, but its top level is not a mapping, so it cannot be edited here."""
 

@@ -162,6 +162,10 @@ def deploy(**params: Any) -> None:
     store and logs in state/nats/). NATS unreachable: one warning, then legacy polling
     (unless --require-nats). A rerun with the same plan resumes: finished VMs are left
     alone, VMs in flight are picked up, nothing is created twice.
+
+    The state and events files are checked before any az call: malformed, exit 2 (the
+    file untouched); not writable, exit 3. A truncated state file is rebuilt from the
+    events log. A state file that stops being writable mid-run stops the launch: exit 3.
     """
     _logging(params["verbose"])
     plan = _plan(params)

@@ -114,7 +114,8 @@ def serve(nats_url: str, nats_creds: str | None, tls_ca: str | None, tls_cert: s
 @click.option("--json", "json_lines", is_flag=True,
               help="Print each event as a JSON line (the encoded message) instead of text.")
 @click.option("--state-file", type=click.Path(dir_okay=False),
-              help="deployment-state.yaml to keep up to date (created when absent).")
+              help="deployment-state.yaml to keep up to date (created when absent; "
+                   "malformed: exit 2, not writable: exit 3, both before any az call).")
 @click.option("--events-file", type=click.Path(dir_okay=False),
               help="deployment-events.yaml to append to. [default: beside --state-file]")
 @click.option("--no-nats", is_flag=True, help="Do not try to publish the events to NATS.")

@@ -29,7 +29,7 @@ from messages import Message, encode
 from natsconn import EmbeddedNats, NatsSettings, NatsUnavailable, connect, ensure_streams
 from plan import Plan
 from statefile import LoadedState, StateFileError, load_state
-from statewriter import StateWriter
+from statewriter import StateWriter, WriteFailed
 from vmstate import DELETED, DELETING
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_RUN = 0, 1, 2, 3
@@ -49,13 +49,17 @@ def _err(text: str) -> None:
 
 # --- status -----------------------------------------------------------------------------------
 
-def _load(state_file: Path, events_file: Path) -> LoadedState | None:
-    """Both files checked; None (after saying why) for a malformed or unreadable one."""
+def _load(state_file: Path, events_file: Path, *,
+          writable: bool = False) -> LoadedState | int:
+    """Both files checked, or the exit code (after saying why): 2 malformed, 3 unusable."""
     try:
-        loaded = load_state(state_file, events_file)
-    except (StateFileError, OSError) as exc:
+        loaded = load_state(state_file, events_file, writable=writable)
+    except StateFileError as exc:
         _err(f"error: {exc}")
-        return None
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        _err(f"error: cannot use the state files: {exc}")
+        return EXIT_CANNOT_RUN
     if loaded.rebuilt:
         _err(f"warning: {loaded.rebuilt}")
     return loaded
@@ -63,8 +67,8 @@ def _load(state_file: Path, events_file: Path) -> LoadedState | None:
 
 async def status(*, state_file: Path, events_file: Path, json_out: bool, live: bool,
                  resource_group: str | None, az: str | None, nats: NatsSettings | None) -> int:
-    if (loaded := _load(state_file, events_file)) is None:
-        return EXIT_BAD_INPUT
+    if isinstance(loaded := _load(state_file, events_file), int):
+        return loaded
     state = loaded.data
     if not state:
         _err(f"error: no state file at {state_file}")
@@ -163,9 +167,18 @@ def _print_workers(workers: list[dict[str, Any]] | None, nats: NatsSettings | No
 async def reset(plan: Plan, *, az: str | None, state_file: Path, events_file: Path) -> int:
     """Delete the plan's VMs (NIC and disk go with them) and their public IPs, in parallel.
 
-    0 when every VM is gone, 1 otherwise."""
-    if _load(state_file, events_file) is None:
-        return EXIT_BAD_INPUT
+    0 when every VM is gone, 1 otherwise; 2 or 3 (before any delete) when the state files
+    are malformed or cannot be written, 3 when they stop being writable."""
+    if isinstance(code := _load(state_file, events_file, writable=True), int):
+        return code
+    try:
+        return await _reset(plan, az=az, state_file=state_file, events_file=events_file)
+    except WriteFailed as exc:
+        _err(f"error: {exc}")
+        return EXIT_CANNOT_RUN
+
+
+async def _reset(plan: Plan, *, az: str | None, state_file: Path, events_file: Path) -> int:
     cli = AzCli(az)
     limit = asyncio.Semaphore(RESET_CONCURRENCY)
     async with StateWriter(state_file, events_file, deployment_id=plan.deployment_id) as writer:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -101,6 +102,11 @@ def test_a_rerun_rebuilds_a_truncated_state_file_from_the_events_log(tmp_path, a
     assert "was truncated" in rerun.stderr and "deployment-events.yaml" in rerun.stderr
     assert state(tmp_path)["vm_states"] == before  # exactly, generation included
     assert az_sim.state()["create_counts"] == {"vm-1": 1, "vm-2": 1}  # nothing twice
+    written = [*(tmp_path / "state").glob("deployment-*"),
+               *(tmp_path / "state" / "nats").glob("worker-*.log")]
+    assert len(written) == 4 + 2  # both files, their locks, two embedded workers' logs
+    assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in written} == {
+        path.name: 0o600 for path in written}
 
 
 @pytest.fixture

@@ -127,6 +127,13 @@ MALFORMED = {
 }
 
 
+def test_a_malformed_events_file_is_refused_by_name(paths: tuple[Path, Path]) -> None:
+    state, events = paths
+    events.write_text("events: {a: 1}\n")
+    with pytest.raises(StateFileError, match="events is a mapping, not a list"):
+        load_state(state, events)
+
+
 @pytest.mark.parametrize(("text", "problem"), MALFORMED.values(), ids=MALFORMED.keys())
 async def test_a_malformed_state_file_is_refused_by_name_and_left_untouched(
         paths: tuple[Path, Path], text: str, problem: str) -> None:

@@ -45,6 +45,7 @@ def own_dir() -> Path:
     path = root() / str(os.getpid())
     if path not in _made or not path.is_dir():
         _private_dir(_private_dir(root()) / path.name)
+        os.utime(path)  # newer than our start: never taken for a dead namesake's (`_stale`)
         if not _made:
             atexit.register(remove_own_dir)
         _made.add(path)

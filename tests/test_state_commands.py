@@ -120,9 +120,18 @@ def immutable_state_dir(tmp_path):
     subprocess.run(["chattr", "-i", str(directory)], check=True)
 
 
-def test_deploy_exits_3_before_any_az_call_when_the_state_directory_is_read_only(
-        tmp_path, az_sim, immutable_state_dir):
-    result = orchestrate(tmp_path, az_sim, *vm_args("vm-1"), *FAST)
+COMMANDS = {
+    "deploy": lambda tmp_path, az_sim: orchestrate(tmp_path, az_sim, *vm_args("vm-1"), *FAST),
+    "reset": lambda tmp_path, az_sim: orchestrate(tmp_path, az_sim, "reset", *vm_args("vm-1"),
+                                                  "--image", "Debian12", "--yes"),
+    "launch": lambda tmp_path, az_sim: launch(az_sim, tmp_path),
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
+def test_a_read_only_state_directory_exits_3_before_any_az_call(
+        tmp_path, az_sim, immutable_state_dir, command):
+    result = command(tmp_path, az_sim)
     assert result.returncode == 3, result.stderr
     assert "deployment-state.yaml" in result.stderr or "deployment-events" in result.stderr
     assert "Operation not permitted" in result.stderr

@@ -135,7 +135,8 @@ def load_state(state_path: Path, events_path: Path, *, writable: bool = False) -
 
 def _read_plain(path: Path) -> Any:
     # No lock needed: writers replace the file atomically. A missing file loads as None.
-    return _read_plain_text(path, atomicfile.read_text(path) or "")
+    with _parsing(path):
+        return _read_plain_text(path, atomicfile.read_text(path) or "")
 
 
 @contextlib.contextmanager
@@ -145,6 +146,8 @@ def _parsing(path: Path) -> Iterator[None]:
         yield
     except YAMLError as exc:
         raise StateFileError(path, f"it is not valid YAML ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise StateFileError(path, f"it is not UTF-8 text ({exc})") from exc
     except yamledit.NotAMappingError as exc:
         raise StateFileError(path, "its top level is not a mapping") from exc
 
@@ -191,7 +194,8 @@ def _update_file(
         mutate(doc, blank)
         return yamledit.dump_text(doc)
 
-    atomicfile.rewrite(path, new_text)
+    with _parsing(path):  # the text is read inside: it may not even be text
+        atomicfile.rewrite(path, new_text)
 
 
 def _is_blank(text: str) -> bool:

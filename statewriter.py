@@ -205,11 +205,11 @@ class StateWriter:
         if pending.events:
             try:
                 self.events_file.append(pending.events)
-            except (OSError, StateFileError) as exc:
+            except Exception as exc:  # an OS error, a file made unusable, anything: retried
                 raise WriteFailed(self.events_file.path, exc) from exc
             pending.events = []
         if pending.vms or pending.phase is not None:
             try:
                 self.state_file.update(pending.vms, phase=pending.phase)
-            except (OSError, StateFileError) as exc:
+            except Exception as exc:
                 raise WriteFailed(self.state_file.path, exc) from exc

@@ -127,6 +127,13 @@ MALFORMED = {
 }
 
 
+def test_a_state_file_that_is_not_text_is_refused_by_name(paths: tuple[Path, Path]) -> None:
+    state, events = paths
+    state.write_bytes(b"vm_states:\n  vm-1: {state: \xff\xfe}\n")
+    with pytest.raises(StateFileError, match="it is not UTF-8 text"):
+        load_state(state, events)
+
+
 def test_a_malformed_events_file_is_refused_by_name(paths: tuple[Path, Path]) -> None:
     state, events = paths
     events.write_text("events: {a: 1}\n")

@@ -18,12 +18,12 @@ import math
 import os
 import re
 import shlex
-import tempfile
 import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from customdata import custom_data_file
 from procs import ProcessResult, run_process, spawn
 from vmspec import VMSpec
 
@@ -335,18 +335,10 @@ class AzCli:
         return result
 
     async def create_vm(self, spec: VMSpec, *, deployment_id: str, timeout: float) -> AzResult:
-        """`spec.custom_data` is content: it goes to a private temp file, removed afterwards."""
-        path = None
-        try:
-            if spec.custom_data is not None:
-                fd, path = tempfile.mkstemp(prefix="vmlaunch-custom-data-")  # mode 0600
-                with os.fdopen(fd, "w", encoding="utf-8") as file:
-                    file.write(spec.custom_data)
+        """`spec.custom_data` is content: it goes to a private file, removed afterwards."""
+        with custom_data_file(spec.custom_data) as path:
             args = vm_create_args(spec, deployment_id=deployment_id, custom_data_path=path)
             return await self.run(args, timeout=timeout)
-        finally:
-            if path is not None:
-                os.unlink(path)
 
     async def show_vm(self, resource_group: str, name: str, *, timeout: float = 120) -> AzResult:
         return await self.run(vm_show_args(resource_group, name), timeout=timeout)

@@ -2,8 +2,8 @@
 
 The bash loop kept a PID per host in memory and trusted it. Here a process is known by its
 PID *and* its create time (psutil), so a reused PID is never taken for ours, and a kill
-takes its whole tree (`procs.terminate_tree`). Custom data goes to a private temp file that
-lives exactly as long as the process.
+takes its whole tree (`procs.terminate_tree`). Custom data goes to a private file
+(`customdata`) that lives exactly as long as the process.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import asyncio
 import contextlib
 import os
 import signal
-import tempfile
 
 import psutil
 
 from azcli import AzCli, AzError, classify, vm_create_args
+from customdata import custom_data_file
 from procs import terminate_tree
 from vmspec import VMSpec
 
@@ -28,9 +28,9 @@ class CreateProcess:
     time (psutil), so a reused PID is never taken for ours. It is not awaited while it runs;
     asyncio's pipe transport buffers its small output, read once it has exited."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, custom_data_path: str | None) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, files: contextlib.ExitStack) -> None:
         self.proc = proc
-        self.custom_data_path = custom_data_path
+        self.files = files  # the custom-data file, if any: closed (removed) by stop()
         try:
             self.create_time: float | None = psutil.Process(proc.pid).create_time()
         except psutil.Error:  # already gone (and not yet reaped): nothing to confuse it with
@@ -38,18 +38,14 @@ class CreateProcess:
 
     @classmethod
     async def start(cls, az: AzCli, spec: VMSpec, *, deployment_id: str) -> CreateProcess:
-        """`spec.custom_data` is content: it goes to a 0600 temp file, removed at the end."""
-        path = None
-        if spec.custom_data is not None:
-            fd, path = tempfile.mkstemp(prefix="vmlaunch-custom-data-")
-            with os.fdopen(fd, "w") as file:
-                file.write(spec.custom_data)
+        """`spec.custom_data` is content: it goes to a private file, removed at the end."""
+        files = contextlib.ExitStack()
         try:
+            path = files.enter_context(custom_data_file(spec.custom_data))
             args = vm_create_args(spec, deployment_id=deployment_id, custom_data_path=path)
-            return cls(await az.start(args, capture=True), path)
+            return cls(await az.start(args, capture=True), files)
         except BaseException:
-            if path is not None:
-                os.unlink(path)
+            files.close()
             raise
 
     @property
@@ -87,7 +83,4 @@ class CreateProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.proc.wait(), KILL_GRACE + 5)
-        if self.custom_data_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.custom_data_path)
-            self.custom_data_path = None
+        self.files.close()

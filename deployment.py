@@ -21,6 +21,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
+import customdata
 from azcli import TAG_DEPLOYMENT, AzCli
 from display import Display
 from embedded import EmbeddedRuntime, WorkerOptions
@@ -34,8 +35,8 @@ from natsconn import (
 )
 from natsrun import Link, NatsRun
 from plan import Plan
-from statefile import StateFileError, read_events, read_state
-from statewriter import StateWriter
+from statefile import StateFileError, load_state
+from statewriter import StateWriter, WriteFailed
 from stopsignals import STOP_SIGNALS
 from streams import StreamMismatch, prepare_streams
 from tracker import Ticket, Tracker, decide
@@ -73,10 +74,11 @@ class DeployOptions:
 async def deploy(plan: Plan, options: DeployOptions, display: Display) -> int:
     """Run a deployment; 0 all ready, 1 some failed, 2 bad input, 3 could not run, 130 stopped."""
     loop = asyncio.get_running_loop()
+    customdata.prepare()  # legacy polling creates VMs here
     try:
         async with contextlib.AsyncExitStack() as stack:
             return await Deployment(plan, options, display, stack).run()
-    except (CannotRun, BadInput, StreamMismatch) as exc:
+    except (CannotRun, BadInput, StreamMismatch, WriteFailed) as exc:
         display.note(str(exc), warning=True)
         return EXIT_BAD_INPUT if isinstance(exc, BadInput) else EXIT_CANNOT_RUN
     finally:
@@ -98,10 +100,11 @@ class Deployment:
         self.mode = "legacy polling"
         self.tracker: Tracker | None = None
         self.leaks: list[str] = []
+        self.writer_failure: WriteFailed | None = None  # the state files stayed unwritable
 
     async def run(self) -> int:
-        await self._resolve_location()
         state, written = self._read_files()
+        await self._resolve_location()
         azure = await self._survey()
         done, tickets = decide(self.plan, state.get("vm_states") or {}, azure)
         if tickets and self.options.confirm is not None:
@@ -118,32 +121,37 @@ class Deployment:
         if not tickets:
             self.mode = "nothing to launch"
         await self._start_tracking(state.get("vm_states") or {}, written, done, tickets)
-        if tickets:
-            code = await self._launch(nc, tickets)
-            if code is not None:
-                return code
-        return self._finish()
+        code = await self._launch(nc, tickets) if tickets else None
+        if self.writer_failure is not None:
+            raise CannotRun(f"{self.writer_failure}; stopped launching new VMs (the events "
+                            "stream keeps the record: run again once the file can be written)")
+        return code if code is not None else self._finish()
 
     async def _start_tracking(self, vm_states: dict[str, Any], written: set[str],
                               done: list[str], tickets: dict[str, Ticket]) -> None:
         """Open the state files (only now are they touched) and record the start."""
         writer = await self.stack.enter_async_context(StateWriter(
             self.options.state_file, self.options.events_file,
-            deployment_id=self.plan.deployment_id))
+            deployment_id=self.plan.deployment_id, on_broken=self._writer_broken))
         self.tracker = tracker = Tracker(self.plan, writer=writer, display=self.display,
                                          written=written)
         for name in done:
             tracker.mark_done(name, vm_states.get(name) or {})
-        for name, ticket in tickets.items():
-            tracker.launch(name, ticket)
+        launched = {name: tracker.launch(name, ticket) for name, ticket in tickets.items()}
         for name in self.leaks:
             tracker.note("vm_possible_leak", f"VM {name} is tagged {TAG_DEPLOYMENT}="
                          f"{self.plan.deployment_id} but not in the plan; left alone",
                          show=False)
         tracker.note("vm_launch_started", f"Launching {len(tickets)} of {len(self.plan.vms)} "
-                     f"VMs of {self.plan.deployment_id} ({self.mode})", show=False)
+                     f"VMs of {self.plan.deployment_id} ({self.mode})", show=False,
+                     vm_states={name: fields for name, fields in launched.items() if fields})
         self.display.begin(tracker.view, f"{self.plan.deployment_id}: {len(tickets)} VMs to "
                            f"launch in {self.plan.resource_group} ({self.mode})")
+
+    def _writer_broken(self, failure: WriteFailed) -> None:
+        """An unwritable state file stops the run: nothing new is launched unrecorded."""
+        self.writer_failure = failure
+        self.stop.set()
 
     # --- before anything is written --------------------------------------------------------
 
@@ -161,16 +169,21 @@ class Deployment:
         self.plan = self.plan.with_location(str(result.data.get("location")))
 
     def _read_files(self) -> tuple[dict[str, Any], set[str]]:
+        """Both files checked (bad: exit 2) and writable (else exit 3), before any az call."""
         try:
-            state = read_state(self.options.state_file)
-            events = read_events(self.options.events_file)
+            loaded = load_state(self.options.state_file, self.options.events_file,
+                                writable=True)
         except StateFileError as exc:
             raise BadInput(str(exc)) from None
-        owner = state.get("deployment_id")
+        except OSError as exc:
+            raise CannotRun(f"cannot use the state files: {exc}") from None
+        owner = loaded.data.get("deployment_id")
         if owner and owner != self.plan.deployment_id:
             raise BadInput(f"{self.options.state_file} belongs to deployment {owner!r}, not "
                            f"{self.plan.deployment_id!r}; give another --state-file")
-        return state, {str(e["event_id"]) for e in events if e.get("event_id")}
+        if loaded.rebuilt:
+            self.display.note(loaded.rebuilt, warning=True)
+        return loaded.data, loaded.event_ids
 
     async def _survey(self) -> dict[str, str]:
         """One `az vm list -d`: provisioning state per VM; possible leaks reported."""

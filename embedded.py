@@ -199,7 +199,9 @@ class EmbeddedRuntime:
         env = worker_env(self.store, self.options)
         for index in range(1, self.options.count + 1):
             logfile = self.store / f"worker-{index}.log"
-            with open(logfile, "ab") as out:
+            # 0600 when new (an existing log keeps its mode): it names hosts and users.
+            with open(os.open(logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600),
+                      "ab") as out:
                 self.workers.append(await asyncio.create_subprocess_exec(
                     *worker_argv(self.url, index, self.options), env=env,
                     stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,

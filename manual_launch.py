@@ -15,13 +15,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import customdata
 from azcli import AzCli
 from eventbus import Publisher, progress_line
 from eventfeed import close_quietly
 from messages import Message, encode, new_event_id
 from natsconn import NatsSettings, NatsUnavailable, NatsUnreachable, connect
 from pipeline import Launch, Outcome, Reporter
-from statewriter import StateWriter
+from statefile import StateFileError, load_state
+from statewriter import StateWriter, WriteFailed
 from stopsignals import Stopped, unless_stopped
 from streams import StreamMismatch, prepare_streams
 from vmspec import VMSpec
@@ -52,10 +54,8 @@ class _Outputs:
         print(self.show(message), flush=True)
         change = self.view.apply(message)
         if self.writer is not None and change is not None:
-            if change.vm_fields:
-                self.writer.update_vm(message.vm_name, **change.vm_fields)
-            for action, text in change.log:
-                self.writer.append_event(action, text, event_id=message.event_id)
+            self.writer.record(message.vm_name, change.vm_fields, change.log,
+                               event_id=message.event_id)
         if self.publisher is not None and not await self.publisher.publish(message):
             warn("NATS stopped answering; continuing without publishing events")
             self.publisher = None
@@ -81,10 +81,49 @@ async def launch(spec: VMSpec, *, deployment_id: str, az: str, private_key: str 
                  nats: NatsSettings | None, json_lines: bool, state_file: str | None,
                  events_file: str | None, adopt_untagged: bool = False) -> int:
     """Create and verify one VM whose spec passed `spec_problems`. 0 ready, 1 failed or
-    stopped by SIGINT/SIGTERM/SIGHUP, 3 NATS rejected our credentials or TLS (nothing
-    launched)."""
+    stopped by SIGINT/SIGTERM/SIGHUP, 2 a malformed state or events file, 3 one that
+    cannot be written, or NATS rejected our credentials or TLS (nothing launched)."""
+    customdata.prepare()
     spec = spec.with_file_contents()
     outputs = _Outputs(spec, deployment_id=deployment_id, json_lines=json_lines)
+    files = _state_files(state_file, events_file)
+    if files is not None and (code := _check_files(*files)):
+        return code
+    try:
+        return await _launch(spec, outputs, deployment_id=deployment_id, az=az,
+                             private_key=private_key, nats=nats, files=files,
+                             json_lines=json_lines, adopt_untagged=adopt_untagged)
+    except WriteFailed as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CANNOT_RUN
+
+
+def _state_files(state_file: str | None, events_file: str | None) -> tuple[Path, Path] | None:
+    if state_file is None:
+        return None
+    return Path(state_file), Path(events_file or Path(state_file).parent
+                                  / "deployment-events.yaml")
+
+
+def _check_files(state_file: Path, events_file: Path) -> int:
+    """0, or the exit code for files that cannot be used (said why), before any az call."""
+    try:
+        loaded = load_state(state_file, events_file, writable=True)
+    except StateFileError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot use the state files: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CANNOT_RUN
+    if loaded.rebuilt:
+        warn(loaded.rebuilt)
+    return 0
+
+
+async def _launch(spec: VMSpec, outputs: _Outputs, *, deployment_id: str, az: str,
+                  private_key: str | None, nats: NatsSettings | None,
+                  files: tuple[Path, Path] | None, json_lines: bool,
+                  adopt_untagged: bool) -> int:
     async with contextlib.AsyncExitStack() as stack:
         if nats is not None:
             try:
@@ -92,10 +131,9 @@ async def launch(spec: VMSpec, *, deployment_id: str, az: str, private_key: str 
             except NatsUnavailable as exc:
                 print(f"error: {exc}", file=sys.stderr, flush=True)
                 return EXIT_CANNOT_RUN
-        if state_file is not None:
-            events = events_file or str(Path(state_file).parent / "deployment-events.yaml")
+        if files is not None:
             outputs.writer = await stack.enter_async_context(
-                StateWriter(state_file, events, deployment_id=deployment_id))
+                StateWriter(*files, deployment_id=deployment_id))
         report = Reporter(outputs.emit, deployment_id=deployment_id, vm_name=spec.name,
                           source=f"manual@{socket.gethostname()}",
                           id_seed=f"{deployment_id}/{spec.name}/{new_event_id()}")

@@ -29,8 +29,8 @@ from messages import Message, encode
 from natsauth import write_embedded_auth
 from natsconn import NatsSettings, NatsUnavailable, connect
 from plan import Plan
-from statefile import StateFileError, read_state
-from statewriter import StateWriter
+from statefile import LoadedState, StateFileError, load_state
+from statewriter import StateWriter, WriteFailed
 from stopsignals import on_stop_signals
 from streams import StreamMismatch, prepare_streams
 from vmstate import DELETED, DELETING
@@ -52,13 +52,27 @@ def _err(text: str) -> None:
 
 # --- status -----------------------------------------------------------------------------------
 
-async def status(*, state_file: Path, json_out: bool, live: bool, resource_group: str | None,
-                 az: str | None, nats: NatsSettings | None) -> int:
+def _load(state_file: Path, events_file: Path, *,
+          writable: bool = False) -> LoadedState | int:
+    """Both files checked, or the exit code (after saying why): 2 malformed, 3 unusable."""
     try:
-        state = read_state(state_file)
+        loaded = load_state(state_file, events_file, writable=writable)
     except StateFileError as exc:
         _err(f"error: {exc}")
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        _err(f"error: cannot use the state files: {exc}")
         return EXIT_CANNOT_RUN
+    if loaded.rebuilt:
+        _err(f"warning: {loaded.rebuilt}")
+    return loaded
+
+
+async def status(*, state_file: Path, events_file: Path, json_out: bool, live: bool,
+                 resource_group: str | None, az: str | None, nats: NatsSettings | None) -> int:
+    if isinstance(loaded := _load(state_file, events_file), int):
+        return loaded
+    state = loaded.data
     if not state:
         _err(f"error: no state file at {state_file}")
         return EXIT_CANNOT_RUN
@@ -157,25 +171,38 @@ def _print_workers(workers: list[dict[str, Any]] | None, nats: NatsSettings | No
 async def reset(plan: Plan, *, az: str | None, state_file: Path, events_file: Path) -> int:
     """Delete the plan's VMs (NIC and disk go with them) and their public IPs, in parallel.
 
-    0 when every VM is gone, 1 otherwise."""
+    0 when every VM is gone, 1 otherwise; 2 or 3 (before any delete) when the state files
+    are malformed or cannot be written, 3 when they stop being writable."""
+    if isinstance(code := _load(state_file, events_file, writable=True), int):
+        return code
+    try:
+        return await _reset(plan, az=az, state_file=state_file, events_file=events_file)
+    except WriteFailed as exc:
+        _err(f"error: {exc}")
+        return EXIT_CANNOT_RUN
+
+
+async def _reset(plan: Plan, *, az: str | None, state_file: Path, events_file: Path) -> int:
     cli = AzCli(az)
     limit = asyncio.Semaphore(RESET_CONCURRENCY)
     async with StateWriter(state_file, events_file, deployment_id=plan.deployment_id) as writer:
 
         async def delete(name: str) -> bool:
             async with limit:
-                writer.update_vm(name, state=DELETING)
-                writer.append_event("vm_reset_deletion", f"Deleting VM: {name} (reset)")
+                writer.record(name, {"state": DELETING},
+                              [("vm_reset_deletion", f"Deleting VM: {name} (reset)")])
                 _print(f"deleting {name}")
                 gone = await cli.delete_vm(plan.resource_group, name, timeout=RESET_TIMEOUT)
                 if gone.ok:
                     await cli.delete_public_ip(plan.resource_group, name)
-                    writer.update_vm(name, state=DELETED, public_ip="", private_ip="",
-                                     verified=False)
+                    writer.record(name, {"state": DELETED, "public_ip": "", "private_ip": "",
+                                         "verified": False},
+                                  [("vm_reset_deleted", f"Deleted VM: {name} (reset)")])
                     _print(f"deleted {name}")
                     return True
                 error = gone.error.message if gone.error else "unknown error"
-                writer.update_vm(name, last_error=f"reset: {error}")
+                writer.record(name, {"last_error": f"reset: {error}"},
+                              [("vm_reset_failed", f"Could not delete VM: {name}: {error}")])
                 _err(f"error: could not delete {name}: {error}")
                 return False
 

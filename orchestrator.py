@@ -22,6 +22,7 @@ import click
 import cliopts
 import deployment
 import operations
+import statefile
 from display import format_table, make_display
 from embedded import WorkerOptions
 from natsconn import NatsUnavailable
@@ -170,6 +171,10 @@ def deploy(**params: Any) -> None:
     the same plan resumes: finished VMs are left alone, VMs in flight are picked up,
     nothing is created twice. SIGINT, SIGTERM and SIGHUP stop it in order (exit 130; a
     rerun resumes).
+
+    The state and events files are checked before any az call: malformed, exit 2 (the
+    file untouched); not writable, exit 3. A truncated state file is rebuilt from the
+    events log. A state file that stops being writable mid-run stops the launch: exit 3.
     """
     _logging(params["verbose"])
     plan = _plan(params)
@@ -225,9 +230,14 @@ def plan_command(**params: Any) -> None:
               help="Resource group for --live. [default: config.resource_group in the file]")
 @click.option("--az", "az_path", envvar="AZ_CLI", help="The az executable. [env: AZ_CLI]")
 def status(**params: Any) -> None:
-    """Show the deployment as the state file has it (exit 3 when there is none)."""
+    """Show the deployment as the state file has it.
+
+    Exit 2 when the state or events file is malformed (named, with the problem), 3 when
+    there is no state file. A truncated state file is shown as rebuilt from the events log.
+    """
     sys.exit(asyncio.run(operations.status(
-        state_file=params["state_file"], json_out=params["json_out"], live=params["live"],
+        state_file=params["state_file"], events_file=_events_file(params),
+        json_out=params["json_out"], live=params["live"],
         resource_group=params["resource_group"], az=params["az_path"],
         nats=cliopts.nats_settings(params, name="vm-launch-status"))))
 
@@ -306,8 +316,8 @@ def streams(**params: Any) -> None:
 
 def _state_deployment(state_file: Path) -> str | None:
     try:
-        return operations.read_state(state_file).get("deployment_id") or None
-    except operations.StateFileError:
+        return statefile.read_state(state_file).get("deployment_id") or None
+    except (statefile.StateFileError, OSError):
         return None
 
 

@@ -4,17 +4,57 @@ PR_SET_PDEATHSIG reaches only a direct child, but real `az` launchers (the deb/r
 wrapper, pip's entry script) start the CLI as a *grandchild*: SIGKILL of a worker would
 orphan it. So every command runs under this guard, which is the direct child and the
 leader of a new process group: the kernel sends it SIGTERM when the parent dies, and it
-passes that on to the group, then SIGKILLs what is left after a grace period.
+passes that on to the group, then SIGKILLs what is left after a grace period. The guard
+outlives the command's direct child until the group is empty: a grandchild that ignores
+SIGTERM (or was left running in the background) is SIGKILLed at the end of the grace.
 
 Usage: python -I -S procguard.py GRACE_SECONDS COMMAND [ARG ...]   (stdlib only, no shell)
 """
 
+import contextlib
 import ctypes
 import os
 import signal
 import sys
+import time
 
 _PR_SET_PDEATHSIG = 1
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _others() -> list[int]:
+    """The live members of our process group other than us (from /proc: stdlib only)."""
+    me, group, found = os.getpid(), os.getpgrp(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                # After the ")" closing the command name: state, ppid, pgrp, ...
+                fields = stat.read().rpartition(b")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        if fields[0] != b"Z" and int(fields[2]) == group:
+            found.append(int(entry))
+    return found
+
+
+def _signal_others(sig: int) -> None:
+    for pid in _others():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _end_group(deadline: float) -> None:
+    """SIGTERM the rest of the group, SIGKILL whatever is still there at ``deadline``."""
+    _signal_others(signal.SIGTERM)
+    while _others() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for _ in range(100):  # bounded: a process stuck in the kernel must not hang us
+        if not _others():
+            return
+        _signal_others(signal.SIGKILL)
+        time.sleep(0.01)
 
 
 def main(argv: list[str]) -> int:
@@ -29,17 +69,22 @@ def main(argv: list[str]) -> int:
             os.execvp(command[0], command)
         finally:
             os._exit(127)
+    stopped_at: list[float] = []
 
     def stop(signum: int, frame: object) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in _STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
-        os.killpg(0, signal.SIGTERM)
-        signal.signal(signal.SIGALRM, lambda *_: os.killpg(0, signal.SIGKILL))
+        stopped_at.append(time.monotonic())
+        _signal_others(signal.SIGTERM)
+        # A direct child that ignores SIGTERM is SIGKILLed at the end of the grace.
+        signal.signal(signal.SIGALRM, lambda *_: _signal_others(signal.SIGKILL))
         signal.setitimer(signal.ITIMER_REAL, grace)
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in _STOP_SIGNALS:
         signal.signal(sig, stop)
     _, status = os.waitpid(child, 0)
+    # Nothing of the command outlives it, and a stop keeps its deadline.
+    _end_group((stopped_at[0] if stopped_at else time.monotonic()) + grace)
     return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 

@@ -1,20 +1,22 @@
 """Read and update state/deployment-state.yaml and state/deployment-events.yaml.
 
 The files are shared with the legacy bash scripts, so edits go through ``yamledit``, which
-keeps comments, blank lines, unknown keys, key order and quoting. Every read-modify-write holds
-an exclusive flock on ``<file>.lock`` and replaces the file atomically, so readers never see a
-half-written file. ``statewriter.StateWriter`` coalesces bursts of changes into few
-rewrites.
+keeps comments, blank lines, unknown keys, key order and quoting; ``atomicfile`` makes each
+read-modify-write locked and atomic. ``statewriter.StateWriter`` coalesces bursts of
+changes into few rewrites. The shape of both files is checked here (``check_state``,
+``check_events``) and nowhere else. A truncated state file (``lost_content``) is rebuilt from
+the events log: the tool's events carry the ``vm_states`` changes written with them, and
+``statereplay.replay`` folds those back.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
+import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,11 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+import atomicfile
 import yamledit
+from statereplay import lost_content, rebuild_note, replay
+
+log = logging.getLogger(__name__)
 
 # The tests reach the YAML helpers through these names; yamledit owns them.
 _round_trip_yaml = yamledit.round_trip_yaml
@@ -31,37 +37,7 @@ _append_events_text = yamledit.append_events_text
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 VM_STATES = ("Creating", "Succeeded", "Failed", "Deleting", "Deleted")
-NEW_FILE_MODE = 0o644
-
-_STATE_TEMPLATE = """\
-# k0rdent Deployment State
-# Auto-generated on {ts}
-
-# Basic deployment info
-deployment_id: {id}
-created_at: "{ts}"
-last_updated: "{ts}"
-phase: "initialized"
-status: "in_progress"
-
-# VM states (will be populated as VMs are created)
-vm_states: {{}}
-"""
-_EVENTS_TEMPLATE = """\
-# k0rdent Deployment Events Log
-# Auto-generated on {ts}
-
-deployment_id: {id}
-created_at: "{ts}"
-last_updated: "{ts}"
-
-# Events log
-events:
-  - timestamp: "{ts}"
-    action: deployment_initialized
-    message: Deployment state tracking initialized
-"""
-
+NEW_FILE_MODE = atomicfile.NEW_FILE_MODE
 
 class StateFileError(Exception):
     """A state or events file exists but cannot be used (bad YAML or wrong shape)."""
@@ -78,29 +54,89 @@ def utc_now_str() -> str:
 
 
 def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Return the state file as plain dicts; ``{}`` if the file is missing or empty."""
-    data = _read_plain(Path(path))
-    return data if isinstance(data, dict) else {}
+    """Return the state file as plain dicts; ``{}`` if the file is missing or empty.
+
+    Raises StateFileError, listing every problem, for a file that is not YAML or has the
+    wrong shape (see ``check_state``)."""
+    path = Path(path)
+    data = _read_plain(path)
+    check_state(path, data)
+    return data or {}
 
 
 def read_events(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Return the events file's ``events`` list as plain dicts; ``[]`` if missing."""
-    data = _read_plain(Path(path))
-    events = data.get("events") if isinstance(data, dict) else None
-    return [e for e in events if isinstance(e, dict)] if isinstance(events, list) else []
+    path = Path(path)
+    data = _read_plain(path)
+    check_events(path, data)
+    events = (data or {}).get("events") or []
+    return [e for e in events if isinstance(e, dict)]
+
+
+def check_state(path: Path, data: Any) -> None:
+    """The one shape check of a state file's content (parsed); StateFileError lists all."""
+    if data is None:
+        return  # empty: see ``lost_content``
+    if not isinstance(data, dict):
+        raise StateFileError(path, "its top level is not a mapping")
+    vms = data.get("vm_states")
+    if vms is None:
+        return
+    if not isinstance(vms, dict):
+        raise StateFileError(path, f"vm_states is a {_kind(vms)}, not a mapping of VM names")
+    if bad := [f"vm_states.{name} is a {_kind(v)}, not a mapping"
+               for name, v in vms.items() if not isinstance(v, dict)]:
+        raise StateFileError(path, "; ".join(bad))
+
+
+def check_events(path: Path, data: Any) -> None:
+    """The shape check of an events file's content (parsed)."""
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise StateFileError(path, "its top level is not a mapping")
+    if not isinstance(data.get("events") or [], list):
+        raise StateFileError(path, f"events is a {_kind(data['events'])}, not a list")
+
+
+def _kind(value: Any) -> str:
+    return {list: "list", dict: "mapping", str: "string"}.get(type(value), type(value).__name__)
+
+
+@dataclass(frozen=True)
+class LoadedState:
+    """The state file as a command starts from it."""
+
+    data: dict[str, Any]
+    event_ids: set[str]  # events the events file already holds
+    rebuilt: str | None = None  # why vm_states came from the events log, if it did
+
+
+def load_state(state_path: Path, events_path: Path, *, writable: bool = False) -> LoadedState:
+    """Both files checked (StateFileError); a truncated state file replayed from the log.
+
+    ``writable``: also raise OSError unless both files can be written (before a run)."""
+    events = read_events(events_path)
+    data = _read_plain(state_path)
+    check_state(state_path, data)
+    for path in (state_path, events_path) if writable else ():
+        atomicfile.check_writable(path)
+    ids = {str(e["event_id"]) for e in events if e.get("event_id")}
+    reason = lost_content(data) if state_path.exists() else None
+    replayed = replay(events) if reason else {}
+    if reason is None or (data is not None and not replayed):  # nothing was lost
+        return LoadedState(data or {}, ids)
+    vms = {name: dict(entry) for name, entry in ((data or {}).get("vm_states") or {}).items()}
+    for name, fields in replayed.items():
+        vms.setdefault(name, {}).update(fields)
+    return LoadedState({**(data or {}), "vm_states": vms}, ids,
+                       rebuild_note(state_path, reason, events_path, len(replayed)))
 
 
 def _read_plain(path: Path) -> Any:
     # No lock needed: writers replace the file atomically. A missing file loads as None.
     with _parsing(path):
-        return YAML(typ="safe", pure=True).load(_read_text(path))
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return ""
+        return _read_plain_text(path, atomicfile.read_text(path) or "")
 
 
 @contextlib.contextmanager
@@ -110,6 +146,8 @@ def _parsing(path: Path) -> Iterator[None]:
         yield
     except YAMLError as exc:
         raise StateFileError(path, f"it is not valid YAML ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise StateFileError(path, f"it is not UTF-8 text ({exc})") from exc
     except yamledit.NotAMappingError as exc:
         raise StateFileError(path, "its top level is not a mapping") from exc
 
@@ -135,62 +173,39 @@ def vm_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
 # --- locking and atomic replace -------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    # A sidecar lock survives the atomic replace of the file itself; it is never deleted.
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, NEW_FILE_MODE)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the flock
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    try:
-        mode = os.stat(path).st_mode & 0o7777
-    except FileNotFoundError:
-        mode = NEW_FILE_MODE
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-
-
 def _update_file(
     path: Path,
     initial: Callable[[], str],
-    mutate: Callable[[Any], None],
+    mutate: Callable[[Any, bool], None],
     *,
     edit_text: Callable[[str], str | None] | None = None,
 ) -> None:
-    """Locked read-modify-write; a missing or empty file starts from ``initial()``.
+    """Locked read-modify-write; a missing or blank file starts from ``initial()``.
 
-    ``edit_text`` may return the new text directly (a fast path), or None to round-trip.
+    ``mutate(doc, blank)`` learns whether an existing file was blank. ``edit_text`` may return
+    the new text directly (a fast path), or None to round-trip.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(path):
-        text = _read_text(path)
-        if text.strip() and edit_text and (edited := edit_text(text)) is not None:
-            _atomic_write(path, edited)
-            return
+    def new_text(text: str | None) -> str:
+        blank = text is not None and _is_blank(text)
+        if text and not blank and edit_text and (edited := edit_text(text)) is not None:
+            return edited
         with _parsing(path):
-            doc = yamledit.load_mapping(text if text.strip() else initial())
-        mutate(doc)
-        _atomic_write(path, yamledit.dump_text(doc))
+            doc = yamledit.load_mapping(initial() if text is None or blank else text)
+        mutate(doc, blank)
+        return yamledit.dump_text(doc)
+
+    with _parsing(path):  # the text is read inside: it may not even be text
+        atomicfile.rewrite(path, new_text)
+
+
+def _is_blank(text: str) -> bool:
+    """Nothing but whitespace and comments (what a truncating in-place writer may leave)."""
+    return all(not line.strip() or line.lstrip().startswith("#") for line in text.splitlines())
+
+
+def _read_plain_text(path: Path, text: str) -> Any:
+    with _parsing(path):
+        return YAML(typ="safe", pure=True).load(text)
 
 
 # --- synchronous API --------------------------------------------------------------------------
@@ -205,7 +220,7 @@ class _YamlFile:
     def _update(
         self,
         template: str,
-        mutate: Callable[[Any], None],
+        mutate: Callable[[Any, bool], None],
         edit_text: Callable[[str], str | None] | None = None,
         *,
         created: str | None = None,
@@ -219,7 +234,16 @@ class _YamlFile:
 
 
 class StateFile(_YamlFile):
-    """``deployment-state.yaml``: one locked, atomic read-modify-write per call."""
+    """``deployment-state.yaml``: one locked, atomic read-modify-write per call.
+
+    With ``events_path``, a truncated file (see ``lost_content``) gets its ``vm_states``
+    back from the events log, which is always written first, with a warning.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, deployment_id: str | None = None,
+                 events_path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(path, deployment_id=deployment_id)
+        self.events_path = Path(events_path) if events_path is not None else None
 
     def read(self) -> dict[str, Any]:
         return read_state(self.path)
@@ -230,11 +254,24 @@ class StateFile(_YamlFile):
         """Merge ``vms`` ({name: {field: value}}) into ``vm_states``, set ``phase``, stamp
         ``last_updated``. Each VM update stamps ``last_checked`` unless given."""
         checked = {name: vm_fields(fields) for name, fields in (vms or {}).items()}
-        self._update(
-            _STATE_TEMPLATE,
-            lambda doc: yamledit.apply_state(doc, checked, phase, utc_now_str()),
-        )
 
+        def mutate(doc: Any, blank: bool) -> None:
+            check_state(self.path, doc)
+            reason = "it is empty" if blank else lost_content(doc)
+            if reason and self.events_path is not None:
+                self._restore(doc, reason, self.events_path)
+            yamledit.apply_state(doc, checked, phase, utc_now_str())
+
+        self._update(yamledit.STATE_TEMPLATE, mutate)
+
+    def _restore(self, doc: Any, reason: str, events_path: Path) -> None:
+        if not (vms := replay(read_events(events_path))):
+            return  # nothing to rebuild: a blank file starts from the template
+        log.info("%s", rebuild_note(self.path, reason, events_path, len(vms)))  # commands warn
+        owner = read_state(events_path).get("deployment_id") or self.deployment_id
+        if "deployment_id" not in doc and owner:
+            yamledit.set_key(doc, "deployment_id", owner)
+        yamledit.apply_state(doc, vms, None, utc_now_str())
 
     def set_phase(self, phase: str) -> None:
         self.update(phase=phase)
@@ -253,8 +290,8 @@ class EventsFile(_YamlFile):
             return
         now = utc_now_str()
         self._update(
-            _EVENTS_TEMPLATE,
-            lambda doc: yamledit.apply_events(doc, items, now),
+            yamledit.EVENTS_TEMPLATE,
+            lambda doc, _blank: yamledit.apply_events(doc, items, now),
             edit_text=lambda text: yamledit.append_events_text(text, items, now),
             # A new file's first event must not be later than the events queued before it.
             created=min(item["timestamp"] for item in items),

@@ -96,14 +96,15 @@ class Tracker:
         vm.detail = "ready (earlier run)"
         self.since[name] = float("inf")
 
-    def launch(self, name: str, ticket: Ticket) -> None:
-        """Count events from the request time on; a new generation starts a clean entry."""
+    def launch(self, name: str, ticket: Ticket) -> dict[str, Any]:
+        """Count events from the request time on; a new generation starts a clean entry:
+        its fields are returned, for the caller to write with its launch event."""
         self.since[name] = epoch(ticket.requested_at) - CLOCK_SKEW
-        if ticket.fresh:
-            self.writer.update_vm(name, public_ip="", private_ip="", state="Creating",
-                                  generation=ticket.generation,
-                                  requested_at=ticket.requested_at, verified=False,
-                                  last_error="")
+        if not ticket.fresh:
+            return {}
+        return {"public_ip": "", "private_ip": "", "state": "Creating",
+                "generation": ticket.generation, "requested_at": ticket.requested_at,
+                "verified": False, "last_error": ""}
 
     async def sink(self, message: Message) -> None:
         """The one entry of events: the NATS feed, the legacy poller, the deadline."""
@@ -116,11 +117,12 @@ class Tracker:
         replayed = message.event_id in self.written
         # Fields are written even for a replayed event: the events file is written first,
         # so after a kill the state file may be behind it (rewriting a value is harmless).
-        if change.vm_fields and message.vm_name in self.view.vms:
-            self.writer.update_vm(message.vm_name, **change.vm_fields)
-        if not replayed:
-            for action, text in change.log:
-                self.writer.append_event(action, text, event_id=message.event_id)
+        fields = change.vm_fields if message.vm_name in self.view.vms else {}
+        if replayed:
+            if fields:
+                self.writer.update_vm(message.vm_name, **fields)
+        else:
+            self.writer.record(message.vm_name, fields, change.log, event_id=message.event_id)
             self.written.add(message.event_id)
         self.display.event(message, change, self.view, replayed=replayed)
         self.changed.set()
@@ -137,8 +139,10 @@ class Tracker:
                                                retryable=True, attempts=vm.attempt,
                                                final=True, zone=vm.zone, size=vm.size)))
 
-    def note(self, action: str, text: str, *, show: bool = True) -> None:
-        """A deployment-level line in the events file (and on the display)."""
-        self.writer.append_event(action, text)
+    def note(self, action: str, text: str, *, show: bool = True,
+             vm_states: dict[str, dict[str, Any]] | None = None) -> None:
+        """A deployment-level line in the events file (and on the display), with the VM
+        changes it records, if any."""
+        self.writer.append_event(action, text, vm_states=vm_states)
         if show:
             self.display.note(text)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 import cliopts
+import customdata
 import manual_launch
 import worker
 import workerproc
@@ -123,6 +124,7 @@ def serve(az_path: str, ssh_private_key: str | None, adopt_untagged: bool, verbo
         worker_id=worker_id, az=az_path, concurrency=concurrency,
         ssh_private_key=ssh_private_key, grace=grace, max_deliveries=max_deliveries,
         ack_wait=ack_wait, adopt_untagged=adopt_untagged, allow_extra_args=allow_extra_args)
+    customdata.prepare()  # sweeps what a SIGKILLed process left
     sys.exit(asyncio.run(workerproc.serve(settings)))
 
 
@@ -136,7 +138,8 @@ def serve(az_path: str, ssh_private_key: str | None, adopt_untagged: bool, verbo
 @click.option("--json", "json_lines", is_flag=True,
               help="Print each event as a JSON line (the encoded message) instead of text.")
 @click.option("--state-file", type=click.Path(dir_okay=False),
-              help="deployment-state.yaml to keep up to date (created when absent).")
+              help="deployment-state.yaml to keep up to date (created when absent; "
+                   "malformed: exit 2, not writable: exit 3, both before any az call).")
 @click.option("--events-file", type=click.Path(dir_okay=False),
               help="deployment-events.yaml to append to. [default: beside --state-file]")
 @click.option("--no-nats", is_flag=True, help="Do not try to publish the events to NATS.")

@@ -26,6 +26,37 @@ _YAML_WORDS = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "n
 _LAST_UPDATED_LINE = re.compile(r'^last_updated: "[^"\n]*"[ \t]*$', re.MULTILINE)
 
 
+# New files, as the bash scripts start them ({ts}: creation time, {id}: deployment id).
+STATE_TEMPLATE = """\
+# k0rdent Deployment State
+# Auto-generated on {ts}
+
+# Basic deployment info
+deployment_id: {id}
+created_at: "{ts}"
+last_updated: "{ts}"
+phase: "initialized"
+status: "in_progress"
+
+# VM states (will be populated as VMs are created)
+vm_states: {{}}
+"""
+EVENTS_TEMPLATE = """\
+# k0rdent Deployment Events Log
+# Auto-generated on {ts}
+
+deployment_id: {id}
+created_at: "{ts}"
+last_updated: "{ts}"
+
+# Events log
+events:
+  - timestamp: "{ts}"
+    action: deployment_initialized
+    message: Deployment state tracking initialized
+"""
+
+
 class NotAMappingError(ValueError):
     """The YAML parses, but its top level is not a mapping, so it cannot be edited here."""
 
@@ -166,7 +197,17 @@ def _event_map(event: Mapping[str, Any]) -> CommentedMap:
     item = CommentedMap()
     for key, value in event.items():
         plain = key != "timestamp" and isinstance(value, str)
-        item[key] = _plain_or_dq(value) if plain else _dq(value)
+        item[key] = _plain_or_dq(value) if plain else _fields_map(value) if isinstance(
+            value, Mapping) else _dq(value)
+    return item
+
+
+def _fields_map(fields: Mapping[str, Any]) -> CommentedMap:
+    # An event's structured change on one line (`vm_states: {vm-1: {state: "Creating"}}`):
+    # one line per key, as the scripts that grep the log expect.
+    item = CommentedMap((key, _fields_map(value) if isinstance(value, Mapping) else _dq(value))
+                        for key, value in fields.items())
+    item.fa.set_flow_style()
     return item
 
 

@@ -30,7 +30,7 @@ from statefile import (
     read_state,
     utc_now_str,
 )
-from statewriter import StateWriter
+from statewriter import StateWriter, WriteFailed
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
@@ -89,7 +89,7 @@ def test_a_no_op_update_keeps_both_samples_byte_identical(
 ) -> None:
     for path in (state_path, events_path):
         before = path.read_bytes()
-        statefile._update_file(path, lambda: "", lambda doc: None)
+        statefile._update_file(path, lambda: "", lambda doc, blank: None)
         assert path.read_bytes() == before
 
 
@@ -370,9 +370,12 @@ async def test_a_spread_out_burst_is_coalesced_into_a_bounded_number_of_rewrites
         assert attempt_on_disk(state_path, "vm-2") == 499
         # The 50 ms window plus one or two rewrites, which slow down on a loaded CI machine.
         assert took < writer.delay + 0.45
-        # One rewrite per file per 50 ms window at most, and far fewer than 500.
-        assert writer.state_file.rewrites <= elapsed / writer.delay + 2
-        assert writer.rewrite_count < 60
+        # One rewrite per file per 50 ms window at most: the count is bounded by how long the
+        # burst took (longer on a busy machine), not by the 500 updates in it.
+        windows = elapsed / writer.delay + 2
+        assert writer.state_file.rewrites <= windows
+        assert writer.events_file.rewrites <= windows
+        assert writer.rewrite_count < 500 / 2  # coalesced: far fewer than one per update
     assert [e["message"] for e in read_events(events_path)[3:]] == [
         f"update {i}" for i in range(500)
     ]
@@ -407,7 +410,7 @@ async def test_a_failed_write_keeps_the_changes_pending(tmp_path: Path, events_p
     state_path.write_text("not: [valid\n")
     async with StateWriter(state_path, events_path, delay=10) as writer:
         writer.update_vm("vm-1", state="Failed")
-        with pytest.raises(StateFileError):
+        with pytest.raises(WriteFailed, match="not valid YAML"):
             await writer.flush()
         state_path.write_text("phase: x\n")
         await writer.flush()

@@ -1,0 +1,89 @@
+"""Locked, atomic rewrites of a text file shared with other writers (bash scripts, people).
+
+Every rewrite holds an exclusive flock on ``<file>.lock`` and replaces the file by a rename,
+so readers never see a half-written file. New files (and their lock files) are 0600; an
+existing file keeps its mode. ``statefile`` decides what the new text is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+NEW_FILE_MODE = 0o600
+
+
+def read_text(path: Path) -> str | None:
+    """The file's text; None when it does not exist."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+
+
+def mode_for(path: Path) -> int:
+    """The mode of a file we (re)write: the existing one's, else NEW_FILE_MODE."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        return NEW_FILE_MODE
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    # A sidecar lock survives the atomic replace of the file itself; it is never deleted.
+    # It takes the data file's mode, so whoever may write the file may also lock it.
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, mode_for(path))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def rewrite(path: Path, new_text: Callable[[str | None], str]) -> None:
+    """Locked read-modify-write: ``new_text(current text or None)`` replaces the file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with locked(path):
+        _atomic_write(path, new_text(read_text(path)))
+
+
+def check_writable(path: Path) -> None:
+    """Raise OSError unless ``path`` could be atomically replaced; creates nothing."""
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if path.exists():
+        with open(path, "a", encoding="utf-8"):  # opening to append changes nothing
+            pass
+    directory = path.parent
+    while not directory.exists():  # the nearest directory a rewrite would create from
+        directory = directory.parent
+    fd, probe = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".probe")
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    mode = mode_for(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)

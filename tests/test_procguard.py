@@ -1,0 +1,80 @@
+"""procguard: the whole process group goes, with SIGKILL escalation, even after the direct
+child has exited. Real processes and signals; a grandchild that ignores SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import PYTHON, REPO, wait_until
+
+from procs import spawn
+
+pytestmark = pytest.mark.timeout(60)
+
+GRACE = 1.0
+# Ignores SIGTERM (inherited by nothing else), then says it is ready by writing its pid.
+STUBBORN = ("import os, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid())); "
+            "os.rename(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(60)")
+
+
+def stubborn_grandchild(pidfile: Path, *, then: str) -> list[str]:
+    """A shell (the direct child) that starts the stubborn grandchild, then runs `then`."""
+    return ["sh", "-c", f'"$0" -c "$1" "$2" & {then}', PYTHON, STUBBORN, str(pidfile)]
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def read_pid(pidfile: Path) -> int:
+    return int(wait_until(lambda: pidfile.exists() and pidfile.read_text(), timeout=10,
+                          message="the grandchild to start"))
+
+
+def test_a_sigkilled_parent_takes_a_grandchild_that_ignores_sigterm_with_it(tmp_path):
+    pidfile = tmp_path / "grandchild.pid"
+    parent_code = (
+        "import asyncio, sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from procs import spawn\n"
+        "async def main():\n"
+        f"    await spawn(sys.argv[1:], kill_grace={GRACE})\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n")
+    parent = subprocess.Popen([PYTHON, "-c", parent_code,
+                               *stubborn_grandchild(pidfile, then="wait")])
+    try:
+        grandchild = read_pid(pidfile)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        # The guard's SIGTERM ends the shell at once; the grandchild must still go.
+        wait_until(lambda: gone(grandchild), timeout=GRACE + 2,
+                   message="the stubborn grandchild to be killed")
+    finally:
+        parent.kill()
+        if pidfile.exists() and not gone(pid := int(pidfile.read_text())):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_grandchild_left_behind_by_an_exited_child_is_ended_with_it(tmp_path):
+    pidfile = tmp_path / "grandchild.pid"
+    # The shell waits for the grandchild to be ready, then exits: only the grandchild is left.
+    then = f'while [ ! -s {pidfile} ]; do sleep 0.02; done; exit 0'
+    proc = await spawn(stubborn_grandchild(pidfile, then=then), kill_grace=GRACE)
+    try:
+        await asyncio.wait_for(proc.wait(), GRACE + 5)
+        grandchild = int(pidfile.read_text())
+        assert gone(grandchild), "the guard returned while the grandchild still ran"
+    finally:
+        if pidfile.exists() and not gone(pid := int(pidfile.read_text())):
+            os.kill(pid, signal.SIGKILL)

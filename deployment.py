@@ -7,7 +7,8 @@ for confirmation, reach NATS (given URL, else the embedded server and workers, e
 legacy poller), and only then touch the state files. The run ends when every VM is ready
 or finally failed, at the deadline (cancel, mark Failed), or on SIGINT/SIGTERM (exit 130;
 a rerun resumes). NATS lost for longer than the grace period switches the unfinished VMs
-to legacy polling for the rest of the run, even if NATS comes back.
+to legacy polling for the rest of the run, even if NATS comes back; the workers are fenced
+out of them first (`NatsRun.hand_over`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from display import Display
 from embedded import EmbeddedRuntime, WorkerOptions
 from eventbus import NATS_ERRORS
 from eventfeed import close_quietly
+from lease import POLLER
 from natsconn import NatsSettings, NatsUnavailable, connect, ensure_streams, nats_server_binary
 from natsrun import Link, NatsRun
 from plan import Plan
@@ -91,6 +93,7 @@ class Deployment:
         self.mode = "legacy polling"
         self.tracker: Tracker | None = None
         self.leaks: list[str] = []
+        self.replicas = 1
 
     async def run(self) -> int:
         await self._resolve_location()
@@ -206,6 +209,7 @@ class Deployment:
         except (NatsUnavailable, *NATS_ERRORS) as exc:
             return self._no_nats(str(exc) or type(exc).__name__)
         self.stack.push_async_callback(close_quietly, nc)
+        self.replicas = settings.replicas
         self.mode = (f"NATS, embedded, {options.workers.count} workers" if self.runtime
                      else f"NATS at {', '.join(settings.servers)}")
         return nc
@@ -219,19 +223,23 @@ class Deployment:
     # --- launching -------------------------------------------------------------------------
 
     async def _launch(self, nc: Client | None, tickets: dict[str, Ticket]) -> int | None:
+        handover_at = None
         if nc is not None:
             assert self.tracker is not None
-            outcome = await NatsRun(
+            nats_run = NatsRun(
                 nc.jetstream(), self.plan, self.tracker, self.display, stop=self.stop,
                 link=self.link, deadline_at=self.deadline, grace=self.options.nats_grace,
                 deadline_reason=f"deadline of {self.options.deadline or self.plan.deadline:g} "
-                                "s reached", runtime=self.runtime).run(tickets)
+                                "s reached", runtime=self.runtime, replicas=self.replicas)
+            outcome = await nats_run.run(tickets)
             if outcome != "lost":
                 return EXIT_INTERRUPTED if outcome == "stopped" else None
-            await self._switch_to_legacy(nc)
-        return await self._run_legacy()
+            self.stack.push_async_callback(nats_run.close)  # before the client closes
+            handover_at = await nats_run.hand_over(POLLER)
+            await self._switch_to_legacy()
+        return await self._run_legacy(handover_at)
 
-    async def _switch_to_legacy(self, nc: Client) -> None:
+    async def _switch_to_legacy(self) -> None:
         assert self.tracker is not None
         left = self.tracker.unfinished()
         self.tracker.note("vm_launch_mode_changed", f"NATS lost for more than "
@@ -240,9 +248,8 @@ class Deployment:
         self.display.note("NATS lost; continuing by legacy polling", warning=True)
         if self.runtime is not None:
             await self.runtime.stop()
-        await close_quietly(nc)
 
-    async def _run_legacy(self) -> int | None:
+    async def _run_legacy(self, handover_at: float | None) -> int | None:
         import legacy  # only needed when polling
 
         assert self.tracker is not None
@@ -252,8 +259,9 @@ class Deployment:
         poller = asyncio.create_task(legacy.run_legacy(
             self.plan, az=self.az, sink=tracker.sink, poll_interval=interval,
             concurrency=self.options.concurrency, private_key=self.options.ssh_private_key,
-            deadline=self.deadline, vms=left,
-            attempts={name: tracker.view.vms[name].attempt for name in left}))
+            deadline=self.deadline, vms=left, handover_at=handover_at,
+            attempts={name: tracker.view.vms[name].attempt for name in left},
+            generations={name: tracker.view.vms[name].generation for name in left}))
         stopper = asyncio.create_task(self.stop.wait())
         ticker = asyncio.create_task(self._tick_until(poller))
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from nats.aio.msg import Msg
 
 from azcli import AzCli
 from eventbus import NATS_ERRORS, CancelMemory, Publisher, dead_letter, describe
+from lease import Fenced, Lease
 from messages import CreateRequest, Message, MessageError, Subject, decode
 from pipeline import Launch, Outcome, Reporter
 from vmspec import VMSpec
@@ -41,6 +43,7 @@ class Job:
     launching: bool = False
     stop_reason: str | None = None  # "cancel" or "shutdown"
     cancel_detail: str = ""
+    lease: Lease | None = None
 
 
 class JobRunner:
@@ -98,7 +101,8 @@ class JobRunner:
         job.request = request
         job.report = Reporter(self._emitter(job), deployment_id=request.deployment_id,
                               vm_name=request.payload.spec.name, source=self.worker_id,
-                              id_seed=f"{request.event_id}/{job.deliveries}")
+                              id_seed=f"{request.event_id}/{job.deliveries}",
+                              generation=request.generation)
         if job.deliveries > self.max_deliveries:
             await self._dead_letter(job, f"delivered {job.deliveries} times, more than the "
                                     f"limit of {self.max_deliveries}", request=request)
@@ -109,8 +113,11 @@ class JobRunner:
             await self._launch(job, request.payload.spec)
 
     async def _launch(self, job: Job, spec: VMSpec) -> None:
-        assert job.report is not None
-        launch = Launch(spec, az=self.az, report=job.report, private_key=self.private_key)
+        assert job.report is not None and job.request is not None
+        request = job.request
+        job.lease = Lease(self.ack_wait, cancelled=lambda: self.cancels.match(request))
+        launch = Launch(spec, az=self.az, report=job.report, private_key=self.private_key,
+                        fence=job.lease)
         heartbeat = asyncio.create_task(self._heartbeat(job))
         job.launching = True
         try:
@@ -120,6 +127,11 @@ class JobRunner:
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             await self._finish_cancelled(job)
+            return
+        except Fenced as exc:
+            # Not settled: the request is (or will be) someone else's after its AckWait.
+            log.warning("stopping %s without touching it: %s", spec.name, exc)
+            self.counts["fenced"] += 1
             return
         except Exception:
             log.exception("launch of %s crashed; releasing the request", spec.name)
@@ -156,7 +168,12 @@ class JobRunner:
         return emit
 
     async def _heartbeat(self, job: Job) -> None:
+        """In-progress every AckWait/3; the lease is renewed only once the server has it."""
         while True:
             await asyncio.sleep(self.ack_wait / 3)
+            sent_at = time.monotonic()
             with contextlib.suppress(*NATS_ERRORS):
                 await job.msg.in_progress()
+                await self._nc.flush(timeout=self.ack_wait / 3)
+                if job.lease is not None:
+                    job.lease.renew(sent_at)

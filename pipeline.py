@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from azcli import AzCli, AzError, AzResult, FailureKind
+from lease import OPEN, Fence
 from messages import (
     CloudInitComplete,
     Complete,
@@ -49,11 +50,13 @@ class LaunchResult:
 
 
 class Reporter:
-    """Builds this VM's events with stable ids, so a re-sent event is a duplicate."""
+    """Builds this VM's events with stable ids, so a re-sent event is a duplicate; each
+    carries the generation of the request it serves."""
 
     def __init__(self, emit: Emit, *, deployment_id: str, vm_name: str, source: str,
-                 id_seed: str) -> None:
+                 id_seed: str, generation: int = 0) -> None:
         self._emit = emit
+        self.generation = generation
         self.deployment_id = deployment_id
         self.vm_name = vm_name
         self.source = source
@@ -63,7 +66,7 @@ class Reporter:
     async def send(self, payload: Payload, *, attempt: int) -> None:
         await self._emit(Message(
             deployment_id=self.deployment_id, vm_name=self.vm_name, payload=payload,
-            attempt=attempt, source=self.source,
+            attempt=attempt, generation=self.generation, source=self.source,
             event_id=stable_event_id(self._id_seed, next(self._seq)),
         ))
 
@@ -101,12 +104,14 @@ def backoff_delay(spec: VMSpec, attempt: int, error: AzError) -> float:
     return max(delay, error.retry_after or 0.0)
 
 
-async def remove_vm(az: AzCli, spec: VMSpec) -> AzResult:
-    """Delete the VM (its NIC and OS disk go with it) and then its public IP.
+async def remove_vm(az: AzCli, spec: VMSpec, *, fence: Fence = OPEN) -> AzResult:
+    """Delete the VM (its NIC and OS disk go with it) and then its public IP, if `fence`
+    allows (else Fenced).
 
     `az vm create` gives the public IP no delete option, so it is removed separately:
     no orphan, no cost leak, and a retry in another zone gets a fresh zonal IP.
     """
+    await fence.allow("delete", spec.name)
     deleted = await az.delete_vm(spec.resource_group, spec.name)
     if not deleted.ok:
         return deleted
@@ -153,11 +158,11 @@ class Retry:
 
 
 async def after_failure(error: AzError, *, az: AzCli, report: Reporter, spec: VMSpec,
-                        original: VMSpec, attempt: int) -> Retry | None:
+                        original: VMSpec, attempt: int, fence: Fence = OPEN) -> Retry | None:
     """Report a failed attempt, remove what it left, plan the next one; None when final."""
     final = error.kind is FailureKind.PERMANENT or attempt >= spec.max_attempts
     await report.failed(error, attempt=attempt, final=final, spec=spec)
-    await clean_up(az, report, spec, attempt=attempt)
+    await clean_up(az, report, spec, attempt=attempt, fence=fence)
     if final:
         return None
     spec = next_spec(spec, original, error)
@@ -167,14 +172,15 @@ async def after_failure(error: AzError, *, az: AzCli, report: Reporter, spec: VM
     return Retry(spec, delay)
 
 
-async def clean_up(az: AzCli, report: Reporter, spec: VMSpec, *, attempt: int) -> None:
+async def clean_up(az: AzCli, report: Reporter, spec: VMSpec, *, attempt: int,
+                   fence: Fence = OPEN) -> None:
     """Delete a failed attempt's VM and public IP, if the VM exists; waits until gone."""
     shown = await az.show_vm(spec.resource_group, spec.name)
     if shown.not_found:
         return
     await report.status("deleting", f"deleting {spec.name} and its public IP",
                         attempt=attempt, spec=spec)
-    await remove_vm(az, spec)
+    await remove_vm(az, spec, fence=fence)
 
 
 def _state(result: AzResult) -> str:
@@ -182,11 +188,13 @@ def _state(result: AzResult) -> str:
 
 
 class Launch:
-    """Creates and verifies one VM, retrying on its own up to `max_attempts`."""
+    """Creates and verifies one VM, retrying on its own up to `max_attempts`; raises
+    Fenced, having neither created nor deleted, once `fence` says it lost the VM."""
 
     def __init__(self, spec: VMSpec, *, az: AzCli, report: Reporter,
-                 private_key: str | None = None) -> None:
+                 private_key: str | None = None, fence: Fence = OPEN) -> None:
         self.original = spec
+        self.fence = fence
         self.az = az
         self.report = report
         self.private_key = private_key
@@ -211,7 +219,8 @@ class Launch:
             if error is None:
                 return LaunchResult(Outcome.READY, attempt)
             retry = await after_failure(error, az=self.az, report=self.report, spec=spec,
-                                        original=self.original, attempt=attempt)
+                                        original=self.original, attempt=attempt,
+                                        fence=self.fence)
             if retry is None:
                 return LaunchResult(Outcome.FAILED, attempt, error)
             spec = retry.spec
@@ -250,7 +259,7 @@ class Launch:
         if shown.ok and state in ("Failed", "Deleting"):
             await self.report.status("deleting", f"found {spec.name} {state}; removing it "
                                      "before creating", attempt=attempt, spec=spec)
-            removed = await remove_vm(self.az, spec)
+            removed = await remove_vm(self.az, spec, fence=self.fence)
             if not removed.ok:
                 return removed.error
         elif not shown.ok and not shown.not_found:
@@ -258,6 +267,7 @@ class Launch:
         return await self._create(spec, attempt)
 
     async def _create(self, spec: VMSpec, attempt: int) -> dict | AzError:
+        await self.fence.allow("create", spec.name)
         where = f"zone {spec.zone}" if spec.zone else "no zone"
         await self.report.status("creating", f"az vm create {spec.name} ({spec.size}, {where})",
                                  attempt=attempt, spec=spec)

@@ -121,14 +121,18 @@ class Generations:
 class EventFeed:
     """Delivers the events stream's messages from `start` (optionally one deployment's) to
     `deliver`, in stream order, until cancelled. `caught_up` is set once nothing more is
-    pending; `last_seq` is the stream sequence of the last message read."""
+    pending; `last_seq` is the stream sequence of the last message read. `by_event_time`:
+    also drop events whose own `time` is before `start` (what `events --since` asks for; a
+    deployment's feed filters by generation instead)."""
 
     def __init__(self, js: JetStreamContext, deliver: Callable[[Message], Awaitable[None]], *,
-                 start: datetime | None, deployment_id: str | None = None) -> None:
+                 start: datetime | None, deployment_id: str | None = None,
+                 by_event_time: bool = True) -> None:
         self.js = js
         self.deliver = deliver
         self.start = start
         self.deployment_id = deployment_id
+        self.by_event_time = by_event_time
         self.last_seq = 0
         self.caught_up = asyncio.Event()
         self._consumer: str | None = None
@@ -207,7 +211,11 @@ class EventFeed:
             return
         if self.deployment_id is not None and message.deployment_id != self.deployment_id:
             return
-        await self.deliver(message)  # no clock filter: the reducer filters by generation
+        # The server's start time is the time a message was stored; this is the event's.
+        if self.by_event_time and self.start is not None and (
+                datetime.fromisoformat(message.time) < self.start):
+            return
+        await self.deliver(message)
 
     async def _forget(self) -> None:
         name, self._consumer = self._consumer, None

@@ -84,7 +84,7 @@ class NatsRun:
         tickets = await self._new_generations(tickets)
         start = min(epoch(t.requested_at) for t in tickets.values()) - REPLAY_MARGIN
         feed = EventFeed(js, self.tracker.sink, start=datetime.fromtimestamp(start).astimezone(),
-                         deployment_id=self.plan.deployment_id)
+                         deployment_id=self.plan.deployment_id, by_event_time=False)
         feed_task = asyncio.create_task(feed.run(), name="event-feed")
         try:
             if not all(t.fresh for t in tickets.values()):  # replay what happened meanwhile

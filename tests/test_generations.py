@@ -249,7 +249,6 @@ async def test_a_worker_back_after_a_fallback_to_polling_leaves_the_vm_to_the_po
     assert "PropertyChangeNotAllowed" not in workers.log("w1")
     assert azure["create_counts"] == {"vm-1": 1}
     assert len(azure["succeeded_at"]["vm-1"]) == 1
-    assert azure["vms"]["vm-1"]["zone"] == "1"
     assert "vm_owner_changed" in actions(cwd)
 
 

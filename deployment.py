@@ -93,7 +93,6 @@ class Deployment:
         self.mode = "legacy polling"
         self.tracker: Tracker | None = None
         self.leaks: list[str] = []
-        self.replicas = 1
 
     async def run(self) -> int:
         await self._resolve_location()
@@ -209,7 +208,6 @@ class Deployment:
         except (NatsUnavailable, *NATS_ERRORS) as exc:
             return self._no_nats(str(exc) or type(exc).__name__)
         self.stack.push_async_callback(close_quietly, nc)
-        self.replicas = settings.replicas
         self.mode = (f"NATS, embedded, {options.workers.count} workers" if self.runtime
                      else f"NATS at {', '.join(settings.servers)}")
         return nc
@@ -223,24 +221,24 @@ class Deployment:
     # --- launching -------------------------------------------------------------------------
 
     async def _launch(self, nc: Client | None, tickets: dict[str, Ticket]) -> int | None:
-        handover_at = None
-        if nc is not None:
-            assert self.tracker is not None
-            nats_run = NatsRun(
-                nc.jetstream(), self.plan, self.tracker, self.display, stop=self.stop,
-                link=self.link, deadline_at=self.deadline, grace=self.options.nats_grace,
-                deadline_reason=f"deadline of {self.options.deadline or self.plan.deadline:g} "
-                                "s reached", runtime=self.runtime, replicas=self.replicas)
-            outcome = await nats_run.run(tickets)
-            if outcome != "lost":
-                return EXIT_INTERRUPTED if outcome == "stopped" else None
-            self.stack.push_async_callback(nats_run.close)  # before the client closes
-            handover_at = await nats_run.hand_over(POLLER)
-            await self._switch_to_legacy()
-        return await self._run_legacy(handover_at)
-
-    async def _switch_to_legacy(self) -> None:
+        if nc is None:
+            return await self._run_legacy(None)
         assert self.tracker is not None
+        nats_run = NatsRun(
+            nc.jetstream(), self.plan, self.tracker, self.display, stop=self.stop,
+            link=self.link, deadline_at=self.deadline, grace=self.options.nats_grace,
+            deadline_reason=f"deadline of {self.options.deadline or self.plan.deadline:g} "
+                            "s reached", runtime=self.runtime)
+        outcome = await nats_run.run(tickets)
+        if outcome != "lost":
+            return EXIT_INTERRUPTED if outcome == "stopped" else None
+        return await self._run_legacy(await self._switch_to_legacy(nats_run))
+
+    async def _switch_to_legacy(self, nats_run: NatsRun) -> float:
+        """Hand the unfinished VMs to the poller; from when it may create or delete."""
+        assert self.tracker is not None
+        self.stack.push_async_callback(nats_run.close)  # runs before the client closes
+        handover_at = await nats_run.hand_over(POLLER)
         left = self.tracker.unfinished()
         self.tracker.note("vm_launch_mode_changed", f"NATS lost for more than "
                           f"{self.options.nats_grace:g} s: polling Azure for the {len(left)} "
@@ -248,6 +246,7 @@ class Deployment:
         self.display.note("NATS lost; continuing by legacy polling", warning=True)
         if self.runtime is not None:
             await self.runtime.stop()
+        return handover_at
 
     async def _run_legacy(self, handover_at: float | None) -> int | None:
         import legacy  # only needed when polling

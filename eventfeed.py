@@ -91,12 +91,15 @@ class Generations:
         self.kv = kv
 
     @classmethod
-    async def open(cls, js: JetStreamContext, *, replicas: int = 1) -> Generations:
+    async def open(cls, js: JetStreamContext) -> Generations:
+        """The bucket, created if missing with as many replicas as the events stream."""
         try:
             return cls(await js.key_value(GENERATIONS_BUCKET))
         except BucketNotFoundError:
+            events = await js.stream_info(EVENTS_STREAM)
             return cls(await js.create_key_value(KeyValueConfig(
-                bucket=GENERATIONS_BUCKET, history=1, replicas=replicas)))
+                bucket=GENERATIONS_BUCKET, history=1,
+                replicas=events.config.num_replicas or 1)))
 
     async def reserve(self, deployment_id: str, vm_name: str, at_least: int) -> int:
         """A generation never requested before (≥ `at_least`), recorded before it is used."""

@@ -65,10 +65,9 @@ class Link:
 class NatsRun:
     def __init__(self, js: JetStreamContext, plan: Plan, tracker: Tracker, display: Display, *,
                  stop: asyncio.Event, link: Link, deadline_at: float, deadline_reason: str,
-                 grace: float, runtime: EmbeddedRuntime | None, replicas: int = 1) -> None:
+                 grace: float, runtime: EmbeddedRuntime | None) -> None:
         self.js, self.plan, self.tracker, self.display = js, plan, tracker, display
         self.stop, self.link, self.grace, self.runtime = stop, link, grace, runtime
-        self.replicas = replicas
         self.deadline_at, self.deadline_reason = deadline_at, deadline_reason
         self.loop = asyncio.get_running_loop()
         self.request_seqs: dict[str, int] = {}
@@ -102,7 +101,7 @@ class NatsRun:
         before any event is read, so no earlier generation's event is taken for theirs."""
         renumbered = dict(tickets)
         try:
-            store = await Generations.open(self.js, replicas=self.replicas)
+            store = await Generations.open(self.js)
             for name, ticket in tickets.items():
                 if ticket.fresh:
                     generation = await store.reserve(self.plan.deployment_id, name,

@@ -219,6 +219,7 @@ async def test_generations_are_reserved_past_every_one_used(nats_server):
 
     nc = await nats.connect(nats_server.url)
     try:
+        await ensure_streams(nc.jetstream())
         store = await Generations.open(nc.jetstream())
         assert await store.reserve(DEPLOYMENT, "vm-1", 1) == 1
         assert await store.reserve(DEPLOYMENT, "vm-1", 1) == 2  # a state file lost meanwhile

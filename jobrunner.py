@@ -129,9 +129,7 @@ class JobRunner:
             await self._finish_cancelled(job)
             return
         except Fenced as exc:
-            # Not settled: the request is (or will be) someone else's after its AckWait.
-            log.warning("stopping %s without touching it: %s", spec.name, exc)
-            self.counts["fenced"] += 1
+            await self._fenced(job, exc)
             return
         except Exception:
             log.exception("launch of %s crashed; releasing the request", spec.name)
@@ -142,6 +140,19 @@ class JobRunner:
             heartbeat.cancel()
         self.counts["completed" if result.outcome is Outcome.READY else "failed"] += 1
         await self.settle(job.msg, "ack")
+
+    async def _fenced(self, job: Job, exc: Fenced) -> None:
+        """A known cancel ends the request; a lapsed lease leaves it unsettled: it is (or
+        will be) someone else's after its AckWait."""
+        assert job.request is not None
+        reason = self.cancels.match(job.request)
+        if reason is not None:
+            job.cancel_detail = reason
+            await self._finish_cancelled(job)
+            return
+        log.warning("stopping %s without creating or deleting it: %s", job.request.vm_name,
+                    exc)
+        self.counts["fenced"] += 1
 
     async def _finish_cancelled(self, job: Job) -> None:
         assert job.report is not None

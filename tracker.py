@@ -98,10 +98,10 @@ class Tracker:
 
     def launch(self, name: str, ticket: Ticket) -> None:
         """Follow this generation's events only; a new generation starts a clean entry."""
-        if ticket.fresh:
-            self.view.vms[name] = VMProgress(name)
-        self.view.vms[name].generation = ticket.generation
-        if ticket.fresh:
+        if not ticket.fresh:
+            self.view.vms[name].generation = ticket.generation
+        else:
+            self.view.vms[name] = VMProgress(name, generation=ticket.generation)
             self.writer.update_vm(name, public_ip="", private_ip="", state="Creating",
                                   generation=ticket.generation,
                                   requested_at=ticket.requested_at, verified=False,

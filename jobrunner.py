@@ -184,7 +184,16 @@ class JobRunner:
             await asyncio.sleep(self.ack_wait / 3)
             sent_at = time.monotonic()
             with contextlib.suppress(*NATS_ERRORS):
-                await job.msg.in_progress()
-                await self._nc.flush(timeout=self.ack_wait / 3)
-                if job.lease is not None:
+                if await self._confirmed(job.msg.in_progress) and job.lease is not None:
                     job.lease.renew(sent_at)
+
+    async def _confirmed(self, send: Callable[[], Awaitable[None]]) -> bool:
+        """Send, then flush on the same connection. While reconnecting, nats-py buffers the
+        send and its flush returns at once without a round trip: that confirms nothing."""
+        nc = self._nc
+        reconnects = nc.stats["reconnects"]
+        if not nc.is_connected:
+            return False
+        await send()
+        await nc.flush(timeout=self.ack_wait / 3)
+        return nc.is_connected and nc.stats["reconnects"] == reconnects

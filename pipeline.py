@@ -267,10 +267,11 @@ class Launch:
         return await self._create(spec, attempt)
 
     async def _create(self, spec: VMSpec, attempt: int) -> dict | AzError:
-        await self.fence.allow("create", spec.name)
         where = f"zone {spec.zone}" if spec.zone else "no zone"
         await self.report.status("creating", f"az vm create {spec.name} ({spec.size}, {where})",
                                  attempt=attempt, spec=spec)
+        # Checked last: reporting may have waited long for NATS, and the lease with it.
+        await self.fence.allow("create", spec.name)
         created = await self.az.create_vm(spec, deployment_id=self.report.deployment_id,
                                           timeout=spec.create_timeout)
         if created.ok and isinstance(created.data, dict):

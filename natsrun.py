@@ -43,6 +43,7 @@ CATCH_UP_WAIT = 10.0  # how long a rerun replays old events before re-publishing
 REPLAY_MARGIN = 300.0
 DUPLICATE_TRIES = 3  # generations tried when the server says a new one was already used
 LEASE_MARGIN = 1.0  # beyond a worker's lease before a new owner may destroy or create
+ANNOUNCE_WAIT = 5.0  # how long the end of a run waits for a handover to reach NATS
 
 
 class Link:
@@ -210,7 +211,10 @@ class NatsRun:
         log.info("workers told that %d VMs are driven by the poller now", len(cancels))
 
     async def close(self) -> None:
-        """Stop announcing (the run is over)."""
-        if self._announcing is not None:
-            self._announcing.cancel()
-            await asyncio.gather(self._announcing, return_exceptions=True)
+        """The run is over: let a handover reach NATS if it is back, then stop announcing."""
+        if self._announcing is None:
+            return
+        if self.link.lost_at is None:
+            await asyncio.wait({self._announcing}, timeout=ANNOUNCE_WAIT)
+        self._announcing.cancel()
+        await asyncio.gather(self._announcing, return_exceptions=True)

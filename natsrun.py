@@ -74,6 +74,7 @@ class NatsRun:
         self.request_seqs: dict[str, int] = {}
         self.ack_wait = ACK_WAIT  # the workers' lease on a request (the consumer's AckWait)
         self._announcing: asyncio.Task[None] | None = None
+        self._generations: Generations | None = None
 
     async def run(self, tickets: dict[str, Ticket]) -> str:
         """"finished", "deadline", "stopped", or "lost" (NATS or every worker gone)."""
@@ -100,19 +101,22 @@ class NatsRun:
     async def _new_generations(self, tickets: dict[str, Ticket]) -> dict[str, Ticket]:
         """Fresh tickets past every generation recorded in NATS (the state file may be gone),
         before any event is read, so no earlier generation's event is taken for theirs."""
-        renumbered = dict(tickets)
         try:
-            store = await Generations.open(self.js)
-            for name, ticket in tickets.items():
-                if ticket.fresh:
-                    generation = await store.reserve(self.plan.deployment_id, name,
-                                                     ticket.generation)
-                    renumbered[name] = self._renumber(name, ticket, generation)
-        except NATS_ERRORS as exc:  # a duplicate ack still catches a reused generation
-            log.warning("cannot use the generations bucket (%r)", exc)
-        return renumbered
+            self._generations = await Generations.open(self.js)
+        except NATS_ERRORS as exc:  # then only a duplicate ack tells a generation was used
+            log.warning("cannot open the generations bucket (%r)", exc)
+        return {name: await self._next_generation(name, ticket, ticket.generation)
+                if ticket.fresh else ticket for name, ticket in tickets.items()}
 
-    def _renumber(self, name: str, ticket: Ticket, generation: int) -> Ticket:
+    async def _next_generation(self, name: str, ticket: Ticket, at_least: int) -> Ticket:
+        """A fresh ticket with a generation never requested (as far as the bucket knows)."""
+        generation = at_least
+        if self._generations is not None:
+            try:
+                generation = await self._generations.reserve(self.plan.deployment_id, name,
+                                                             at_least)
+            except NATS_ERRORS as exc:
+                log.warning("cannot reserve a generation of %s (%r)", name, exc)
         if generation != ticket.generation:
             ticket = Ticket(generation, ticket.requested_at, fresh=True)
             self.tracker.launch(name, ticket)
@@ -132,7 +136,7 @@ class NatsRun:
                         await self.tracker.fail(name, "DuplicateRequest", f"{exc} (tried "
                                                 f"{tries} generations)")
                         break
-                    ticket = self._renumber(name, ticket, ticket.generation + 1)
+                    ticket = await self._next_generation(name, ticket, ticket.generation + 1)
                 except NATS_ERRORS:
                     failing_since = failing_since or self.loop.time()
                     if self.loop.time() - failing_since > self.grace:

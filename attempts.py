@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from azcli import TAG_DEPLOYMENT, AzCli, AzError, AzResult, FailureKind
+from lease import OPEN, Fence
 from vmlook import HANDS_OFF, backoff_delay, look, owner
 from vmspec import VMSpec
 
@@ -35,12 +36,14 @@ def next_spec(spec: VMSpec, original: VMSpec, error: AzError) -> VMSpec:
     return spec
 
 
-async def remove_vm(az: AzCli, spec: VMSpec) -> AzResult:
-    """Delete the VM (its NIC and OS disk go with it) and then its public IP.
+async def remove_vm(az: AzCli, spec: VMSpec, *, fence: Fence = OPEN) -> AzResult:
+    """Delete the VM (its NIC and OS disk go with it) and then its public IP, if `fence`
+    allows (else Fenced).
 
     `az vm create` gives the public IP no delete option, so it is removed separately:
     no orphan, no cost leak, and a retry in another zone gets a fresh zonal IP.
     """
+    await fence.allow("delete", spec.name)
     deleted = await az.delete_vm(spec.resource_group, spec.name)
     if not deleted.ok:
         return deleted
@@ -54,14 +57,15 @@ class Retry:
 
 
 async def after_failure(error: AzError, *, az: AzCli, report: Reporter, spec: VMSpec,
-                        original: VMSpec, attempt: int) -> Retry | None:
+                        original: VMSpec, attempt: int, fence: Fence = OPEN) -> Retry | None:
     """Report a failed attempt, remove what it left, plan the next one; None when final.
 
     A HANDS_OFF failure (not our VM, its state unreadable) is final and touches nothing."""
     hands_off = error.code in HANDS_OFF
     final = error.kind is FailureKind.PERMANENT or attempt >= spec.max_attempts or hands_off
     await report.failed(error, attempt=attempt, final=final, spec=spec)
-    kept = None if hands_off else await clean_up(az, report, spec, attempt=attempt)
+    kept = None if hands_off else await clean_up(az, report, spec, attempt=attempt,
+                                                      fence=fence)
     if kept is not None:
         log.warning("%s", kept)
     if final:
@@ -74,7 +78,8 @@ async def after_failure(error: AzError, *, az: AzCli, report: Reporter, spec: VM
     return Retry(spec, delay)
 
 
-async def clean_up(az: AzCli, report: Reporter, spec: VMSpec, *, attempt: int) -> str | None:
+async def clean_up(az: AzCli, report: Reporter, spec: VMSpec, *, attempt: int,
+                   fence: Fence = OPEN) -> str | None:
     """Delete a failed attempt's VM and public IP (waits until gone) only when a read says the
     VM exists and carries this deployment's tag. Otherwise: why it was left in place, or
     None when there is nothing to delete."""
@@ -89,6 +94,6 @@ async def clean_up(az: AzCli, report: Reporter, spec: VMSpec, *, attempt: int) -
                 f"{TAG_DEPLOYMENT}={report.deployment_id}")
     await report.status("deleting", f"deleting {spec.name} and its public IP",
                         attempt=attempt, spec=spec)
-    await remove_vm(az, spec)
+    await remove_vm(az, spec, fence=fence)
     return None
 

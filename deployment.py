@@ -7,7 +7,8 @@ for confirmation, reach NATS (given URL, else the embedded server and workers, e
 legacy poller), and only then touch the state files. The run ends when every VM is ready
 or finally failed, at the deadline (cancel, mark Failed), or on SIGINT/SIGTERM/SIGHUP (exit 130;
 a rerun resumes). NATS lost for longer than the grace period switches the unfinished VMs
-to legacy polling for the rest of the run, even if NATS comes back.
+to legacy polling for the rest of the run, even if NATS comes back; the workers are fenced
+out of them first (`NatsRun.hand_over`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from azcli import TAG_DEPLOYMENT, AzCli
 from display import Display
 from embedded import EmbeddedRuntime, WorkerOptions
 from eventfeed import close_quietly
+from lease import POLLER
 from natsconn import (
     NatsSettings,
     NatsUnavailable,
@@ -241,20 +243,24 @@ class Deployment:
     # --- launching -------------------------------------------------------------------------
 
     async def _launch(self, nc: Client | None, tickets: dict[str, Ticket]) -> int | None:
-        if nc is not None:
-            assert self.tracker is not None
-            outcome = await NatsRun(
-                nc.jetstream(), self.plan, self.tracker, self.display, stop=self.stop,
-                link=self.link, deadline_at=self.deadline, grace=self.options.nats_grace,
-                deadline_reason=f"deadline of {self.options.deadline or self.plan.deadline:g} "
-                                "s reached", runtime=self.runtime).run(tickets)
-            if outcome != "lost":
-                return EXIT_INTERRUPTED if outcome == "stopped" else None
-            await self._switch_to_legacy(nc)
-        return await self._run_legacy()
-
-    async def _switch_to_legacy(self, nc: Client) -> None:
+        if nc is None:
+            return await self._run_legacy(None)
         assert self.tracker is not None
+        nats_run = NatsRun(
+            nc.jetstream(), self.plan, self.tracker, self.display, stop=self.stop,
+            link=self.link, deadline_at=self.deadline, grace=self.options.nats_grace,
+            deadline_reason=f"deadline of {self.options.deadline or self.plan.deadline:g} "
+                            "s reached", runtime=self.runtime)
+        outcome = await nats_run.run(tickets)
+        if outcome != "lost":
+            return EXIT_INTERRUPTED if outcome == "stopped" else None
+        return await self._run_legacy(await self._switch_to_legacy(nats_run))
+
+    async def _switch_to_legacy(self, nats_run: NatsRun) -> float:
+        """Hand the unfinished VMs to the poller; from when it may create or delete."""
+        assert self.tracker is not None
+        self.stack.push_async_callback(nats_run.close)  # runs before the client closes
+        handover_at = await nats_run.hand_over(POLLER)
         left = self.tracker.unfinished()
         self.tracker.note("vm_launch_mode_changed", f"NATS lost for more than "
                           f"{self.options.nats_grace:g} s: polling Azure for the {len(left)} "
@@ -262,9 +268,9 @@ class Deployment:
         self.display.note("NATS lost; continuing by legacy polling", warning=True)
         if self.runtime is not None:
             await self.runtime.stop()
-        await close_quietly(nc)
+        return handover_at
 
-    async def _run_legacy(self) -> int | None:
+    async def _run_legacy(self, handover_at: float | None) -> int | None:
         import legacy  # only needed when polling
 
         assert self.tracker is not None
@@ -274,8 +280,9 @@ class Deployment:
         poller = asyncio.create_task(legacy.run_legacy(
             self.plan, az=self.az, sink=tracker.sink, poll_interval=interval,
             concurrency=self.options.concurrency, private_key=self.options.ssh_private_key,
-            deadline=self.deadline, vms=left,
+            deadline=self.deadline, vms=left, handover_at=handover_at,
             attempts={name: tracker.view.vms[name].attempt for name in left},
+            generations={name: tracker.view.vms[name].generation for name in left},
             adopt_untagged=self.options.adopt_untagged))
         stopper = asyncio.create_task(self.stop.wait())
         ticker = asyncio.create_task(self._tick_until(poller))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from nats.js.kv import KeyValue
 
 from azcli import AzCli, AzError, FailureKind
 from eventbus import NATS_ERRORS, CancelMemory, Publisher, dead_letter, describe
+from lease import Fenced, Lease
 from messages import CreateRequest, Message, MessageError, Subject, decode
 from pipeline import Launch, Outcome, Reporter
 from speccheck import deployment_id_problem
@@ -49,6 +51,7 @@ class Job:
     stop_reason: str | None = None  # "cancel" or "shutdown"
     cancel_detail: str = ""
     settled: bool = False
+    lease: Lease | None = None
 
 
 class JobRunner:
@@ -143,7 +146,8 @@ class JobRunner:
         job.request = request
         job.report = Reporter(self._emitter(job), deployment_id=request.deployment_id,
                               vm_name=request.payload.spec.name, source=self.worker_id,
-                              id_seed=f"{request.event_id}/{job.deliveries}")
+                              id_seed=f"{request.event_id}/{job.deliveries}",
+                              generation=request.generation)
         if (reason := self.cancels.match(request)) is not None:
             job.cancel_detail = reason
             await self._finish_cancelled(job)
@@ -166,12 +170,14 @@ class JobRunner:
         error = AzError("InvalidRequest", "; ".join(problems), FailureKind.PERMANENT)
         await job.report.failed(error, attempt=1, final=True, spec=spec)
         self.counts["failed"] += 1
-        await self.settle(job.msg, "ack")
+        await self._settle(job, "ack")
 
     async def _launch(self, job: Job, spec: VMSpec) -> None:
-        assert job.report is not None
+        assert job.report is not None and job.request is not None
+        request = job.request
+        job.lease = Lease(self.ack_wait, cancelled=lambda: self.cancels.match(request))
         launch = Launch(spec, az=self.az, report=job.report, private_key=self.private_key,
-                        adopt_untagged=self.adopt_untagged)
+                        adopt_untagged=self.adopt_untagged, fence=job.lease)
         heartbeat = asyncio.create_task(self._heartbeat(job))
         job.launching = True
         try:
@@ -182,6 +188,9 @@ class JobRunner:
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             await self._finish_cancelled(job)
             return
+        except Fenced as exc:
+            await self._fenced(job, exc)
+            return
         except Exception:
             log.exception("launch of %s crashed; releasing the request", spec.name)
             await self._settle(job, "nak", delay=self.ack_wait / 3)
@@ -191,6 +200,19 @@ class JobRunner:
             heartbeat.cancel()
         self.counts["completed" if result.outcome is Outcome.READY else "failed"] += 1
         await self._settle(job, "ack")
+
+    async def _fenced(self, job: Job, exc: Fenced) -> None:
+        """A known cancel ends the request; a lapsed lease leaves it unsettled: it is (or
+        will be) someone else's after its AckWait."""
+        assert job.request is not None
+        reason = self.cancels.match(job.request)
+        if reason is not None:
+            job.cancel_detail = reason
+            await self._finish_cancelled(job)
+            return
+        log.warning("stopping %s without creating or deleting it: %s", job.request.vm_name,
+                    exc)
+        self.counts["fenced"] += 1
 
     async def _finish_cancelled(self, job: Job) -> None:
         assert job.report is not None
@@ -221,10 +243,24 @@ class JobRunner:
         return emit
 
     async def _heartbeat(self, job: Job) -> None:
+        """In-progress every AckWait/3; the lease is renewed only once the server has it."""
         while True:
             await asyncio.sleep(self.ack_wait / 3)
+            sent_at = time.monotonic()
             with contextlib.suppress(*NATS_ERRORS):
-                await job.msg.in_progress()
+                if await self._confirmed(job.msg.in_progress) and job.lease is not None:
+                    job.lease.renew(sent_at)
+
+    async def _confirmed(self, send: Callable[[], Awaitable[None]]) -> bool:
+        """Send, then flush on the same connection. While reconnecting, nats-py buffers the
+        send and its flush returns at once without a round trip: that confirms nothing."""
+        nc = self._nc
+        reconnects = nc.stats["reconnects"]
+        if not nc.is_connected:
+            return False
+        await send()
+        await nc.flush(timeout=self.ack_wait / 3)
+        return nc.is_connected and nc.stats["reconnects"] == reconnects
 
 
 def _read(data: bytes) -> tuple[Message | None, str]:

@@ -5,7 +5,9 @@ NATS is lost mid-run. It makes the decisions of the bash loop it replaces, done 
 emits the same events as the worker path (source "legacy-poller") by reusing the pipeline's
 reporter, retry, clean-up and verification code. Verification and deletion run as one task per
 VM, so a slow VM never delays another's update. A VM already in Azure (in flight or created)
-with no create process of ours is adopted, never created a second time.
+with no create process of ours is adopted, never created a second time. After a fallback
+from NATS a `Handover` fence keeps it from creating or deleting anything before the workers'
+leases have lapsed; until then it only observes and adopts.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from azcli import AzCli, AzError, FailureKind
 from createproc import CreateProcess
+from lease import OPEN, POLLER, Fence, Handover
 from legacyvm import EXIT_GRACE, Phase, PolledVm, VmTasks, as_found
 from messages import Message
 from pipeline import Reporter
@@ -29,7 +32,7 @@ from vmspec import VMSpec
 
 log = logging.getLogger(__name__)
 
-SOURCE = "legacy-poller"
+SOURCE = POLLER
 IN_FLIGHT = ("Creating", "Updating")
 
 
@@ -37,7 +40,9 @@ async def run_legacy(plan: Plan, *, az: AzCli, sink: Callable[[Message], Awaitab
                      poll_interval: float, concurrency: int, private_key: str | None,
                      deadline: float, vms: list[str] | None = None,
                      attempts: dict[str, int] | None = None,
-                     adopt_untagged: bool = False) -> None:
+                     adopt_untagged: bool = False,
+                     generations: dict[str, int] | None = None,
+                     handover_at: float | None = None) -> None:
     """Create, watch and verify the plan's VMs (or `vms`) by polling, until every one is ready
     or finally failed, or until `deadline` (a loop.time() value): then the create processes
     are killed and the unfinished VMs get a final `failed` "DeadlineExceeded".
@@ -46,13 +51,17 @@ async def run_legacy(plan: Plan, *, az: AzCli, sink: Callable[[Message], Awaitab
     in Azure is adopted and keeps its number; a new create is the next number.
     Only VMs with this deployment's tag are adopted or replaced (`adopt_untagged`: also
     adopt, never delete, one with no deployment tag); any other fails as NotOurs.
+    `generations`: each VM's request generation, carried by its events. `handover_at`: the
+    loop time before which nothing is created or deleted (workers may still hold leases).
     The az calls made are logged at the end (see `calls_summary`)."""
     if poll_interval <= 0 or concurrency < 1:
         raise ValueError("run_legacy needs a positive poll_interval and a concurrency of at "
                          "least 1.")
     poller = _Poller(plan, az=az, sink=sink, poll_interval=poll_interval,
                      concurrency=concurrency, private_key=private_key, deadline=deadline,
-                     adopt_untagged=adopt_untagged)
+                     adopt_untagged=adopt_untagged,
+                     fence=OPEN if handover_at is None else Handover(handover_at),
+                     generations=generations or {})
     before = collections.Counter(az.calls)
     try:
         await poller.run(vms if vms is not None else [s.name for s in plan.vms], attempts or {})
@@ -71,14 +80,16 @@ def calls_summary(calls: collections.Counter[str]) -> str:
 class _Poller:
     def __init__(self, plan: Plan, *, az: AzCli, sink: Callable[[Message], Awaitable[None]],
                  poll_interval: float, concurrency: int, private_key: str | None,
-                 deadline: float, adopt_untagged: bool) -> None:
+                 deadline: float, adopt_untagged: bool, fence: Fence,
+                 generations: dict[str, int]) -> None:
         self.plan, self.az, self.sink = plan, az, sink
         self.adopt_untagged = adopt_untagged
+        self.fence, self.generations = fence, generations
         self.poll_interval, self.concurrency = poll_interval, concurrency
         self.deadline = deadline
         self.loop = asyncio.get_running_loop()
         self.vms: dict[str, PolledVm] = {}
-        self.work = VmTasks(az, private_key)
+        self.work = VmTasks(az, private_key, fence)
         self.tasks: set[asyncio.Task[None]] = set()
         self.wake = asyncio.Event()
         self.run_id = uuid.uuid4().hex
@@ -113,7 +124,8 @@ class _Poller:
 
     async def _add(self, spec: VMSpec, used: int) -> None:
         report = Reporter(self.sink, deployment_id=self.plan.deployment_id, vm_name=spec.name,
-                          source=SOURCE, id_seed=f"{self.run_id}/{spec.name}")
+                          source=SOURCE, id_seed=f"{self.run_id}/{spec.name}",
+                          generation=self.generations.get(spec.name, 0))
         vm = PolledVm(spec, spec, report, used, started=self.loop.time())
         self.vms[spec.name] = vm
         try:
@@ -170,6 +182,8 @@ class _Poller:
                                        spec=vm.spec)
         elif state == "Failed":
             self._spawn(vm, self.work.replace_failed(vm))
+        elif seen is None and not self.fence.open_now():
+            pass  # a worker may still create it: look again at the next poll
         elif seen is None and vm.attempt >= vm.spec.max_attempts:
             error = AzError("RetriesExhausted", f"{vm.attempt} attempts already made and "
                             f"{vm.name} is not in Azure", FailureKind.PERMANENT)

@@ -16,6 +16,7 @@ from typing import Any
 from attempts import after_failure, remove_vm
 from azcli import AzCli, AzError
 from createproc import CreateProcess
+from lease import Fence
 from pipeline import Reporter, report_created, verify_vm
 from vmspec import VMSpec
 
@@ -49,10 +50,11 @@ class PolledVm:
 
 
 class VmTasks:
-    """The work of the per-VM tasks, with what they share: the az layer and the SSH key."""
+    """The work of the per-VM tasks, with what they share: the az layer, the SSH key and
+    the fence every delete passes."""
 
-    def __init__(self, az: AzCli, private_key: str | None) -> None:
-        self.az, self.private_key = az, private_key
+    def __init__(self, az: AzCli, private_key: str | None, fence: Fence) -> None:
+        self.az, self.private_key, self.fence = az, private_key, fence
         self.loop = asyncio.get_running_loop()
 
     async def succeeded(self, vm: PolledVm, seen: dict[str, Any]) -> None:
@@ -78,7 +80,7 @@ class VmTasks:
 
     async def retry(self, vm: PolledVm, error: AzError) -> None:
         retry = await after_failure(error, az=self.az, report=vm.report, spec=vm.spec,
-                                    original=vm.original, attempt=vm.attempt)
+                                    original=vm.original, attempt=vm.attempt, fence=self.fence)
         if retry is None:
             vm.phase = Phase.FAILED
             return
@@ -89,7 +91,7 @@ class VmTasks:
         """Found Failed before we created it: remove it (waits until gone), then create."""
         await vm.report.status("deleting", f"found {vm.name} Failed; removing it before "
                                "creating", attempt=max(vm.attempt, 1), spec=vm.spec)
-        removed = await remove_vm(self.az, vm.spec)
+        removed = await remove_vm(self.az, vm.spec, fence=self.fence)
         vm.phase = Phase.QUEUED if removed.ok else Phase.NEW  # not removed: look again
 
 

@@ -32,7 +32,7 @@ from wirejson import MessageError, parse_json
 
 SCHEMA_NAME = "azure-vm-launch"
 SCHEMA_MAJOR = 1
-SCHEMA_MINOR = 0
+SCHEMA_MINOR = 1
 SCHEMA = f"{SCHEMA_NAME}/{SCHEMA_MAJOR}.{SCHEMA_MINOR}"
 MAX_ATTEMPT = 2**31 - 1
 _SCHEMA_RE = re.compile(rf"^{SCHEMA_NAME}/(\d+)\.(\d+)$")
@@ -119,9 +119,11 @@ class DeadLetter:
 
 @dataclass(frozen=True)
 class Cancel:
-    """Stop work for one VM, or for the whole deployment when `vm_name` is empty."""
+    """Stop work for one VM, or for the whole deployment when `vm_name` is empty.
+    `owner`: who drives the VM from now on (e.g. "legacy-poller" after a fallback)."""
 
     reason: str
+    owner: str | None = None
 
 
 Payload = (
@@ -159,12 +161,14 @@ def stable_event_id(*parts: object) -> str:
 @dataclass(frozen=True)
 class Message:
     """The envelope. `type` is the subject; `vm_name` is empty only for deployment-wide
-    cancels and for dead letters of requests that could not be read."""
+    cancels and for dead letters of requests that could not be read. `generation` is the
+    request's (its events carry it); 0: not known (a 1.0 writer)."""
 
     deployment_id: str
     vm_name: str
     payload: Payload
     attempt: int = 0
+    generation: int = 0
     source: str = ""
     event_id: str = field(default_factory=new_event_id)
     time: str = field(default_factory=utc_now_ms)
@@ -187,6 +191,7 @@ def encode(message: Message) -> bytes:
         "deployment_id": message.deployment_id,
         "vm_name": message.vm_name,
         "attempt": message.attempt,
+        "generation": message.generation,
         "time": message.time,
         "source": message.source,
         "payload": dataclasses.asdict(message.payload),
@@ -215,8 +220,8 @@ def decode(data: bytes) -> Message:
         raise MessageError("; ".join(exc.problems), field=field_name) from None
     message = Message(
         deployment_id=body["deployment_id"], vm_name=body["vm_name"], payload=payload,
-        attempt=body["attempt"], source=body["source"], event_id=body["event_id"],
-        time=body["time"], schema=body["schema"],
+        attempt=body["attempt"], generation=body.get("generation", 0), source=body["source"],
+        event_id=body["event_id"], time=body["time"], schema=body["schema"],
     )
     try:  # JSON allows "\ud800", which no UTF-8 writer (our encode, the events file) can
         encode(message)
@@ -249,27 +254,32 @@ _ENVELOPE_TYPES: dict[str, type] = {
     "schema": str, "type": str, "event_id": str, "deployment_id": str, "vm_name": str,
     "attempt": int, "time": str, "source": str, "payload": dict,
 }
+# Added in 1.1, so optional: a 1.0 writer's message has none.
+_OPTIONAL_ENVELOPE_TYPES: dict[str, type] = {"generation": int}
 
 
 def _check_envelope_fields(body: dict[str, Any], *, allow_extra: bool) -> None:
-    for name, kind in _ENVELOPE_TYPES.items():
+    for name, kind in {**_ENVELOPE_TYPES, **_OPTIONAL_ENVELOPE_TYPES}.items():
         if name not in body:
+            if name in _OPTIONAL_ENVELOPE_TYPES:
+                continue
             raise MessageError("missing required field", field=name)
         value = body[name]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise MessageError(f"expected {kind.__name__}, got {type(value).__name__}",
                                field=name)
-    extra = sorted(set(body) - set(_ENVELOPE_TYPES))
+    extra = sorted(set(body) - set(_ENVELOPE_TYPES) - set(_OPTIONAL_ENVELOPE_TYPES))
     if extra and not allow_extra:
         raise MessageError("unknown field", field=extra[0])
     if not body["event_id"]:
         raise MessageError("must not be empty", field="event_id")
     if not body["deployment_id"]:
         raise MessageError("must not be empty", field="deployment_id")
-    if body["attempt"] < 0:
-        raise MessageError("must not be negative", field="attempt")
-    if body["attempt"] > MAX_ATTEMPT:
-        raise MessageError(f"must be at most {MAX_ATTEMPT}", field="attempt")
+    for name in ("attempt", "generation"):
+        if body.get(name, 0) < 0:
+            raise MessageError("must not be negative", field=name)
+        if body.get(name, 0) > MAX_ATTEMPT:
+            raise MessageError(f"must be at most {MAX_ATTEMPT}", field=name)
     if not _TIME_RE.match(body["time"]):
         raise MessageError("expected UTC ISO-8601 with milliseconds, like "
                            "2026-01-31T12:00:00.000Z", field="time")
@@ -283,6 +293,7 @@ def json_schemas() -> dict[str, Any]:
         "deployment_id": {"type": "string", "minLength": 1},
         "vm_name": {"type": "string"},
         "attempt": {"type": "integer", "minimum": 0},
+        "generation": {"type": "integer", "minimum": 0},
         "time": {"type": "string", "pattern": _TIME_RE.pattern},
         "source": {"type": "string"},
     }
@@ -293,7 +304,8 @@ def json_schemas() -> dict[str, Any]:
             "type": "object",
             "properties": {**envelope, "type": {"const": subject.value},
                            "payload": typedfields.json_schema(cls)},
-            "required": [*envelope, "type", "payload"],
+            "required": [*(k for k in envelope if k not in _OPTIONAL_ENVELOPE_TYPES), "type",
+                         "payload"],
             "additionalProperties": False,
         }
         for subject, cls in PAYLOAD_TYPES.items()

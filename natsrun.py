@@ -4,12 +4,16 @@ Ends "finished" (every VM ready or finally failed), "deadline" (cancels publishe
 given CANCEL_WAIT seconds to confirm, the rest marked Failed, untaken requests deleted),
 "stopped" (SIGINT/SIGTERM) or "lost" (NATS gone longer than the grace period, or every
 embedded worker gone): the caller then hands the unfinished VMs to the legacy poller.
+A new request gets a generation never used before (`Generations`), so the events of an
+earlier run, however recent, are not taken for this one's. `hand_over` fences the workers
+out of the VMs the poller takes over.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from datetime import datetime
 
 from nats.js import JetStreamContext
@@ -17,13 +21,29 @@ from nats.js import JetStreamContext
 from display import Display
 from embedded import EmbeddedRuntime
 from eventbus import NATS_ERRORS
-from eventfeed import EventFeed, publish_cancel, publish_request
-from natsconn import REQUESTS_STREAM
+from eventfeed import (
+    DuplicateRequest,
+    EventFeed,
+    Generations,
+    publish_cancel,
+    publish_event,
+    publish_request,
+)
+from messages import Message
+from natsconn import ACK_WAIT, REQUESTS_STREAM, WORKER_CONSUMER
 from plan import Plan
-from tracker import CLOCK_SKEW, Ticket, Tracker, epoch
+from tracker import Ticket, Tracker, epoch
+
+log = logging.getLogger("natsrun")
 
 CANCEL_WAIT = 5.0  # how long the deadline waits for workers to confirm their cancels
 CATCH_UP_WAIT = 10.0  # how long a rerun replays old events before re-publishing
+# The feed starts this long before the first request: servers stamp messages with their own
+# clock. Older events of other generations it reads are dropped by generation, not by time.
+REPLAY_MARGIN = 300.0
+DUPLICATE_TRIES = 3  # generations tried when the server says a new one was already used
+LEASE_MARGIN = 1.0  # beyond a worker's lease before a new owner may destroy or create
+ANNOUNCE_WAIT = 5.0  # how long the end of a run waits for a handover to reach NATS
 
 
 class Link:
@@ -52,13 +72,20 @@ class NatsRun:
         self.deadline_at, self.deadline_reason = deadline_at, deadline_reason
         self.loop = asyncio.get_running_loop()
         self.request_seqs: dict[str, int] = {}
+        self.ack_wait = ACK_WAIT  # the workers' lease on a request (the consumer's AckWait)
+        self._announcing: asyncio.Task[None] | None = None
+        self._generations: Generations | None = None
 
     async def run(self, tickets: dict[str, Ticket]) -> str:
         """"finished", "deadline", "stopped", or "lost" (NATS or every worker gone)."""
         js = self.js
-        start = min(epoch(t.requested_at) for t in tickets.values()) - CLOCK_SKEW
+        with contextlib.suppress(*NATS_ERRORS):  # no consumer yet: the workers' default
+            info = await js.consumer_info(REQUESTS_STREAM, WORKER_CONSUMER)
+            self.ack_wait = info.config.ack_wait or ACK_WAIT
+        tickets = await self._new_generations(tickets)
+        start = min(epoch(t.requested_at) for t in tickets.values()) - REPLAY_MARGIN
         feed = EventFeed(js, self.tracker.sink, start=datetime.fromtimestamp(start).astimezone(),
-                         deployment_id=self.plan.deployment_id)
+                         deployment_id=self.plan.deployment_id, by_event_time=False)
         feed_task = asyncio.create_task(feed.run(), name="event-feed")
         try:
             if not all(t.fresh for t in tickets.values()):  # replay what happened meanwhile
@@ -71,14 +98,45 @@ class NatsRun:
         finally:
             await feed.stop(feed_task)
 
+    async def _new_generations(self, tickets: dict[str, Ticket]) -> dict[str, Ticket]:
+        """Fresh tickets past every generation recorded in NATS (the state file may be gone),
+        before any event is read, so no earlier generation's event is taken for theirs."""
+        try:
+            self._generations = await Generations.open(self.js)
+        except NATS_ERRORS as exc:  # then only a duplicate ack tells a generation was used
+            log.warning("cannot open the generations bucket (%r)", exc)
+        return {name: await self._next_generation(name, ticket, ticket.generation)
+                if ticket.fresh else ticket for name, ticket in tickets.items()}
+
+    async def _next_generation(self, name: str, ticket: Ticket, at_least: int) -> Ticket:
+        """A fresh ticket with a generation never requested (as far as the bucket knows)."""
+        generation = at_least
+        if self._generations is not None:
+            try:
+                generation = await self._generations.reserve(self.plan.deployment_id, name,
+                                                             at_least)
+            except NATS_ERRORS as exc:
+                log.warning("cannot reserve a generation of %s (%r)", name, exc)
+        if generation != ticket.generation:
+            ticket = Ticket(generation, ticket.requested_at, fresh=True)
+            self.tracker.renumber(name, ticket)
+        return ticket
+
     async def _publish(self, js: JetStreamContext, tickets: dict[str, Ticket]) -> bool:
         for name, ticket in tickets.items():
-            failing_since = None
+            failing_since, tries = None, 0
             while name not in self.request_seqs:
                 try:
                     self.request_seqs[name] = await publish_request(
                         js, self.plan.spec(name), deployment_id=self.plan.deployment_id,
-                        generation=ticket.generation)
+                        generation=ticket.generation, fresh=ticket.fresh)
+                except DuplicateRequest as exc:
+                    tries += 1
+                    if tries >= DUPLICATE_TRIES:
+                        await self.tracker.fail(name, "DuplicateRequest", f"{exc} (tried "
+                                                f"{tries} generations)")
+                        break
+                    ticket = await self._next_generation(name, ticket, ticket.generation + 1)
                 except NATS_ERRORS:
                     failing_since = failing_since or self.loop.time()
                     if self.loop.time() - failing_since > self.grace:
@@ -118,7 +176,8 @@ class NatsRun:
         for name in left if reachable else []:
             with contextlib.suppress(*NATS_ERRORS):
                 await publish_cancel(js, deployment_id=self.plan.deployment_id, vm_name=name,
-                                     reason=reason)
+                                     reason=reason,
+                                     generation=self.tracker.view.vms[name].generation)
         waited = self.loop.time() + (CANCEL_WAIT if reachable else 0.0)
         while self.tracker.unfinished() and self.loop.time() < waited:
             self.tracker.changed.clear()
@@ -130,3 +189,36 @@ class NatsRun:
             if name in self.request_seqs:
                 with contextlib.suppress(Exception):
                     await js.delete_msg(REQUESTS_STREAM, self.request_seqs[name])
+
+    async def hand_over(self, owner: str) -> float:
+        """Give the unfinished VMs to `owner` (the legacy poller): a cancel naming it per VM,
+        applied at once and published in the background until NATS answers. Returns the loop
+        time from which `owner` may create or delete: when every worker's lease has lapsed
+        (at once for embedded workers, which the caller stops)."""
+        reason = f"NATS lost for more than {self.grace:g} s; {owner} drives it now"
+        cancels = [await self.tracker.hand_over(name, owner, reason)
+                   for name in self.tracker.unfinished()]
+        if self.runtime is not None:
+            return self.loop.time()
+        self._announcing = asyncio.create_task(self._announce(cancels), name="hand-over")
+        lost_at = self.link.lost_at if self.link.lost_at is not None else self.loop.time()
+        return lost_at + self.ack_wait + LEASE_MARGIN
+
+    async def _announce(self, cancels: list[Message]) -> None:
+        for message in cancels:
+            while True:
+                try:
+                    await publish_event(self.js, message)
+                    break
+                except NATS_ERRORS:
+                    await asyncio.sleep(0.5)
+        log.info("workers told that %d VMs are driven by the poller now", len(cancels))
+
+    async def close(self) -> None:
+        """The run is over: let a handover reach NATS if it is back, then stop announcing."""
+        if self._announcing is None:
+            return
+        if self.link.lost_at is None:
+            await asyncio.wait({self._announcing}, timeout=ANNOUNCE_WAIT)
+        self._announcing.cancel()
+        await asyncio.gather(self._announcing, return_exceptions=True)

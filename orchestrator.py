@@ -140,7 +140,9 @@ def cli() -> None:
 @click.option("--require-nats", is_flag=True,
               help="Exit 3 instead of falling back to legacy polling when NATS is missing.")
 @click.option("--nats-grace", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              help="Seconds NATS may be lost mid-run before the rest is done by polling.")
+              help="Seconds NATS may be lost mid-run before the rest is done by polling "
+                   "(which creates or deletes nothing until the workers' leases, their "
+                   "AckWait, have lapsed).")
 @click.option("--legacy-poll", is_flag=True,
               help="No NATS: one az vm create per VM, polled with az vm list (legacy mode).")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,

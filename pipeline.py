@@ -16,6 +16,7 @@ from enum import StrEnum
 
 from attempts import after_failure, remove_vm
 from azcli import AzCli, AzError, FailureKind
+from lease import OPEN, Fence
 from messages import (
     CloudInitComplete,
     Complete,
@@ -49,11 +50,13 @@ class LaunchResult:
 
 
 class Reporter:
-    """Builds this VM's events with stable ids, so a re-sent event is a duplicate."""
+    """Builds this VM's events with stable ids, so a re-sent event is a duplicate; each
+    carries the generation of the request it serves."""
 
     def __init__(self, emit: Emit, *, deployment_id: str, vm_name: str, source: str,
-                 id_seed: str) -> None:
+                 id_seed: str, generation: int = 0) -> None:
         self._emit = emit
+        self.generation = generation
         self.deployment_id = deployment_id
         self.vm_name = vm_name
         self.source = source
@@ -63,7 +66,7 @@ class Reporter:
     async def send(self, payload: Payload, *, attempt: int) -> None:
         await self._emit(Message(
             deployment_id=self.deployment_id, vm_name=self.vm_name, payload=payload,
-            attempt=attempt, source=self.source,
+            attempt=attempt, generation=self.generation, source=self.source,
             event_id=stable_event_id(self._id_seed, next(self._seq)),
         ))
 
@@ -114,14 +117,17 @@ async def report_created(report: Reporter, vm: dict, *, spec: VMSpec, attempt: i
 
 
 class Launch:
-    """Creates and verifies one VM, retrying on its own up to `max_attempts`.
+    """Creates and verifies one VM, retrying on its own up to `max_attempts`; raises
+    Fenced, having neither created nor deleted, once `fence` says it lost the VM.
 
     `adopt_untagged` (a launcher option, never a request field) lets it adopt a VM of that
     name that carries no deployment tag; it never deletes one."""
 
     def __init__(self, spec: VMSpec, *, az: AzCli, report: Reporter,
-                 private_key: str | None = None, adopt_untagged: bool = False) -> None:
+                 private_key: str | None = None, adopt_untagged: bool = False,
+                 fence: Fence = OPEN) -> None:
         self.original = spec
+        self.fence = fence
         self.az = az
         self.report = report
         self.private_key = private_key
@@ -147,7 +153,8 @@ class Launch:
             if error is None:
                 return LaunchResult(Outcome.READY, attempt)
             retry = await after_failure(error, az=self.az, report=self.report, spec=spec,
-                                        original=self.original, attempt=attempt)
+                                        original=self.original, attempt=attempt,
+                                        fence=self.fence)
             if retry is None:
                 return LaunchResult(Outcome.FAILED, attempt, error)
             spec = retry.spec
@@ -194,7 +201,7 @@ class Launch:
             return await self._wait_in_flight(spec, attempt)
         await self.report.status("deleting", f"found {spec.name} {seen.state}; removing it "
                                  "before creating", attempt=attempt, spec=spec)
-        removed = await remove_vm(self.az, spec)
+        removed = await remove_vm(self.az, spec, fence=self.fence)
         if not removed.ok:
             return removed.error
         return await self._create(spec, attempt)
@@ -203,6 +210,8 @@ class Launch:
         where = f"zone {spec.zone}" if spec.zone else "no zone"
         await self.report.status("creating", f"az vm create {spec.name} ({spec.size}, {where})",
                                  attempt=attempt, spec=spec)
+        # Checked last: reporting may have waited long for NATS, and the lease with it.
+        await self.fence.allow("create", spec.name)
         created = await self.az.create_vm(spec, deployment_id=self.report.deployment_id,
                                           timeout=spec.create_timeout)
         if created.ok and isinstance(created.data, dict):

@@ -45,6 +45,9 @@ log = logging.getLogger("streams")
 RELEASES_BUCKET = "VM_RELEASES"
 RELEASES_STREAM = f"KV_{RELEASES_BUCKET}"
 RELEASES_MAX_AGE = EVENTS_MAX_AGE
+# The last request generation per VM (key `<deployment>.<vm>`): it outlives state files, so
+# a rerun after `rm state/*` still takes a generation never used. Kept for ever.
+GENERATIONS_BUCKET = "VM_GENERATIONS"
 
 
 class StreamMismatch(Exception):
@@ -62,14 +65,18 @@ def _stream_configs() -> list[StreamConfig]:
             name=EVENTS_STREAM, subjects=[s.value for s in EVENT_SUBJECTS],
             retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
             max_age=EVENTS_MAX_AGE, discard=DiscardPolicy.OLD, duplicate_window=120.0),
-        # The KV bucket RELEASES_BUCKET, laid out as nats-py's create_key_value does.
-        StreamConfig(
-            name=RELEASES_STREAM, subjects=[f"$KV.{RELEASES_BUCKET}.>"],
-            retention=RetentionPolicy.LIMITS, storage=StorageType.FILE,
-            max_msgs_per_subject=1, max_age=RELEASES_MAX_AGE, discard=DiscardPolicy.NEW,
-            allow_rollup_hdrs=True, deny_delete=True, allow_direct=True,
-            duplicate_window=120.0),
+        _kv_config(RELEASES_BUCKET, max_age=RELEASES_MAX_AGE),
+        _kv_config(GENERATIONS_BUCKET, max_age=None),
     ]
+
+
+def _kv_config(bucket: str, *, max_age: float | None) -> StreamConfig:
+    """A KV bucket's stream, laid out as nats-py's create_key_value does (history 1)."""
+    return StreamConfig(
+        name=f"KV_{bucket}", subjects=[f"$KV.{bucket}.>"], retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE, max_msgs_per_subject=1, max_age=max_age,
+        discard=DiscardPolicy.NEW, allow_rollup_hdrs=True, deny_delete=True,
+        allow_direct=True, duplicate_window=120.0)
 
 
 async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -> None:

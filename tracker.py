@@ -1,10 +1,12 @@
 """Where every event of a deployment goes: the reducer, the state files, the display.
 
-The NATS path and the legacy poller both hand their events to `Tracker.sink`. On a rerun
-the events stream is read again from when each unfinished VM was requested: an event the
-events file already holds (same `event_id`) rebuilds the progress and the state file but
-is not logged twice; events that arrived while the orchestrator was away are written now. `decide`
-is the resume rule: which VMs are done, in flight (same request generation), or new.
+The NATS path and the legacy poller both hand their events to `Tracker.sink`. Which events
+count is decided by generation, never by clock: each VM follows only the events of the
+request it launched (the reducer drops the others). On a rerun the events stream is read
+again from around when each unfinished VM was requested: an event the events file already
+holds (same `event_id`) rebuilds the progress and the state file but is not logged twice;
+events that arrived while the orchestrator was away are written now. `decide` is the resume
+rule: which VMs are done, in flight (same request generation), or new.
 """
 
 from __future__ import annotations
@@ -16,13 +18,11 @@ from datetime import datetime
 from typing import Any
 
 from display import Display
-from messages import Failed, Message, utc_now_ms
+from messages import Cancel, Failed, Message, utc_now_ms
 from plan import Plan
 from statewriter import StateWriter
-from vmstate import SUCCEEDED, DeploymentView
+from vmstate import ORCHESTRATOR, SUCCEEDED, DeploymentView, VMProgress
 
-# Events of a request may carry a worker's clock a little behind ours.
-CLOCK_SKEW = 2.0
 IN_FLIGHT_STATES = ("Creating", "Deleting", "Succeeded")
 
 
@@ -32,7 +32,7 @@ def epoch(iso: str) -> float:
 
 @dataclass(frozen=True)
 class Ticket:
-    """One VM to launch: its request generation and since when its events count."""
+    """One VM to launch: its request generation and when it was requested."""
 
     generation: int
     requested_at: str  # UTC ISO-8601 with milliseconds
@@ -84,7 +84,7 @@ class Tracker:
         self.writer = writer
         self.display = display
         self.written = written
-        self.since: dict[str, float] = {}
+        self.closed: set[str] = set()  # finished by an earlier run: deaf to every event
         self.changed = asyncio.Event()
 
     def mark_done(self, name: str, entry: Mapping[str, Any]) -> None:
@@ -94,23 +94,29 @@ class Tracker:
         vm.public_ip = str(entry.get("public_ip") or "")
         vm.private_ip = str(entry.get("private_ip") or "")
         vm.detail = "ready (earlier run)"
-        self.since[name] = float("inf")
+        self.closed.add(name)
 
     def launch(self, name: str, ticket: Ticket) -> dict[str, Any]:
-        """Count events from the request time on; a new generation starts a clean entry:
+        """Follow this generation's events only; a new generation starts a clean entry:
         its fields are returned, for the caller to write with its launch event."""
-        self.since[name] = epoch(ticket.requested_at) - CLOCK_SKEW
         if not ticket.fresh:
+            self.view.vms[name].generation = ticket.generation
             return {}
+        self.view.vms[name] = VMProgress(name, generation=ticket.generation)
         return {"public_ip": "", "private_ip": "", "state": "Creating",
                 "generation": ticket.generation, "requested_at": ticket.requested_at,
                 "verified": False, "last_error": ""}
 
+    def renumber(self, name: str, ticket: Ticket) -> None:
+        """A fresh ticket moved to a generation never used before: follow and record it."""
+        self.writer.record(name, self.launch(name, ticket), [(
+            "vm_generation_changed", f"VM {name}: request generation {ticket.generation} "
+            "(the earlier ones were already used)")])
+
     async def sink(self, message: Message) -> None:
         """The one entry of events: the NATS feed, the legacy poller, the deadline."""
-        since = self.since.get(message.vm_name)
-        if since is not None and epoch(message.time) < since:
-            return  # an earlier generation's (or an earlier run's) event
+        if message.vm_name in self.closed:
+            return
         change = self.view.apply(message)
         if change is None:
             return
@@ -134,10 +140,18 @@ class Tracker:
         """Mark a VM finally failed by the orchestrator itself (deadline, no workers)."""
         vm = self.view.vms[name]
         await self.sink(Message(
-            deployment_id=self.plan.deployment_id, vm_name=name, source="orchestrator",
-            attempt=vm.attempt, payload=Failed(error_code=code, message=reason,
-                                               retryable=True, attempts=vm.attempt,
-                                               final=True, zone=vm.zone, size=vm.size)))
+            deployment_id=self.plan.deployment_id, vm_name=name, source=ORCHESTRATOR,
+            attempt=vm.attempt, generation=vm.generation,
+            payload=Failed(error_code=code, message=reason, retryable=True, attempts=vm.attempt,
+                           final=True, zone=vm.zone, size=vm.size)))
+
+    async def hand_over(self, name: str, owner: str, reason: str) -> Message:
+        """The cancel that gives a VM to `owner`, applied here first; publish it for workers."""
+        cancel = Message(deployment_id=self.plan.deployment_id, vm_name=name,
+                         source=ORCHESTRATOR, generation=self.view.vms[name].generation,
+                         payload=Cancel(reason=reason, owner=owner))
+        await self.sink(cancel)
+        return cancel
 
     def note(self, action: str, text: str, *, show: bool = True,
              vm_states: dict[str, dict[str, Any]] | None = None) -> None:

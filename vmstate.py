@@ -4,7 +4,9 @@ One place decides what an event means for a VM, for the state file and for the e
 file, whichever path produced it (NATS worker, manual launch, legacy poller). It is
 pure: `apply` returns what to write, the caller writes it. Duplicates (same event_id)
 and events of other deployments change nothing, so replaying the events stream
-rebuilds the same state.
+rebuilds the same state. Once a VM has a generation (the request being served), events of
+another generation change nothing either, whatever their clock says; once a cancel named a
+new owner, only that owner's (and the orchestrator's) events count.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from messages import (
 )
 from vmspec import VMSpec
 
+ORCHESTRATOR = "orchestrator"  # the source of the orchestrator's own events
 # Values of `vm_states.<vm>.state`, as the bash scripts know them.
 CREATING, SUCCEEDED, FAILED, DELETING, DELETED = (
     "Creating", "Succeeded", "Failed", "Deleting", "Deleted")
@@ -48,6 +51,8 @@ class VMProgress:
     ready: bool = False
     failed: bool = False
     worker: str = ""
+    generation: int = 0  # of the current request; 0: any (no request made by this view)
+    owner: str = ""  # set by a cancel that hands the VM over (e.g. to the legacy poller)
 
     @property
     def finished(self) -> bool:
@@ -83,7 +88,7 @@ class DeploymentView:
         if not message.vm_name:
             return self._deployment_wide(message)
         vm = self.vms.get(message.vm_name)
-        if vm is None:
+        if vm is None or not self._current(vm, message):
             return None
         if message.source:
             vm.worker = message.source
@@ -92,6 +97,14 @@ class DeploymentView:
             # A redelivered request re-adopts a ready VM and says so again: no transition.
             return Change()
         return _REDUCERS[type(message.payload)](self, vm, message)
+
+    @staticmethod
+    def _current(vm: VMProgress, message: Message) -> bool:
+        """Of the VM's generation (0 on either side: a 1.0 writer, or no request known) and,
+        after a handover, from its new owner."""
+        if vm.generation and message.generation and message.generation != vm.generation:
+            return False
+        return not vm.owner or message.source in (vm.owner, ORCHESTRATOR)
 
     def _deployment_wide(self, message: Message) -> Change | None:
         payload = message.payload
@@ -184,6 +197,14 @@ class DeploymentView:
     def _ignore(self, vm: VMProgress, message: Message) -> Change:
         return Change()
 
+    def _cancel(self, vm: VMProgress, message: Message) -> Change:
+        cancel: Cancel = message.payload  # type: ignore[assignment]
+        if not cancel.owner:
+            return Change()  # the worker's `cancelled` status follows
+        vm.owner = cancel.owner
+        return Change(log=[("vm_owner_changed",
+                            f"VM {vm.name} is driven by {cancel.owner} now: {cancel.reason}")])
+
     def _ready_log(self, vm: VMProgress) -> list[tuple[str, str]]:
         spec = self.specs[vm.name]
         if vm.ready or vm.failed or vm.state != SUCCEEDED:
@@ -229,5 +250,5 @@ _REDUCERS = {
     Failed: DeploymentView._failed,
     CreateRequest: DeploymentView._ignore,
     DeadLetter: DeploymentView._dead_letter,
-    Cancel: DeploymentView._ignore,
+    Cancel: DeploymentView._cancel,
 }

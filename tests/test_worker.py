@@ -25,6 +25,7 @@ from workerkit import (
 )
 
 from messages import (
+    SCHEMA,
     CloudInitComplete,
     Complete,
     DeadLetter,
@@ -190,7 +191,7 @@ async def test_a_hung_create_is_killed_at_its_timeout_and_retried(nats_server, a
 async def test_unreadable_requests_are_dead_lettered_and_the_worker_keeps_serving(
         nats_server, az_sim, tmp_path):
     newer = encode(secret_request("vm-new")).replace(
-        b'"azure-vm-launch/1.0"', b'"azure-vm-launch/2.0"')
+        f'"{SCHEMA}"'.encode(), b'"azure-vm-launch/2.0"')
     async with Bus(nats_server.url) as bus, running(nats_server.url, az_sim, tmp_path) as w:
         w.start("w1")
         await bus.publish_raw(b"\x00garbage, not json")

@@ -1,0 +1,84 @@
+"""One owner per VM: whether a launcher may still create or delete the VM it drives.
+
+The pipeline awaits `fence.allow(action, vm)` before every `az vm create` and every delete;
+that call is the only ownership check. A worker's fence is its `Lease` on the request: the
+request's AckWait from delivery, renewed only by in-progress heartbeats the server
+confirmed (a flush), and void for good once it has lapsed or a cancel (e.g. one naming a
+new owner) is known; the server gives a lapsed request to someone else, so acting on it
+could make two launchers drive one VM. The legacy poller's fence is a `Handover`: after a
+fallback from NATS it waits until every worker's lease has lapsed before it destroys or
+creates anything (observing and adopting need no fence).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+
+class Fenced(Exception):
+    """This launcher no longer owns the VM: it must neither create nor delete it."""
+
+
+class Fence:
+    """Always allows: a launcher that is the only possible owner (e.g. `launch` by hand)."""
+
+    async def allow(self, action: str, vm: str) -> None:
+        return None
+
+    def open_now(self) -> bool:
+        """Whether `allow` would let a create or delete through without waiting."""
+        return True
+
+
+OPEN = Fence()
+POLLER = "legacy-poller"  # the owner of the VMs handed over after a fallback from NATS
+
+
+class Lease(Fence):
+    """A worker's hold on one request. `cancelled` gives the reason when a cancel for it
+    is known (None otherwise)."""
+
+    def __init__(self, ttl: float, *, cancelled: Callable[[], str | None] = lambda: None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl, self._cancelled, self._clock = ttl, cancelled, clock
+        self.expires_at = clock() + ttl
+        self.lapsed = False
+
+    def renew(self, sent_at: float) -> None:
+        """A heartbeat sent at `sent_at` (clock time) was confirmed by the server."""
+        if not self._expired():
+            self.expires_at = max(self.expires_at, sent_at + self.ttl)
+
+    def _expired(self) -> bool:
+        # Final: once lapsed, the server may have handed the request to another owner.
+        self.lapsed = self.lapsed or self._clock() >= self.expires_at
+        return self.lapsed
+
+    def open_now(self) -> bool:
+        return self._cancelled() is None and not self._expired()
+
+    async def allow(self, action: str, vm: str) -> None:
+        reason = self._cancelled()
+        if reason is not None:
+            raise Fenced(f"not allowed to {action} {vm}: cancelled ({reason})")
+        if self._expired():
+            raise Fenced(f"not allowed to {action} {vm}: the lease on its request lapsed "
+                         f"(no heartbeat confirmed for {self.ttl:g} s)")
+
+
+class Handover(Fence):
+    """The poller's fence after a fallback: nothing destructive before `at` (loop time),
+    when the last lease a worker could hold has lapsed."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def open_now(self) -> bool:
+        return asyncio.get_running_loop().time() >= self.at
+
+    async def allow(self, action: str, vm: str) -> None:
+        wait = self.at - asyncio.get_running_loop().time()
+        if wait > 0:
+            await asyncio.sleep(wait)

@@ -1,0 +1,230 @@
+"""The parts of "one owner per VM", each on its own: the envelope's generation, the reducer's
+generation and owner filters, the worker's lease, the pipeline stopping at the fence before
+a create or a delete, the poller's handover wait, and a duplicate ack of a new request.
+Real `az` simulator and nats-server wherever a call is made."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import AzSim
+
+from azcli import AzCli
+from eventfeed import DuplicateRequest, Generations, publish_request
+from lease import Fenced, Lease
+from legacy import run_legacy
+from messages import Cancel, Complete, Message, Status, decode, encode
+from natsconn import ensure_streams
+from pipeline import Launch, Reporter
+from plan import Plan
+from vmspec import VMSpec
+from vmstate import DeploymentView
+
+pytestmark = pytest.mark.timeout(60)
+
+DEPLOYMENT = "dep-fence"
+RG = "rg-test"
+
+
+def vm_spec(name: str = "vm-1") -> VMSpec:
+    return VMSpec(name=name, resource_group=RG, image="Debian12", location="westus2",
+                  zone="1", verify_ssh=False, verify_cloud_init=False, retry_backoff=0.05,
+                  create_timeout=20.0)
+
+
+@pytest.fixture
+def sim(az_sim: AzSim, monkeypatch: pytest.MonkeyPatch) -> AzSim:
+    """The simulator as `az` for an AzCli made in this process."""
+    for key in ("AZ_CLI", "AZ_SIM_STATE", "AZ_SIM_SCENARIO"):
+        monkeypatch.setenv(key, az_sim.env[key])
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return az_sim
+
+
+def event(payload: object, *, generation: int, source: str = "w1") -> Message:
+    return Message(deployment_id=DEPLOYMENT, vm_name="vm-1", payload=payload,  # type: ignore[arg-type]
+                   attempt=1, generation=generation, source=source)
+
+
+CREATING = Status(state="creating", detail="az vm create")
+DONE = Complete(public_ip="20.0.0.1", private_ip="10.0.0.4", vm_id="id", duration_seconds=1.0)
+
+
+# --- the envelope -------------------------------------------------------------------------
+
+def test_the_generation_travels_in_the_envelope_and_a_1_0_message_reads_as_0():
+    message = event(CREATING, generation=7)
+    assert decode(encode(message)).generation == 7
+    body = json.loads(encode(message))
+    del body["generation"]
+    body["schema"] = "azure-vm-launch/1.0"
+    assert decode(json.dumps(body).encode()).generation == 0
+
+
+def test_a_negative_generation_is_refused():
+    body = {**json.loads(encode(event(CREATING, generation=1))), "generation": -1}
+    with pytest.raises(ValueError, match="generation: must not be negative"):
+        decode(json.dumps(body).encode())
+
+
+# --- the reducer --------------------------------------------------------------------------
+
+def test_events_of_another_generation_change_nothing_whatever_their_time():
+    view = DeploymentView(DEPLOYMENT, [vm_spec()])
+    view.vms["vm-1"].generation = 2
+    old = Message(deployment_id=DEPLOYMENT, vm_name="vm-1", payload=DONE, attempt=1,
+                  generation=1, source="w1", time="2999-01-01T00:00:00.000Z")
+    assert view.apply(old) is None
+    behind = Message(deployment_id=DEPLOYMENT, vm_name="vm-1", payload=DONE, attempt=1,
+                     generation=2, source="w1", time="2000-01-01T00:00:00.000Z")
+    assert view.apply(behind) is not None
+    assert view.vms["vm-1"].ready
+
+
+def test_after_a_handover_only_the_new_owners_events_count():
+    view = DeploymentView(DEPLOYMENT, [vm_spec()])
+    view.vms["vm-1"].generation = 1
+    change = view.apply(event(Cancel(reason="NATS lost", owner="legacy-poller"), generation=1,
+                              source="orchestrator"))
+    assert change is not None and change.log[0][0] == "vm_owner_changed"
+    assert view.apply(event(Status(state="cancelled", detail="cancelled: NATS lost"),
+                            generation=1)) is None
+    assert not view.vms["vm-1"].failed
+    assert view.apply(event(DONE, generation=1, source="legacy-poller")) is not None
+    assert view.vms["vm-1"].ready
+
+
+# --- the worker's lease -------------------------------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_lease_is_renewed_by_confirmed_heartbeats_and_lapses_for_good():
+    clock = Clock()
+    lease = Lease(3.0, clock=clock)
+    clock.now = 102.0
+    lease.renew(sent_at=102.0)  # good until 105
+    clock.now = 104.5
+    await lease.allow("create", "vm-1")
+    clock.now = 105.0
+    with pytest.raises(Fenced, match="lapsed"):
+        await lease.allow("create", "vm-1")
+    lease.renew(sent_at=105.0)  # too late: the server may have given the request away
+    with pytest.raises(Fenced):
+        await lease.allow("delete", "vm-1")
+
+
+async def test_a_known_cancel_fences_a_lease_at_once():
+    lease = Lease(30.0, cancelled=lambda: "legacy-poller drives it now")
+    with pytest.raises(Fenced, match="legacy-poller drives it now"):
+        await lease.allow("delete", "vm-1")
+
+
+# --- the pipeline at the fence --------------------------------------------------------------
+
+async def fenced_launch(sim: AzSim) -> list[Message]:
+    events: list[Message] = []
+
+    async def emit(message: Message) -> None:
+        events.append(message)
+
+    report = Reporter(emit, deployment_id=DEPLOYMENT, vm_name="vm-1", source="w1",
+                      id_seed="seed", generation=4)
+    lapsed = Lease(0.0)
+    with pytest.raises(Fenced):
+        await Launch(vm_spec(), az=AzCli(), report=report, fence=lapsed).run()
+    return events
+
+
+async def test_a_launch_without_its_lease_does_not_create(sim: AzSim):
+    events = await fenced_launch(sim)
+
+    assert "vm create" not in sim.state()["calls"]
+    assert {e.generation for e in events} == {4}  # every event carries the request's
+
+
+async def test_a_launch_without_its_lease_does_not_delete_a_failed_vm(sim: AzSim):
+    sim.scenario({"time_scale": 0.01, "vms": [{"match": "vm-1", "fail": "InternalServerError"}]})
+    sim.az("vm", "create", "-g", RG, "-n", "vm-1", "--image", "Debian12", "--zone", "1",
+           check=False)
+    assert sim.state()["vms"]["vm-1"]["provisioningState"] == "Failed"
+
+    await fenced_launch(sim)
+
+    assert "vm delete" not in sim.state()["calls"]
+    assert sim.state()["vms"]["vm-1"]["provisioningState"] == "Failed"
+
+
+# --- the poller's handover ------------------------------------------------------------------
+
+async def test_the_poller_creates_nothing_before_the_handover(sim: AzSim):
+    plan = Plan(deployment_id=DEPLOYMENT, resource_group=RG, vms=[vm_spec()])
+    events: list[Message] = []
+    loop = asyncio.get_running_loop()
+
+    async def sink(message: Message) -> None:
+        events.append(message)
+
+    started = loop.time()
+    created_at: list[float] = []
+
+    async def watch() -> None:
+        while not created_at:
+            if "vm-1" in sim.state()["vms"]:
+                created_at.append(loop.time())
+            await asyncio.sleep(0.1)
+
+    watcher = asyncio.create_task(watch())
+    await run_legacy(plan, az=AzCli(), sink=sink, poll_interval=0.2, concurrency=2,
+                     private_key=None, deadline=started + 40, handover_at=started + 3.0,
+                     generations={"vm-1": 5})
+    await asyncio.wait_for(watcher, 5)
+
+    assert created_at[0] >= started + 3.0
+    assert any(isinstance(e.payload, Complete) for e in events)
+    assert {e.generation for e in events} == {5}
+
+
+# --- generations on the bus -----------------------------------------------------------------
+
+async def test_a_duplicate_ack_of_a_new_request_is_an_error(nats_server):
+    import nats
+
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        await publish_request(js, vm_spec(), deployment_id=DEPLOYMENT, generation=1)
+        # Resuming: the duplicate is the expected answer.
+        await publish_request(js, vm_spec(), deployment_id=DEPLOYMENT, generation=1,
+                              fresh=False)
+        with pytest.raises(DuplicateRequest, match="generation 1 of vm-1"):
+            await publish_request(js, vm_spec(), deployment_id=DEPLOYMENT, generation=1)
+    finally:
+        await nc.close()
+
+
+async def test_generations_are_reserved_past_every_one_used(nats_server):
+    import nats
+
+    nc = await nats.connect(nats_server.url)
+    try:
+        await ensure_streams(nc.jetstream())
+        store = await Generations.open(nc.jetstream())
+        assert await store.reserve(DEPLOYMENT, "vm-1", 1) == 1
+        assert await store.reserve(DEPLOYMENT, "vm-1", 1) == 2  # a state file lost meanwhile
+        assert await store.reserve(DEPLOYMENT, "vm-1", 7) == 7  # a state file ahead of it
+        again = await Generations.open(nc.jetstream())
+        assert await again.reserve(DEPLOYMENT, "vm-1", 1) == 8
+    finally:
+        await nc.close()

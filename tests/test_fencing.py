@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from conftest import AzSim
 
-from azcli import AzCli
+from azcli import TAG_DEPLOYMENT, AzCli
 from eventfeed import DuplicateRequest, Generations, publish_request
 from lease import Fenced, Lease
 from legacy import run_legacy
 from messages import Cancel, Complete, Message, Status, decode, encode
-from natsconn import ensure_streams
 from pipeline import Launch, Reporter
 from plan import Plan
+from streams import ensure_streams
 from vmspec import VMSpec
 from vmstate import DeploymentView
 
@@ -156,7 +156,7 @@ async def test_a_launch_without_its_lease_does_not_create(sim: AzSim):
 async def test_a_launch_without_its_lease_does_not_delete_a_failed_vm(sim: AzSim):
     sim.scenario({"time_scale": 0.01, "vms": [{"match": "vm-1", "fail": "InternalServerError"}]})
     sim.az("vm", "create", "-g", RG, "-n", "vm-1", "--image", "Debian12", "--zone", "1",
-           check=False)
+           "--tags", f"{TAG_DEPLOYMENT}={DEPLOYMENT}", check=False)  # ours, so deletable
     assert sim.state()["vms"]["vm-1"]["provisioningState"] == "Failed"
 
     await fenced_launch(sim)

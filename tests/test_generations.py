@@ -27,7 +27,8 @@ from nats.js.errors import NotFoundError
 from workerkit import Bus, RestartableNats, running
 
 from messages import Complete, Failed, Message, Payload, Status, decode, encode
-from natsconn import REQUESTS_STREAM, WORKER_CONSUMER, ensure_streams, ensure_worker_consumer
+from natsconn import REQUESTS_STREAM, WORKER_CONSUMER
+from streams import ensure_streams, ensure_worker_consumer
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -26,12 +26,12 @@ import customdata
 from azcli import TAG_DEPLOYMENT, AzCli
 from display import Display
 from embedded import EmbeddedRuntime, WorkerOptions
-from eventfeed import close_quietly
 from lease import POLLER
 from natsconn import (
     NatsSettings,
     NatsUnavailable,
     NatsUnreachable,
+    close_quietly,
     connect,
     nats_server_binary,
 )

@@ -19,7 +19,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
-from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -219,15 +218,3 @@ class EventFeed:
         if name is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.js.delete_consumer(EVENTS_STREAM, name), 1.0)
-
-
-async def close_quietly(nc: Client, *, patience: float = 3.0) -> None:
-    """Close a NATS client without ever hanging or raising (the server may be gone)."""
-    if nc.is_closed:
-        return
-    closing = asyncio.create_task(nc.close())
-    await asyncio.wait({closing}, timeout=patience)
-    if not closing.done():
-        closing.cancel()
-    elif not closing.cancelled() and closing.exception() is not None:
-        log.debug("closing NATS: %r", closing.exception())

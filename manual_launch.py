@@ -18,9 +18,8 @@ from pathlib import Path
 import customdata
 from azcli import AzCli
 from eventbus import Publisher, progress_line
-from eventfeed import close_quietly
 from messages import Message, encode, new_event_id
-from natsconn import NatsSettings, NatsUnavailable, NatsUnreachable, connect
+from natsconn import NatsSettings, NatsUnavailable, NatsUnreachable, close_quietly, connect
 from pipeline import Launch, Outcome, Reporter
 from statefile import StateFileError, load_state
 from statewriter import StateWriter, WriteFailed

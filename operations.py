@@ -24,10 +24,10 @@ from azcli import AzCli
 from display import format_table
 from embedded import EmbeddedNats, embedded_client
 from eventbus import NATS_ERRORS, describe
-from eventfeed import EventFeed, close_quietly
+from eventfeed import EventFeed
 from messages import Message, encode
 from natsauth import write_embedded_auth
-from natsconn import NatsSettings, NatsUnavailable, connect
+from natsconn import NatsSettings, NatsUnavailable, close_quietly, connect
 from plan import Plan
 from statefile import LoadedState, StateFileError, load_state
 from statewriter import StateWriter, WriteFailed

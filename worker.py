@@ -35,7 +35,7 @@ from azcli import AzCli
 from eventbus import NATS_ERRORS, CancelMemory, Publisher
 from jobrunner import Job, JobRunner
 from messages import Cancel, MessageError, Subject, decode
-from natsconn import ACK_WAIT, WORKER_CONSUMER, NatsSettings, connect
+from natsconn import ACK_WAIT, WORKER_CONSUMER, NatsSettings, close_quietly, connect
 from speccheck import allow_list_problems
 from streams import RELEASES_BUCKET, consumer_exists, worker_subscription
 
@@ -169,7 +169,7 @@ class Worker:
         if self._nc is not None and not self._nc.is_closed:
             with contextlib.suppress(*NATS_ERRORS):
                 await self._nc.flush(timeout=2)
-            await self._nc.close()
+            await close_quietly(self._nc)  # the server may be gone or restarting
         log.info("worker %s stopped (%s)", self.worker_id, json.dumps(self.stats()))
 
     def hurry(self) -> None:

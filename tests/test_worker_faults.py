@@ -8,7 +8,7 @@ import signal
 import pytest
 from conftest import async_wait_until
 from hostile import PUBLISHABLE
-from workerkit import Bus, no_orphans, running, spec
+from workerkit import Bus, RestartableNats, no_orphans, running, spec
 
 from messages import Complete, DeadLetter, Status
 from natsconn import REQUESTS_STREAM, WORKER_CONSUMER
@@ -124,3 +124,25 @@ async def test_sighup_stops_a_worker_gracefully_like_sigterm(nats_server, az_sim
         w.start("heir")
         await bus.wait_for(lambda: bus.of("vm-hup", Complete), timeout=30)
         assert az_sim.state()["create_counts"] == {"vm-hup": 1}
+
+
+@pytest.mark.parametrize("server_back", [False, True], ids=["server-gone", "server-restarting"])
+async def test_a_worker_stopping_while_nats_is_away_exits_0_without_a_traceback(
+        az_sim, tmp_path, server_back):
+    az_sim.scenario({"time_scale": 0.01, "defaults": {"create_seconds": 300}})
+    server = RestartableNats(tmp_path / "nats")
+    server.start()
+    try:
+        async with running(server.url, az_sim, tmp_path) as w:
+            async with Bus(server.url) as bus:
+                w.start("w1", "--grace", "0")
+                await bus.request(spec("vm-away"))
+                await bus.wait_for_event("vm-away", "creating")
+            server.stop()
+            w.signal("w1", signal.SIGTERM)
+            if server_back:
+                server.start()
+            assert await w.wait_exit("w1", timeout=30) == 0
+            assert "Traceback" not in w.log("w1")
+    finally:
+        server.stop()

@@ -13,6 +13,7 @@ import contextlib
 import json
 import re
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from statefile import LoadedState, StateFileError, load_state
 from statewriter import StateWriter, WriteFailed
 from stopsignals import on_stop_signals
 from streams import StreamMismatch, prepare_streams
+from vmlook import look, refusal
 from vmstate import DELETED, DELETING
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_RUN = 0, 1, 2, 3
@@ -189,22 +191,7 @@ async def _reset(plan: Plan, *, az: str | None, state_file: Path, events_file: P
 
         async def delete(name: str) -> bool:
             async with limit:
-                writer.record(name, {"state": DELETING},
-                              [("vm_reset_deletion", f"Deleting VM: {name} (reset)")])
-                _print(f"deleting {name}")
-                gone = await cli.delete_vm(plan.resource_group, name, timeout=RESET_TIMEOUT)
-                if gone.ok:
-                    await cli.delete_public_ip(plan.resource_group, name)
-                    writer.record(name, {"state": DELETED, "public_ip": "", "private_ip": "",
-                                         "verified": False},
-                                  [("vm_reset_deleted", f"Deleted VM: {name} (reset)")])
-                    _print(f"deleted {name}")
-                    return True
-                error = gone.error.message if gone.error else "unknown error"
-                writer.record(name, {"last_error": f"reset: {error}"},
-                              [("vm_reset_failed", f"Could not delete VM: {name}: {error}")])
-                _err(f"error: could not delete {name}: {error}")
-                return False
+                return await _reset_one(cli, writer, plan, name)
 
         results = await asyncio.gather(*(delete(vm.name) for vm in plan.vms))
         left = await _azure_view(cli, plan.resource_group)
@@ -213,6 +200,44 @@ async def _reset(plan: Plan, *, az: str | None, state_file: Path, events_file: P
                             "VMs deleted" + (f"; still present: {', '.join(still)}"
                                              if still else ""))
     return EXIT_OK if all(results) and not still else EXIT_FAILED
+
+
+async def _reset_one(cli: AzCli, writer: StateWriter, plan: Plan, name: str) -> bool:
+    """Delete one VM of the plan, only when a read says it is gone or this deployment's."""
+    if (why := await _not_ours_to_delete(cli, plan, name)) is not None:
+        writer.record(name, {"last_error": f"reset: left in place: {why}"},
+                      [("vm_reset_failed", f"Not deleting VM: {name}: {why}")])
+        _err(f"error: not deleting {name}: {why}")
+        return False
+    writer.record(name, {"state": DELETING},
+                  [("vm_reset_deletion", f"Deleting VM: {name} (reset)")])
+    _print(f"deleting {name}")
+    gone = await cli.delete_vm(plan.resource_group, name, timeout=RESET_TIMEOUT)
+    if gone.ok:
+        await cli.delete_public_ip(plan.resource_group, name)
+        writer.record(name, {"state": DELETED, "public_ip": "", "private_ip": "",
+                             "verified": False},
+                      [("vm_reset_deleted", f"Deleted VM: {name} (reset)")])
+        _print(f"deleted {name}")
+        return True
+    error = gone.error.message if gone.error else "unknown error"
+    writer.record(name, {"last_error": f"reset: {error}"},
+                  [("vm_reset_failed", f"Could not delete VM: {name}: {error}")])
+    _err(f"error: could not delete {name}: {error}")
+    return False
+
+
+async def _not_ours_to_delete(cli: AzCli, plan: Plan, name: str) -> str | None:
+    """Why reset must leave the VM alone: its state could not be read (azure-cli.md §6), or
+    it lacks this deployment's tag. None when it is absent or ours."""
+    seen = await look(cli, plan.spec(name), time.monotonic() + RESET_TIMEOUT)
+    if seen.error is not None:
+        return f"its state could not be read ({seen.error.code}: {seen.error.message})"
+    if seen.absent:
+        return None
+    refused = refusal(seen.data, deployment_id=plan.deployment_id, adopt_untagged=False,
+                      delete=True)
+    return refused.message if refused else None
 
 
 # --- events -----------------------------------------------------------------------------------

@@ -59,6 +59,23 @@ def test_status_events_leaks_and_reset_over_a_deployments_life(tmp_path, az_sim)
     assert [e["action"] for e in events(tmp_path)].count("vm_reset_deletion") == 3
 
 
+def test_reset_deletes_only_this_deployments_vms(tmp_path, az_sim):
+    assert orchestrate(tmp_path, az_sim, *vm_args("vm-1"), *FAST).returncode == 0
+    az_sim.az("vm", "create", "-g", "rg-test", "-n", "vm-2", "--image", "Debian12")
+    az_sim.az("vm", "create", "-g", "rg-test", "-n", "vm-3", "--image", "Debian12",
+              "--tags", "vmlaunch-deployment=someone-else")
+
+    reset = orchestrate(tmp_path, az_sim, "reset", *vm_args("vm-1", "vm-2", "vm-3"),
+                        "--image", "Debian12", "--yes")
+
+    assert reset.returncode == 1
+    assert set(az_sim.state()["vms"]) == {"vm-2", "vm-3"}  # vm-1 (ours) deleted, not the rest
+    assert "not deleting vm-2" in reset.stderr and "without a vmlaunch-deployment tag" in (
+        reset.stderr)
+    assert "not deleting vm-3" in reset.stderr and "someone-else" in reset.stderr
+    assert state(tmp_path)["vm_states"]["vm-1"]["state"] == "Deleted"
+
+
 def test_an_unreachable_nats_with_require_nats_exits_3_and_touches_nothing(tmp_path, az_sim):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -169,50 +169,55 @@ def apply_options(command: F, options: list[Callable[[F], F]]) -> F:
     return command
 
 
+_FILE = click.Path(exists=True, dir_okay=False)
+# Secrets come from files or the environment, never from an option's value (argv is
+# visible to every local user).
+_CONNECTION_OPTIONS = [
+    click.option("--nats-user", envvar="NATS_USER",
+                 help="NATS user (with --nats-password-file or NATS_PASSWORD). "
+                      "[env: NATS_USER]"),
+    click.option("--nats-password-file", type=_FILE, envvar="NATS_PASSWORD_FILE",
+                 help="File holding the NATS password. [env: NATS_PASSWORD_FILE, or "
+                      "the password itself in NATS_PASSWORD]"),
+    click.option("--nats-token-file", type=_FILE, envvar="NATS_TOKEN_FILE",
+                 help="File holding a NATS token. [env: NATS_TOKEN_FILE, or the token "
+                      "itself in NATS_TOKEN]"),
+    click.option("--nats-nkey", type=_FILE, envvar="NATS_NKEY",
+                 help="NKey seed file (SU...). [env: NATS_NKEY]"),
+    click.option("--nats-creds", type=_FILE, envvar="NATS_CREDS",
+                 help="NATS credentials (.creds: user JWT and seed) file. [env: NATS_CREDS]"),
+    click.option("--tls-ca", type=_FILE, envvar="NATS_CA",
+                 help="CA certificate to verify the NATS server with. [env: NATS_CA]"),
+    click.option("--tls-cert", type=_FILE, envvar="NATS_CERT",
+                 help="Client certificate for NATS (mutual TLS). [env: NATS_CERT]"),
+    click.option("--tls-key", type=_FILE, envvar="NATS_KEY",
+                 help="Private key of --tls-cert. [env: NATS_KEY]"),
+    click.option("--tls-hostname", help="Name the NATS server's certificate must carry "
+                 "(when the URL names it by IP address or another name)."),
+    click.option("--nats-connect-timeout", type=click.FloatRange(min=0.1), default=2.0,
+                 show_default=True, help="Seconds to wait for NATS to answer."),
+]
+_REPLICAS_OPTION = click.option(
+    "--replicas", type=click.IntRange(1, 5), default=None,
+    help="Replicas of the streams (3 on a 3-node cluster): of new ones, and of existing "
+         "ones, which are otherwise left as they are. [default: 1 for new streams]")
+_NO_MANAGE_STREAMS_OPTION = click.option(
+    "--no-manage-streams", is_flag=True,
+    help="Never create or change the streams (an admin made them: orchestrator.py "
+         "streams); a missing stream is exit 3.")
+
+
 def nats_options(*, default_url: str | None, url_help: str, replicas: bool = False,
                  manage_streams: bool = False) -> Callable[[F], F]:
     """--nats-url (env NATS_URL), the credential and --tls-* options, --nats-connect-timeout
-    [, --replicas][, --no-manage-streams]. Secrets come from files or the environment,
-    never from an option's value (argv is visible to every local user)."""
-    file = click.Path(exists=True, dir_okay=False)
+    [, --replicas][, --no-manage-streams]."""
     options = [
         click.option("--nats-url", envvar="NATS_URL", default=default_url,
                      show_default=default_url is not None, help=url_help),
-        click.option("--nats-user", envvar="NATS_USER",
-                     help="NATS user (with --nats-password-file or NATS_PASSWORD). "
-                          "[env: NATS_USER]"),
-        click.option("--nats-password-file", type=file, envvar="NATS_PASSWORD_FILE",
-                     help="File holding the NATS password. [env: NATS_PASSWORD_FILE, or "
-                          "the password itself in NATS_PASSWORD]"),
-        click.option("--nats-token-file", type=file, envvar="NATS_TOKEN_FILE",
-                     help="File holding a NATS token. [env: NATS_TOKEN_FILE, or the token "
-                          "itself in NATS_TOKEN]"),
-        click.option("--nats-nkey", type=file, envvar="NATS_NKEY",
-                     help="NKey seed file (SU...). [env: NATS_NKEY]"),
-        click.option("--nats-creds", type=file, envvar="NATS_CREDS",
-                     help="NATS credentials (.creds: user JWT and seed) file. [env: NATS_CREDS]"),
-        click.option("--tls-ca", type=file, envvar="NATS_CA",
-                     help="CA certificate to verify the NATS server with. [env: NATS_CA]"),
-        click.option("--tls-cert", type=file, envvar="NATS_CERT",
-                     help="Client certificate for NATS (mutual TLS). [env: NATS_CERT]"),
-        click.option("--tls-key", type=file, envvar="NATS_KEY",
-                     help="Private key of --tls-cert. [env: NATS_KEY]"),
-        click.option("--tls-hostname", help="Name the NATS server's certificate must carry "
-                     "(when the URL names it by IP address or another name)."),
-        click.option("--nats-connect-timeout", type=click.FloatRange(min=0.1), default=2.0,
-                     show_default=True, help="Seconds to wait for NATS to answer."),
+        *_CONNECTION_OPTIONS,
+        *([_REPLICAS_OPTION] if replicas else []),
+        *([_NO_MANAGE_STREAMS_OPTION] if manage_streams else []),
     ]
-    if replicas:
-        options.append(click.option(
-            "--replicas", type=click.IntRange(1, 5), default=None,
-            help="Replicas of the streams (3 on a 3-node cluster): of new ones, and of "
-                 "existing ones, which are otherwise left as they are. [default: 1 for "
-                 "new streams]"))
-    if manage_streams:
-        options.append(click.option(
-            "--no-manage-streams", is_flag=True,
-            help="Never create or change the streams (an admin made them: "
-                 "orchestrator.py streams); a missing stream is exit 3."))
     return lambda command: apply_options(command, options)
 
 

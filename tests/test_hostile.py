@@ -41,6 +41,8 @@ async def test_hostile_requests_fail_without_an_az_call_and_the_worker_keeps_ser
         "vm-tag": ({}, "dep-1\n--tags", "deployment_id 'dep-1\\n--tags' must be"),
         "vm_under": ({}, "dep-1", "name must be"),
         "vm-image": ({"image": "--custom-data=/etc/shadow"}, "dep-1", "image"),
+        "vm-tagfile": ({"tags": {"x": "@/etc/hostname"}}, "dep-1",  # az would read the file
+                       "tags['x'] '@/etc/hostname' must not start with '@'"),
     }
     async with Bus(nats_server.url) as bus, running(nats_server.url, az_sim, tmp_path) as w:
         w.start("w1")

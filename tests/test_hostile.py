@@ -13,7 +13,7 @@ import yaml
 from conftest import PYTHON, REPO
 from workerkit import Bus, launch_env, running, spec
 
-from messages import Complete, Failed
+from messages import Complete, CreateRequest, Failed, Message, encode
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -146,3 +146,21 @@ def test_embedded_workers_are_allowed_exactly_the_plans_extra_arg_flags(az_sim, 
     sim = az_sim.state()
     assert sim["nics"]["vm-accVMNic"]["accelerated"] is True
     assert sim["create_counts"] == {"vm-acc": 1}
+
+
+async def test_a_request_whose_envelope_names_another_vm_is_refused(nats_server, az_sim,
+                                                                     tmp_path):
+    """Cancels and de-duplication go by the envelope's vm_name; the worker creates the
+    spec's: a request where they differ could create a VM no cancel of it reaches."""
+    forged = Message(deployment_id="dep-1", vm_name="vm-decoy", source="test",
+                     payload=CreateRequest(spec=spec("vm-real", max_attempts=1)))
+    async with Bus(nats_server.url) as bus, running(nats_server.url, az_sim, tmp_path) as w:
+        w.start("w1")
+        await bus.publish_raw(encode(forged))
+        await bus.wait_for(lambda: final_failure(bus, "vm-real") or bus.of("vm-real", Complete),
+                           message="the forged request to end")
+        failure = final_failure(bus, "vm-real")
+        assert failure is not None and failure.error_code == "InvalidRequest"
+        assert "vm_name 'vm-decoy' is not the spec's name 'vm-real'" in failure.message
+        await bus.wait_no_pending_requests()
+        assert az_sim.state()["calls"] == {}

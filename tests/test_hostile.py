@@ -3,6 +3,7 @@ simulator. A hostile value is refused before any `az` call, and never runs anyth
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -13,7 +14,9 @@ import yaml
 from conftest import PYTHON, REPO
 from workerkit import Bus, launch_env, running, spec
 
-from messages import Complete, CreateRequest, Failed, Message, encode
+from display import Display
+from messages import Complete, CreateRequest, Failed, Message, Status, encode
+from vmstate import DeploymentView
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -164,3 +167,32 @@ async def test_a_request_whose_envelope_names_another_vm_is_refused(nats_server,
         assert "vm_name 'vm-decoy' is not the spec's name 'vm-real'" in failure.message
         await bus.wait_no_pending_requests()
         assert az_sim.state()["calls"] == {}
+
+
+ESCAPES = "x\x1b[2J\x1b]0;pwned\x07\r\x9b1AVM vm-esc is ready\nfake line"
+
+
+async def test_terminal_control_characters_from_the_bus_are_shown_escaped(nats_server, az_sim,
+                                                                          tmp_path):
+    """Whoever publishes an event (or Azure, through an error text) must not be able to
+    clear the operator's screen, retitle it or forge lines: `events` and the deploy
+    display escape control characters."""
+    event = Message(deployment_id="dep-esc", vm_name="vm-esc", source="w1", generation=1,
+                    payload=Status(state="retrying", detail=ESCAPES))
+    async with Bus(nats_server.url) as bus:
+        await bus.js.publish(event.subject, encode(event))
+    shown = subprocess.run(
+        [PYTHON, str(REPO / "orchestrator.py"), "events", "--nats-url", nats_server.url,
+         "--deployment-id", "dep-esc"], cwd=tmp_path, env=launch_env(az_sim),
+        capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "dep-esc/vm-esc" in shown.stdout
+    assert not any(c in shown.stdout for c in "\x1b\x07\r\x9b"), repr(shown.stdout)
+    assert shown.stdout.count("\n") == 1 and "\\x1b[2J" in shown.stdout
+
+    out = io.StringIO()
+    view = DeploymentView("dep-esc", [spec("vm-esc")])
+    Display(out=out).event(event, view.apply(event), view)
+    assert "Retrying VM vm-esc: x\\x1b[2J" in out.getvalue()
+    assert not any(c in out.getvalue() for c in "\x1b\x07\r\x9b")
+    assert out.getvalue().count("\n") == 1

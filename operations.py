@@ -30,6 +30,7 @@ from messages import Message, encode
 from natsauth import write_embedded_auth
 from natsconn import NatsSettings, NatsUnavailable, close_quietly, connect
 from plan import Plan
+from speccheck import field_problem, show
 from statefile import LoadedState, StateFileError, load_state
 from statewriter import StateWriter, WriteFailed
 from stopsignals import on_stop_signals
@@ -85,6 +86,9 @@ async def status(*, state_file: Path, events_file: Path, json_out: bool, live: b
     if live:
         if not group:
             _err("error: --live needs --resource-group (the state file names none)")
+            return EXIT_BAD_INPUT
+        if (why := field_problem("resource_group", str(group))) is not None:
+            _err(f"error: resource group {show(str(group))} {why}")  # it goes to az's argv
             return EXIT_BAD_INPUT
         azure = await _azure_view(AzCli(az), group)
         store = state_file.parent / "nats"

@@ -110,12 +110,17 @@ def value_problems(spec: Any, p: str) -> list[str]:
     """One problem per bad value of the spec's argv fields, each naming its field."""
     problems = []
     for label, key, value in _values(spec):
-        rule = _FORMATS.get(key)
-        why = f"must be {rule[1]}" if rule and not rule[0].fullmatch(value) else unsafe(value)
-        if why is not None:
+        if (why := field_problem(key, value)) is not None:
             shown = "" if key == "name" else f" {show(value)}"  # "VM 'x': name must be..."
             problems.append(f"{p}: {label}{shown} {why}")
     return problems
+
+
+def field_problem(key: str, value: str) -> str | None:
+    """Why one value of spec field `key` may not reach an argv, or None (e.g. a resource
+    group that did not come with a spec: `status --live`)."""
+    rule = _FORMATS.get(key)
+    return f"must be {rule[1]}" if rule and not rule[0].fullmatch(value) else unsafe(value)
 
 
 def _values(spec: Any) -> Iterator[tuple[str, str, str]]:

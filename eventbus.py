@@ -140,6 +140,7 @@ def dead_letter(data: bytes, *, reason: str, request: Message | None, deliveries
     return Message(
         deployment_id=request.deployment_id if request else _guess_deployment(data),
         vm_name=request.vm_name if request else "",
+        generation=request.generation if request else 0,  # a rerun's VM is not this one
         payload=DeadLetter(reason=safe_text(reason), subject=Subject.REQUEST.value,
                            deliveries=deliveries, excerpt=redacted_excerpt(data)),
         source=source, event_id=stable_event_id(REQUESTS_STREAM, seq, deliveries, "deadletter"),

@@ -16,10 +16,20 @@ import pytest
 from conftest import AzSim
 
 from azcli import TAG_DEPLOYMENT, AzCli
+from eventbus import dead_letter
 from eventfeed import DuplicateRequest, EventFeed, Generations, publish_request
 from lease import Fenced, Lease
 from legacy import run_legacy
-from messages import Cancel, Complete, Message, Status, Subject, decode, encode
+from messages import (
+    Cancel,
+    Complete,
+    CreateRequest,
+    Message,
+    Status,
+    Subject,
+    decode,
+    encode,
+)
 from pipeline import Launch, Reporter
 from plan import Plan
 from streams import ensure_streams
@@ -263,3 +273,17 @@ async def test_a_cancel_sent_on_an_event_subject_changes_no_owner(nats_server):
     for message in seen:
         view.apply(message)
     assert view.vms["vm-1"].owner in (None, "")
+
+
+def test_a_dead_letter_names_its_requests_generation_and_spares_the_next():
+    """A request left in the queue by an earlier run (generation 1) that goes over the
+    delivery limit while a rerun's generation 2 is being created must not fail the VM."""
+    old = Message(deployment_id=DEPLOYMENT, vm_name="vm-1", generation=1, source="test",
+                  payload=CreateRequest(spec=vm_spec()))
+    dead = dead_letter(encode(old), reason="delivered 6 times", request=old, deliveries=6,
+                       source="w1", seq=7)
+    assert dead.generation == 1
+    view = DeploymentView(DEPLOYMENT, [vm_spec()])
+    view.vms["vm-1"].generation = 2
+    view.apply(dead)
+    assert not view.vms["vm-1"].failed

@@ -184,7 +184,8 @@ def extra_arg_problems(args: list[str], allowed: Collection[str] | None, p: str)
         elif index == 0 and not arg.startswith("-"):
             problems.append(f"{label} must be a flag: extra args start with one")
         elif arg.split("=", 1)[-1].startswith("@"):
-            problems.append(f"{label} {_AT_FILE}")
+            problems.append(f"{label} has a value starting with '@' (az would read a file "
+                            "of that name)")
         elif arg.startswith("-") and (why := flag_problem(flag)) is not None:
             problems.append(f"{label} {why}")
         elif arg.startswith("-") and allowed is not None and flag not in allowed:

@@ -31,11 +31,20 @@ def root() -> Path:
     return Path(tempfile.gettempdir()) / f"vmlaunch-{os.getuid()}"
 
 
+def _is_private(path: Path) -> bool:
+    """A directory of this user that nobody else may write or read (lstat: a planted
+    symlink does not count, it is never followed)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
+
+
 def _private_dir(path: Path) -> Path:
     with contextlib.suppress(FileExistsError):
         path.mkdir(mode=0o700)
-    info = os.lstat(path)  # lstat: a planted symlink is refused, not followed
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+    if not _is_private(path):
         raise PermissionError(f"{path} is not a private directory of this user; remove it")
     return path
 
@@ -74,9 +83,11 @@ def custom_data_file(content: str | None) -> Iterator[str | None]:
 
 
 def sweep() -> list[Path]:
-    """Remove the directories of processes that no longer run; the ones removed."""
+    """Remove the directories of processes that no longer run; the ones removed. Only in
+    our private root: one planted under its predictable name (a symlink to our own files,
+    a directory others may write) is never entered."""
     swept = []
-    for entry in root().iterdir() if root().is_dir() else ():
+    for entry in root().iterdir() if _is_private(root()) else ():
         if entry.name.isdigit() and int(entry.name) != os.getpid() and _stale(entry):
             shutil.rmtree(entry, ignore_errors=True)
             swept.append(entry)

@@ -21,6 +21,16 @@ from vmstate import Change, DeploymentView, VMProgress
 COLUMNS = ("VM", "STATE", "ATTEMPT", "ELAPSED", "PUBLIC IP", "PRIVATE IP", "DETAIL")
 
 
+def terminal_safe(text: str, *, lines: bool = False) -> str:
+    """`text` as it may reach a terminal: event fields come from the bus and Azure, so a
+    control character (ESC, CR, C1's CSI; a line break unless `lines`) is shown escaped,
+    never obeyed."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or (lines and c == "\n")
+                   else c.encode("unicode_escape").decode() for c in text)
+
+
 def now_text() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -75,9 +85,10 @@ class Display:
 
     def note(self, text: str, *, warning: bool = False) -> None:
         if warning:
-            print(f"warning: {text}", file=self.err, flush=True)
+            print(terminal_safe(f"warning: {text}", lines=True), file=self.err, flush=True)
         elif not self.quiet:
-            self._line(text)
+            print(terminal_safe(f"{now_text()} {text}", lines=True), file=self.out,
+                  flush=True)
 
     def event(self, message: Message, change: Change, view: DeploymentView, *,
               replayed: bool = False) -> None:
@@ -95,10 +106,10 @@ class Display:
 
     def finish(self, view: DeploymentView) -> None:
         for line in summary_lines(view):
-            print(line, file=self.out, flush=True)
+            print(terminal_safe(line), file=self.out, flush=True)
 
     def _line(self, text: str) -> None:
-        print(f"{now_text()} {text}", file=self.out, flush=True)
+        print(terminal_safe(f"{now_text()} {text}"), file=self.out, flush=True)
 
 
 class JsonDisplay(Display):
@@ -110,7 +121,8 @@ class JsonDisplay(Display):
 
     def note(self, text: str, *, warning: bool = False) -> None:
         if warning or not self.quiet:
-            print(f"warning: {text}" if warning else text, file=self.err, flush=True)
+            print(terminal_safe(f"warning: {text}" if warning else text, lines=True),
+                  file=self.err, flush=True)
 
     def event(self, message: Message, change: Change, view: DeploymentView, *,
               replayed: bool = False) -> None:
@@ -118,7 +130,7 @@ class JsonDisplay(Display):
 
     def finish(self, view: DeploymentView) -> None:
         for line in summary_lines(view):
-            print(line, file=self.err, flush=True)
+            print(terminal_safe(line), file=self.err, flush=True)
 
 
 class LiveTable(Display):
@@ -175,7 +187,7 @@ class LiveTable(Display):
         lines = [self.heading, *format_table(self.rows())]
         self._clear()
         for line in lines:
-            self.out.write(line[: width - 1] + "\n")
+            self.out.write(terminal_safe(line)[: width - 1] + "\n")
         self.out.flush()
         self.drawn = len(lines)
 

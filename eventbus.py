@@ -40,6 +40,7 @@ log = logging.getLogger("eventbus")
 
 NATS_ERRORS = (nats.errors.Error, TimeoutError)
 CANCEL_MEMORY = 600.0  # seconds a cancel also drops matching requests fetched later
+CANCELS_KEPT = 8  # per VM: a rerun's cancels, not an unbounded list
 
 
 def describe(message: Message) -> tuple[str, str]:
@@ -100,30 +101,34 @@ class Publisher:
 
 
 class CancelMemory:
-    """Recent cancels: a request published before a cancel is dropped even when it is
-    fetched after it; a request published after it (a rerun) is served."""
+    """Recent cancels: a request of a cancelled generation, or published before a cancel
+    that names none, is dropped even when it is fetched after it; a rerun's request (the
+    next generation, or published after it) is served. Generations first: the clocks of
+    the hosts that wrote the two messages need not agree."""
 
     def __init__(self, keep: float = CANCEL_MEMORY) -> None:
         self.keep = keep
-        self._cancels: dict[tuple[str, str], tuple[str, str, float]] = {}
+        # (deployment, vm) -> the last few cancels: (generation, time, reason, when heard)
+        self._cancels: dict[tuple[str, str], list[tuple[int, str, str, float]]] = {}
 
     def add(self, cancel: Message) -> None:
-        key = (cancel.deployment_id, cancel.vm_name)
-        old = self._cancels.get(key)
-        if old is None or old[0] <= cancel.time:
-            self._cancels[key] = (cancel.time, cancel.payload.reason, time.monotonic())
+        heard = self._cancels.setdefault((cancel.deployment_id, cancel.vm_name), [])
+        heard.append((cancel.generation, cancel.time, cancel.payload.reason, time.monotonic()))
+        del heard[:-CANCELS_KEPT]
 
     def match(self, request: Message, cancel: Message | None = None) -> str | None:
         """The reason when `request` is cancelled (by `cancel`, or by any remembered one)."""
         now = time.monotonic()
-        self._cancels = {k: v for k, v in self._cancels.items() if now - v[2] < self.keep}
+        self._cancels = {key: recent for key, heard in self._cancels.items()
+                         if (recent := [c for c in heard if now - c[3] < self.keep])}
         for vm_name in (request.vm_name, ""):
             key = (request.deployment_id, vm_name)
             if cancel is not None and key != (cancel.deployment_id, cancel.vm_name):
                 continue
-            entry = self._cancels.get(key)
-            if entry is not None and request.time <= entry[0]:
-                return entry[1]
+            for generation, when, reason, _ in reversed(self._cancels.get(key, [])):
+                if (request.generation <= generation if generation and request.generation
+                        else request.time <= when):
+                    return reason
         return None
 
 
@@ -135,6 +140,7 @@ def dead_letter(data: bytes, *, reason: str, request: Message | None, deliveries
     return Message(
         deployment_id=request.deployment_id if request else _guess_deployment(data),
         vm_name=request.vm_name if request else "",
+        generation=request.generation if request else 0,  # a rerun's VM is not this one
         payload=DeadLetter(reason=safe_text(reason), subject=Subject.REQUEST.value,
                            deliveries=deliveries, excerpt=redacted_excerpt(data)),
         source=source, event_id=stable_event_id(REQUESTS_STREAM, seq, deliveries, "deadletter"),

@@ -180,7 +180,7 @@ class EventFeed:
                     if meta.sequence.stream <= self.last_seq:
                         continue
                     self.last_seq = meta.sequence.stream
-                    await self._deliver(msg.data)
+                    await self._deliver(msg.subject, msg.data)
                     if meta.num_pending == 0:
                         self.caught_up.set()
         finally:
@@ -199,11 +199,14 @@ class EventFeed:
         if task.done() and not task.cancelled() and task.exception() is not None:
             log.debug("event feed ended with %r", task.exception())
 
-    async def _deliver(self, data: bytes) -> None:
+    async def _deliver(self, subject: str, data: bytes) -> None:
         try:
             message = decode(data)
         except MessageError as exc:
             log.debug("skipping an unreadable event: %s", exc)
+            return
+        if message.subject != subject:  # e.g. a worker's "cancel" sent as a status
+            log.debug("skipping a %s message sent on %s", message.subject, subject)
             return
         if self.deployment_id is not None and message.deployment_id != self.deployment_id:
             return

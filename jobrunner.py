@@ -30,7 +30,7 @@ from eventbus import NATS_ERRORS, CancelMemory, Publisher, dead_letter, describe
 from lease import Fenced, Lease
 from messages import CreateRequest, Message, MessageError, Subject, decode
 from pipeline import Launch, Outcome, Reporter
-from speccheck import deployment_id_problem
+from speccheck import deployment_id_problem, show
 from vmspec import VMSpec, spec_problems
 
 log = logging.getLogger("worker")  # these lines are the worker's, as operators know them
@@ -158,9 +158,13 @@ class JobRunner:
 
     def _problems(self, request: Message) -> list[str]:
         """Why this worker will not run a request: its spec or its deployment id (a tag
-        value on the az argv) is unsafe, or its extra args use a flag not allowed here."""
+        value on the az argv) is unsafe, its extra args use a flag not allowed here, or
+        its envelope names another VM than its spec (cancels go by the envelope's name)."""
         why = deployment_id_problem(request.deployment_id)
-        return [*([why] if why else []),
+        name = request.payload.spec.name
+        other = (f"vm_name {show(request.vm_name)} is not the spec's name {show(name)}"
+                 if request.vm_name != name else None)
+        return [*(p for p in (why, other) if p),
                 *spec_problems(request.payload.spec, files_are_paths=False,
                                allowed_extra_args=self.allowed_extra_args)]
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import customdata
 from azcli import AzCli
+from display import terminal_safe
 from eventbus import Publisher, progress_line
 from messages import Message, encode, new_event_id
 from natsconn import NatsSettings, NatsUnavailable, NatsUnreachable, close_quietly, connect
@@ -44,7 +45,8 @@ class _Outputs:
 
     def __init__(self, spec: VMSpec, *, deployment_id: str, json_lines: bool) -> None:
         self.show: Callable[[Message], str] = (
-            (lambda m: encode(m).decode()) if json_lines else progress_line)
+            (lambda m: encode(m).decode()) if json_lines
+            else (lambda m: terminal_safe(progress_line(m))))
         self.publisher: Publisher | None = None
         self.writer: StateWriter | None = None
         self.view = DeploymentView(deployment_id, [spec])

@@ -16,7 +16,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import nats
 import nats.errors
@@ -61,13 +60,17 @@ class StreamsMissing(NatsUnavailable):
 def redact_url(url: str) -> str:
     """The URL as it may be shown: `nats://user:***@host`; a user-only part (a token in
     NATS URLs) becomes `***`. Every place that prints, logs or writes a URL uses this."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
+    # Not urlsplit: a password holding '#', '/' or '?' would end its netloc early, and a
+    # URL without "scheme://" (nats-py takes one) has no netloc at all.
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" not in rest:
         return url
-    userinfo, host = parts.netloc.rsplit("@", 1)
+    userinfo, host = rest.rsplit("@", 1)
     user, colon, _ = userinfo.partition(":")
     shown = f"{user}:***" if colon else "***"
-    return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
+    return f"{scheme}{sep}{shown}@{host}"
 
 
 def redact_urls(urls: list[str]) -> str:

@@ -22,7 +22,7 @@ import psutil
 from nats.aio.client import Client
 
 from azcli import AzCli
-from display import format_table
+from display import format_table, terminal_safe
 from embedded import EmbeddedNats, embedded_client
 from eventbus import NATS_ERRORS, describe
 from eventfeed import EventFeed
@@ -30,6 +30,7 @@ from messages import Message, encode
 from natsauth import write_embedded_auth
 from natsconn import NatsSettings, NatsUnavailable, close_quietly, connect
 from plan import Plan
+from speccheck import field_problem, show
 from statefile import LoadedState, StateFileError, load_state
 from statewriter import StateWriter, WriteFailed
 from stopsignals import on_stop_signals
@@ -45,11 +46,11 @@ RESET_CONCURRENCY = 10
 
 
 def _print(text: str = "") -> None:
-    print(text, flush=True)
+    print(terminal_safe(text), flush=True)
 
 
 def _err(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    print(terminal_safe(text, lines=True), file=sys.stderr, flush=True)
 
 
 # --- status -----------------------------------------------------------------------------------
@@ -86,16 +87,19 @@ async def status(*, state_file: Path, events_file: Path, json_out: bool, live: b
         if not group:
             _err("error: --live needs --resource-group (the state file names none)")
             return EXIT_BAD_INPUT
+        if (why := field_problem("resource_group", str(group))) is not None:
+            _err(f"error: resource group {show(str(group))} {why}")  # it goes to az's argv
+            return EXIT_BAD_INPUT
         azure = await _azure_view(AzCli(az), group)
         store = state_file.parent / "nats"
         if nats is None and (url := running_embedded_url(store)):  # a deploy running
             nats = _embedded_client(url, store, name="vm-launch-status")
         workers = await _worker_stats(nats) if nats else None
     if json_out:
-        _print(json.dumps({"deployment_id": state.get("deployment_id"), "phase":
+        print(json.dumps({"deployment_id": state.get("deployment_id"), "phase":
                            state.get("phase"), "last_updated": state.get("last_updated"),
                            "vm_states": vms, "azure": azure, "workers": workers}, indent=2,
-                          default=str))
+                          default=str), flush=True)
         return EXIT_OK
     _print_state(state, vms, azure)
     if live:
@@ -313,7 +317,10 @@ async def events(*, nats: NatsSettings | None, store: Path, deployment_id: str |
 
         async def show(message: Message) -> None:
             if not vms or message.vm_name in vms:
-                _print(encode(message).decode() if json_out else event_line(message))
+                if json_out:
+                    print(encode(message).decode(), flush=True)
+                else:
+                    _print(event_line(message))
 
         feed = EventFeed(nc.jetstream(), show, start=since, deployment_id=deployment_id)
         stop = asyncio.Event()

@@ -97,6 +97,12 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
+def _without_nats(environ: Mapping[str, str]) -> dict[str, str]:
+    """Our environment for az and ssh: no NATS_* setting, which they never need and which
+    may hold a password, a token or a URL with credentials."""
+    return {key: value for key, value in environ.items() if not key.startswith("NATS_")}
+
+
 async def spawn(argv: list[str], *, capture: bool = False, env: Mapping[str, str] | None = None,
                 kill_grace: float = 3.0) -> asyncio.subprocess.Process:
     """Start a command in its own session that dies with us. Output is dropped unless
@@ -105,7 +111,7 @@ async def spawn(argv: list[str], *, capture: bool = False, env: Mapping[str, str
     guarded = [sys.executable, "-I", "-S", _GUARD, str(kill_grace), *argv]
     starting = asyncio.ensure_future(asyncio.create_subprocess_exec(
         *guarded, stdin=asyncio.subprocess.DEVNULL, stdout=pipe, stderr=pipe,
-        env={**os.environ, **(env or {})}, start_new_session=True,
+        env={**_without_nats(os.environ), **(env or {})}, start_new_session=True,
         preexec_fn=die_with_parent(os.getpid()),
     ))
     try:

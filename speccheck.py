@@ -84,6 +84,11 @@ TOOL_FLAGS = frozenset({
 })
 
 
+# az reads a file for any argv word `@path` or `key=@path` (tags, `--flag=@path`): on a
+# worker a request could put the host's files (tokens, the NATS password) into a tag.
+_AT_FILE = "must not start with '@' (az would read a file of that name)"
+
+
 def show(value: str, limit: int = 60) -> str:
     """A value for an error message: quoted, escaped, cut short."""
     text = repr(value)
@@ -94,6 +99,8 @@ def unsafe(value: str) -> str | None:
     """Why a value may not reach an argv at all, or None."""
     if value.startswith("-"):
         return "must not start with '-'"
+    if value.startswith("@"):
+        return _AT_FILE
     if not value.isprintable():
         return "must not hold control characters or line breaks"
     return None
@@ -103,12 +110,17 @@ def value_problems(spec: Any, p: str) -> list[str]:
     """One problem per bad value of the spec's argv fields, each naming its field."""
     problems = []
     for label, key, value in _values(spec):
-        rule = _FORMATS.get(key)
-        why = f"must be {rule[1]}" if rule and not rule[0].fullmatch(value) else unsafe(value)
-        if why is not None:
+        if (why := field_problem(key, value)) is not None:
             shown = "" if key == "name" else f" {show(value)}"  # "VM 'x': name must be..."
             problems.append(f"{p}: {label}{shown} {why}")
     return problems
+
+
+def field_problem(key: str, value: str) -> str | None:
+    """Why one value of spec field `key` may not reach an argv, or None (e.g. a resource
+    group that did not come with a spec: `status --live`)."""
+    rule = _FORMATS.get(key)
+    return f"must be {rule[1]}" if rule and not rule[0].fullmatch(value) else unsafe(value)
 
 
 def _values(spec: Any) -> Iterator[tuple[str, str, str]]:
@@ -171,6 +183,9 @@ def extra_arg_problems(args: list[str], allowed: Collection[str] | None, p: str)
             problems.append(f"{label} must be non-empty, without control characters")
         elif index == 0 and not arg.startswith("-"):
             problems.append(f"{label} must be a flag: extra args start with one")
+        elif arg.split("=", 1)[-1].startswith("@"):
+            problems.append(f"{label} has a value starting with '@' (az would read a file "
+                            "of that name)")
         elif arg.startswith("-") and (why := flag_problem(flag)) is not None:
             problems.append(f"{label} {why}")
         elif arg.startswith("-") and allowed is not None and flag not in allowed:

@@ -74,3 +74,23 @@ def test_a_directory_someone_else_can_write_is_refused(tmp_path, monkeypatch):
     with pytest.raises(PermissionError, match="not a private directory"), \
             customdata.custom_data_file("secret"):
         pass
+
+
+@pytest.mark.parametrize("plant", ["symlink", "open-dir"])
+def test_the_sweep_never_reaches_into_a_planted_root(tmp_path, monkeypatch, plant):
+    """<tmp>/vmlaunch-<uid> has a name anyone can predict: planted as a symlink to our own
+    files (a year-named folder looks like a dead pid's directory) or as a directory others
+    may write, the sweep must leave what it leads to alone."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    mine = tmp_path / "home" / "projects"
+    (mine / "2024").mkdir(parents=True)
+    (mine / "2024" / "thesis.tex").write_text("years of work")
+    if plant == "symlink":
+        private_root(tmp_path / "tmp").symlink_to(mine)
+    else:
+        private_root(tmp_path / "tmp").mkdir(mode=0o777)
+        os.chmod(private_root(tmp_path / "tmp"), 0o777)
+        (private_root(tmp_path / "tmp") / "2024").symlink_to(mine / "2024")
+    assert customdata.sweep() == []
+    assert (tmp_path / "home" / "projects" / "2024" / "thesis.tex").exists()

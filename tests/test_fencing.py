@@ -11,14 +11,25 @@ import os
 import sys
 from pathlib import Path
 
+import nats
 import pytest
 from conftest import AzSim
 
 from azcli import TAG_DEPLOYMENT, AzCli
-from eventfeed import DuplicateRequest, Generations, publish_request
+from eventbus import dead_letter
+from eventfeed import DuplicateRequest, EventFeed, Generations, publish_request
 from lease import Fenced, Lease
 from legacy import run_legacy
-from messages import Cancel, Complete, Message, Status, decode, encode
+from messages import (
+    Cancel,
+    Complete,
+    CreateRequest,
+    Message,
+    Status,
+    Subject,
+    decode,
+    encode,
+)
 from pipeline import Launch, Reporter
 from plan import Plan
 from streams import ensure_streams
@@ -228,3 +239,51 @@ async def test_generations_are_reserved_past_every_one_used(nats_server):
         assert await again.reserve(DEPLOYMENT, "vm-1", 1) == 8
     finally:
         await nc.close()
+
+
+async def test_a_cancel_sent_on_an_event_subject_changes_no_owner(nats_server):
+    """A worker may publish events but not cancels: a message typed as a cancel that it
+    sends on an event subject must not reach the reducer (it would hand the VM to an
+    owner of its choosing, whose events alone would count)."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        forged = Message(deployment_id=DEPLOYMENT, vm_name="vm-1", source="w1", generation=1,
+                         payload=Cancel(reason="forged", owner="nobody"))
+        genuine = Message(deployment_id=DEPLOYMENT, vm_name="vm-1", source="w1", generation=1,
+                          payload=Status(state="creating", detail="az vm create"))
+        await js.publish(Subject.STATUS.value, encode(forged))
+        await js.publish(Subject.STATUS.value, encode(genuine))
+        seen: list[Message] = []
+
+        async def collect(message: Message) -> None:
+            seen.append(message)
+
+        feed = EventFeed(js, collect, start=None, deployment_id=DEPLOYMENT,
+                         by_event_time=False)
+        task = asyncio.create_task(feed.run())
+        await asyncio.wait_for(feed.caught_up.wait(), 10)
+        await feed.stop(task)
+    finally:
+        await nc.close()
+    assert [m.event_id for m in seen] == [genuine.event_id]
+    view = DeploymentView(DEPLOYMENT, [vm_spec()])
+    view.vms["vm-1"].generation = 1
+    for message in seen:
+        view.apply(message)
+    assert view.vms["vm-1"].owner in (None, "")
+
+
+def test_a_dead_letter_names_its_requests_generation_and_spares_the_next():
+    """A request left in the queue by an earlier run (generation 1) that goes over the
+    delivery limit while a rerun's generation 2 is being created must not fail the VM."""
+    old = Message(deployment_id=DEPLOYMENT, vm_name="vm-1", generation=1, source="test",
+                  payload=CreateRequest(spec=vm_spec()))
+    dead = dead_letter(encode(old), reason="delivered 6 times", request=old, deliveries=6,
+                       source="w1", seq=7)
+    assert dead.generation == 1
+    view = DeploymentView(DEPLOYMENT, [vm_spec()])
+    view.vms["vm-1"].generation = 2
+    view.apply(dead)
+    assert not view.vms["vm-1"].failed

@@ -3,6 +3,7 @@ simulator. A hostile value is refused before any `az` call, and never runs anyth
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -13,7 +14,9 @@ import yaml
 from conftest import PYTHON, REPO
 from workerkit import Bus, launch_env, running, spec
 
-from messages import Complete, Failed
+from display import Display
+from messages import Complete, CreateRequest, Failed, Message, Status, encode
+from vmstate import DeploymentView
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -41,6 +44,8 @@ async def test_hostile_requests_fail_without_an_az_call_and_the_worker_keeps_ser
         "vm-tag": ({}, "dep-1\n--tags", "deployment_id 'dep-1\\n--tags' must be"),
         "vm_under": ({}, "dep-1", "name must be"),
         "vm-image": ({"image": "--custom-data=/etc/shadow"}, "dep-1", "image"),
+        "vm-tagfile": ({"tags": {"x": "@/etc/hostname"}}, "dep-1",  # az would read the file
+                       "tags['x'] '@/etc/hostname' must not start with '@'"),
     }
     async with Bus(nats_server.url) as bus, running(nats_server.url, az_sim, tmp_path) as w:
         w.start("w1")
@@ -144,3 +149,50 @@ def test_embedded_workers_are_allowed_exactly_the_plans_extra_arg_flags(az_sim, 
     sim = az_sim.state()
     assert sim["nics"]["vm-accVMNic"]["accelerated"] is True
     assert sim["create_counts"] == {"vm-acc": 1}
+
+
+async def test_a_request_whose_envelope_names_another_vm_is_refused(nats_server, az_sim,
+                                                                     tmp_path):
+    """Cancels and de-duplication go by the envelope's vm_name; the worker creates the
+    spec's: a request where they differ could create a VM no cancel of it reaches."""
+    forged = Message(deployment_id="dep-1", vm_name="vm-decoy", source="test",
+                     payload=CreateRequest(spec=spec("vm-real", max_attempts=1)))
+    async with Bus(nats_server.url) as bus, running(nats_server.url, az_sim, tmp_path) as w:
+        w.start("w1")
+        await bus.publish_raw(encode(forged))
+        await bus.wait_for(lambda: final_failure(bus, "vm-real") or bus.of("vm-real", Complete),
+                           message="the forged request to end")
+        failure = final_failure(bus, "vm-real")
+        assert failure is not None and failure.error_code == "InvalidRequest"
+        assert "vm_name 'vm-decoy' is not the spec's name 'vm-real'" in failure.message
+        await bus.wait_no_pending_requests()
+        assert az_sim.state()["calls"] == {}
+
+
+ESCAPES = "x\x1b[2J\x1b]0;pwned\x07\r\x9b1AVM vm-esc is ready\nfake line"
+
+
+async def test_terminal_control_characters_from_the_bus_are_shown_escaped(nats_server, az_sim,
+                                                                          tmp_path):
+    """Whoever publishes an event (or Azure, through an error text) must not be able to
+    clear the operator's screen, retitle it or forge lines: `events` and the deploy
+    display escape control characters."""
+    event = Message(deployment_id="dep-esc", vm_name="vm-esc", source="w1", generation=1,
+                    payload=Status(state="retrying", detail=ESCAPES))
+    async with Bus(nats_server.url) as bus:
+        await bus.js.publish(event.subject, encode(event))
+    shown = subprocess.run(
+        [PYTHON, str(REPO / "orchestrator.py"), "events", "--nats-url", nats_server.url,
+         "--deployment-id", "dep-esc"], cwd=tmp_path, env=launch_env(az_sim),
+        capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "dep-esc/vm-esc" in shown.stdout
+    assert not any(c in shown.stdout for c in "\x1b\x07\r\x9b"), repr(shown.stdout)
+    assert shown.stdout.count("\n") == 1 and "\\x1b[2J" in shown.stdout
+
+    out = io.StringIO()
+    view = DeploymentView("dep-esc", [spec("vm-esc")])
+    Display(out=out).event(event, view.apply(event), view)
+    assert "Retrying VM vm-esc: x\\x1b[2J" in out.getvalue()
+    assert not any(c in out.getvalue() for c in "\x1b\x07\r\x9b")
+    assert out.getvalue().count("\n") == 1

@@ -33,6 +33,13 @@ USERS = 'authorization {\n  users: [ { user: alice, password: "s3cret-pw" } ]\n}
     ("nats://tok3n@host:4222", "nats://***@host:4222"),
     ("nats://alice:p%40ss@host", "nats://alice:***@host"),
     ("nats://host:4222", "nats://host:4222"),
+    # nats-py connects to a URL without a scheme; a password holding '#', '/' or '?'
+    # (base64 makes them) ends the URL's authority early for urlsplit.
+    ("alice:s3cret@host:4222", "alice:***@host:4222"),
+    ("nats://alice:s3#cret@host:4222", "nats://alice:***@host:4222"),
+    ("nats://alice:s3/cr?et@host:4222", "nats://alice:***@host:4222"),
+    ("nats://alice:s3@cret@host:4222", "nats://alice:***@host:4222"),
+    ("nats://alice:s3cret@[::1]:4222", "nats://alice:***@[::1]:4222"),
 ])
 def test_a_url_is_shown_without_its_password_or_token(url, shown):
     assert redact_url(url) == shown

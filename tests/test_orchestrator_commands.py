@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 
 import pytest
+from conftest import REPO
 from test_orchestrator import FAST, ORCHESTRATOR, env_for, events, orchestrate, state, vm_args
 
 pytestmark = pytest.mark.timeout(120)
@@ -136,3 +138,21 @@ def _read_until(fd: int, proc: subprocess.Popen, marker: bytes | None,
         elif marker is None and proc.poll() is not None:
             return out
     raise AssertionError(f"timed out waiting for {marker!r}; got {out[-500:]!r}")
+
+
+@pytest.mark.parametrize("group", ["--debug", "@/etc/hostname", "rg\n-x"])
+def test_status_live_checks_the_resource_group_before_it_reaches_az(tmp_path, az_sim, group):
+    """`status --live` puts the group (from -g or the state file) on `az vm list`'s argv:
+    held to the plan's rule, exit 2, no az call."""
+    (tmp_path / "state").mkdir()
+    sample = (REPO / "tests" / "data" / "sample-deployment-state.yaml").read_text()
+    (tmp_path / "state" / "deployment-state.yaml").write_text(sample)
+    for args in (["-g", group], []):
+        if not args:  # the state file's group
+            edited = re.sub(r"(?m)^(\s*resource_group:).*$",
+                            lambda m: f"{m[1]} {json.dumps(group)}", sample)
+            (tmp_path / "state" / "deployment-state.yaml").write_text(edited)
+        shown = orchestrate(tmp_path, az_sim, "status", "--live", *args)
+        assert shown.returncode == 2, shown.stdout + shown.stderr
+        assert "resource group" in shown.stderr and "must" in shown.stderr
+    assert az_sim.state()["calls"] == {}

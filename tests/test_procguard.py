@@ -13,7 +13,7 @@ import psutil
 import pytest
 from conftest import PYTHON, REPO, wait_until
 
-from procs import spawn
+from procs import run_process, spawn
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -78,3 +78,16 @@ async def test_a_grandchild_left_behind_by_an_exited_child_is_ended_with_it(tmp_
     finally:
         if pidfile.exists() and not gone(pid := int(pidfile.read_text())):
             os.kill(pid, signal.SIGKILL)
+
+
+async def test_commands_we_run_never_inherit_the_nats_secrets(monkeypatch):
+    """az and ssh need no NATS setting; a password, token or URL with credentials in our
+    environment must not reach them (or whatever az extension or ssh SendEnv passes on)."""
+    monkeypatch.setenv("NATS_PASSWORD", "s3cret-pw")
+    monkeypatch.setenv("NATS_TOKEN", "s3cret-token")
+    monkeypatch.setenv("NATS_URL", "nats://alice:s3cret-url@host:4222")
+    monkeypatch.setenv("AZURE_CONFIG_DIR", "/kept")
+    result = await run_process(["env"], timeout=10)
+    assert result.exit_code == 0, result.stderr
+    assert "s3cret" not in result.stdout and "NATS_" not in result.stdout
+    assert "AZURE_CONFIG_DIR=/kept" in result.stdout

@@ -70,6 +70,8 @@ HOSTILE = [
     pytest.param("tags", {"team": "-x"}, "tags['team'] '-x' must not start with '-'",
                  id="tag-value-flag"),
     pytest.param("tags", {"team": "x" * 257}, "tags['team']", id="tag-value-too-long"),
+    pytest.param("tags", {"team": "@/etc/shadow"}, "tags['team'] '@/etc/shadow' must not "
+                 "start with '@' (az would read a file", id="tag-value-reads-a-file"),
     pytest.param("ssh_public_key", f"{KEY}\n{KEY}", "ssh_public_key must be one line",
                  id="public-key-two-lines"),
     pytest.param("ssh_public_key", "--role Owner", "ssh_public_key must be one line",
@@ -145,6 +147,12 @@ EXTRA = [
     pytest.param(["--accelerated-networking", "true\n"], "without control characters",
                  id="newline-in-value"),
     pytest.param(["--Role"], "must be a long flag", id="odd-flag"),
+    pytest.param(["--accelerated-networking", "@/etc/shadow"], "value starting with '@'",
+                 id="value-reads-a-file"),
+    pytest.param(["--storage-sku=@/etc/shadow"], "value starting with '@'",
+                 id="equals-value-reads-a-file"),
+    pytest.param(["--accelerated-networking", "k=@/etc/shadow"], "value starting with '@'",
+                 id="key-value-reads-a-file"),
 ]
 
 

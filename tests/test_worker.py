@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,10 @@ from workerkit import (
 
 from messages import (
     SCHEMA,
+    Cancel,
     CloudInitComplete,
     Complete,
+    CreateRequest,
     DeadLetter,
     Failed,
     Message,
@@ -365,3 +368,30 @@ async def test_events_published_while_nats_is_away_arrive_after_it_returns(az_si
             "accepted", "creating", "vm.create.complete"]
     finally:
         server.stop()
+
+
+async def test_a_cancel_of_one_generation_spares_the_next_whatever_the_clocks_say(
+        nats_server, az_sim, tmp_path):
+    """A VM's cancel (the deadline's, a handover's) names its generation: a rerun's request,
+    the next generation, is served even when its host's clock lags the canceller's; a
+    request of the cancelled generation is still dropped."""
+    az_sim.scenario({"time_scale": 0.01})
+    lagging = (datetime.now(UTC) - timedelta(seconds=5)).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+    def request(generation: int) -> bytes:
+        return encode(Message(deployment_id="dep-g", vm_name="vm-g", source="test",
+                              generation=generation, time=lagging,
+                              payload=CreateRequest(spec=spec("vm-g"))))
+    cancel = Message(deployment_id="dep-g", vm_name="vm-g", source="orchestrator",
+                     generation=3, payload=Cancel(reason="deadline"))
+    async with Bus(nats_server.url) as bus, running(nats_server.url, az_sim, tmp_path) as w:
+        w.start("w1")
+        await bus.wait_for_workers(1)
+        await bus.nc.publish(Subject.CANCEL.value, encode(cancel))
+        await bus.nc.flush()
+        await bus.publish_raw(request(3))
+        await bus.wait_for_event("vm-g", "cancelled")
+        await bus.publish_raw(request(4))
+        await bus.wait_for(lambda: bus.of("vm-g", Complete), message="generation 4 served")
+        assert az_sim.state()["create_counts"] == {"vm-g": 1}

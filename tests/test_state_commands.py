@@ -25,6 +25,13 @@ MALFORMED = {
     "vm-entry-not-a-mapping": ("vm_states:\n  vm-1: up\n", "vm_states.vm-1 is a string"),
     "top-level-not-a-mapping": ("just text\n", "its top level is not a mapping"),
     "not-yaml": ("vm_states: {vm-1: [\n", "it is not valid YAML"),
+    # Published as is, a hand-edited generation is dead-lettered by every worker: the VM
+    # waited for the deadline, and every rerun took the next bad one.
+    "generation-negative": ("vm_states:\n  vm-1: {state: Creating, generation: -3, "
+                            "requested_at: '2026-12-01T20:00:00.000Z'}\n",
+                            "vm_states.vm-1.generation is -3, not an integer from 0"),
+    "generation-beyond-64-bits": ("vm_states:\n  vm-1: {state: Failed, generation: "
+                                  f"{2**64}}}\n", "vm_states.vm-1.generation is 1844"),
 }
 
 

@@ -174,15 +174,11 @@ class Deployment:
         """Both files checked (bad: exit 2) and writable (else exit 3), before any az call."""
         try:
             loaded = load_state(self.options.state_file, self.options.events_file,
-                                writable=True)
+                                writable=True, deployment_id=self.plan.deployment_id)
         except StateFileError as exc:
             raise BadInput(str(exc)) from None
         except OSError as exc:
             raise CannotRun(f"cannot use the state files: {exc}") from None
-        owner = loaded.data.get("deployment_id")
-        if owner and owner != self.plan.deployment_id:
-            raise BadInput(f"{self.options.state_file} belongs to deployment {owner!r}, not "
-                           f"{self.plan.deployment_id!r}; give another --state-file")
         if loaded.rebuilt:
             self.display.note(loaded.rebuilt, warning=True)
         return loaded.data, loaded.event_ids

@@ -54,11 +54,13 @@ def _err(text: str) -> None:
 
 # --- status -----------------------------------------------------------------------------------
 
-def _load(state_file: Path, events_file: Path, *,
-          writable: bool = False) -> LoadedState | int:
-    """Both files checked, or the exit code (after saying why): 2 malformed, 3 unusable."""
+def _load(state_file: Path, events_file: Path, *, writable: bool = False,
+          deployment_id: str | None = None) -> LoadedState | int:
+    """Both files checked, or the exit code (after saying why): 2 malformed or another
+    deployment's, 3 unusable."""
     try:
-        loaded = load_state(state_file, events_file, writable=writable)
+        loaded = load_state(state_file, events_file, writable=writable,
+                            deployment_id=deployment_id)
     except StateFileError as exc:
         _err(f"error: {exc}")
         return EXIT_BAD_INPUT
@@ -175,7 +177,8 @@ async def reset(plan: Plan, *, az: str | None, state_file: Path, events_file: Pa
 
     0 when every VM is gone, 1 otherwise; 2 or 3 (before any delete) when the state files
     are malformed or cannot be written, 3 when they stop being writable."""
-    if isinstance(code := _load(state_file, events_file, writable=True), int):
+    if isinstance(code := _load(state_file, events_file, writable=True,
+                                deployment_id=plan.deployment_id), int):
         return code
     try:
         return await _reset(plan, az=az, state_file=state_file, events_file=events_file)

@@ -41,6 +41,7 @@ VM_STATES = ("Creating", "Succeeded", "Failed", "Deleting", "Deleted")
 NEW_FILE_MODE = atomicfile.NEW_FILE_MODE
 MAX_GENERATION = INT_LIMIT - 2  # the next one must still fit in a request's 64 bits
 
+
 class StateFileError(Exception):
     """A state or events file exists but cannot be used (bad YAML or wrong shape)."""
 
@@ -123,13 +124,19 @@ class LoadedState:
     rebuilt: str | None = None  # why vm_states came from the events log, if it did
 
 
-def load_state(state_path: Path, events_path: Path, *, writable: bool = False) -> LoadedState:
+def load_state(state_path: Path, events_path: Path, *, writable: bool = False,
+               deployment_id: str | None = None) -> LoadedState:
     """Both files checked (StateFileError); a truncated state file replayed from the log.
 
-    ``writable``: also raise OSError unless both files can be written (before a run)."""
+    ``writable``: also raise OSError unless both files can be written (before a run).
+    ``deployment_id``: also refuse a state file of another deployment."""
     events = read_events(events_path)
     data = _read_plain(state_path)
     check_state(state_path, data)
+    owner = (data or {}).get("deployment_id")
+    if deployment_id is not None and owner and owner != deployment_id:
+        raise StateFileError(state_path, f"it belongs to deployment {owner!r}, not "
+                             f"{deployment_id!r}; give another --state-file")
     for path in (state_path, events_path) if writable else ():
         atomicfile.check_writable(path)
     ids = {str(e["event_id"]) for e in events if e.get("event_id")}

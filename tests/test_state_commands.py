@@ -95,6 +95,24 @@ def test_status_reset_and_launch_refuse_a_malformed_state_file_too(tmp_path, az_
     assert creates(az_sim) == 0 and az_sim.state()["calls"].get("vm delete", 0) == 0
 
 
+def test_reset_and_launch_refuse_another_deployments_state_file_like_deploy(tmp_path, az_sim):
+    # They used to write their VMs into it: a later deploy of its owner took such a VM
+    # (another deployment's) as its own ready one.
+    text = "deployment_id: dep-other\nvm_states:\n  vm-1: {state: Succeeded, verified: true}\n"
+    path = write_state(tmp_path, text)
+    runs = {
+        "deploy": orchestrate(tmp_path, az_sim, *vm_args("vm-1"), *FAST),
+        "reset": orchestrate(tmp_path, az_sim, "reset", *vm_args("vm-1"), "--image",
+                             "Debian12", "--yes"),
+        "launch": launch(az_sim, tmp_path),
+    }
+    for command, result in runs.items():
+        assert result.returncode == 2, (command, result.stderr)
+        assert "belongs to deployment 'dep-other'" in result.stderr, command
+    assert path.read_bytes() == text.encode()
+    assert creates(az_sim) == 0 and az_sim.state()["calls"].get("vm delete", 0) == 0
+
+
 @pytest.mark.parametrize("left", ["", "# k0rdent Deployment State\nphase: \"x\"\n"],
                          ids=["emptied", "cut-before-vm_states"])
 def test_a_rerun_rebuilds_a_truncated_state_file_from_the_events_log(tmp_path, az_sim, left):

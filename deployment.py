@@ -42,6 +42,7 @@ from statewriter import StateWriter, WriteFailed
 from stopsignals import STOP_SIGNALS
 from streams import StreamMismatch, prepare_streams
 from tracker import Ticket, Tracker, decide
+from vmlook import owner
 
 EXIT_READY, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 DEFAULT_POLL_INTERVAL = 30.0
@@ -184,17 +185,18 @@ class Deployment:
         return loaded.data, loaded.event_ids
 
     async def _survey(self) -> dict[str, str]:
-        """One `az vm list -d`: provisioning state per VM; possible leaks reported."""
+        """One `az vm list -d`: provisioning state per VM of ours; possible leaks reported."""
         result = await self.az.list_vms(self.plan.resource_group)
         if not result.ok or not isinstance(result.data, list):
             message = result.error.message if result.error else "unreadable output"
             self.display.note(f"az vm list failed ({message}); every VM will be looked at by "
                               "its launcher", warning=True)
             return {}
-        found = {vm.get("name"): vm for vm in result.data if isinstance(vm, dict)}
-        leaks = sorted(name for name, vm in found.items()
-                       if (vm.get("tags") or {}).get(TAG_DEPLOYMENT) == self.plan.deployment_id
-                       and name not in self.plan.names)
+        # Only this deployment's VMs: another one of the same name is never "already ready";
+        # its launcher finds out whose it is.
+        found = {vm.get("name"): vm for vm in result.data
+                 if isinstance(vm, dict) and owner(vm) == self.plan.deployment_id}
+        leaks = sorted(name for name in found if name not in self.plan.names)
         self.leaks = leaks
         if leaks:
             self.display.note(f"possible leak: VMs tagged {TAG_DEPLOYMENT}="

@@ -22,6 +22,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
+import atomicfile
 import customdata
 from azcli import TAG_DEPLOYMENT, AzCli
 from display import Display
@@ -104,6 +105,7 @@ class Deployment:
         self.tracker: Tracker | None = None
         self.leaks: list[str] = []
         self.writer_failure: WriteFailed | None = None  # the state files stayed unwritable
+        self.run_locked = False
 
     async def run(self) -> int:
         state, written = self._read_files()
@@ -133,6 +135,7 @@ class Deployment:
     async def _start_tracking(self, vm_states: dict[str, Any], written: set[str],
                               done: list[str], tickets: dict[str, Ticket]) -> None:
         """Open the state files (only now are they touched) and record the start."""
+        self._lock_run()
         writer = await self.stack.enter_async_context(StateWriter(
             self.options.state_file, self.options.events_file,
             deployment_id=self.plan.deployment_id, on_broken=self._writer_broken))
@@ -204,6 +207,17 @@ class Deployment:
                               f"alone): {', '.join(leaks)}", warning=True)
         return {name: str(vm.get("provisioningState", "")) for name, vm in found.items()}
 
+    def _lock_run(self) -> None:
+        """One run per state file (else CannotRun): taken where the state directory is
+        first written, before the embedded server starts on its store or anything launches."""
+        if self.run_locked:
+            return
+        try:
+            self.stack.enter_context(atomicfile.run_lock(self.options.state_file))
+        except OSError as exc:
+            raise CannotRun(str(exc)) from None
+        self.run_locked = True
+
     async def _reach_nats(self) -> Client | None:
         """A NATS client, or None for legacy polling (CannotRun under --require-nats)."""
         options = self.options
@@ -213,6 +227,7 @@ class Deployment:
         if settings is None:
             if nats_server_binary() is None:
                 return self._no_nats("no NATS URL given and no nats-server binary found")
+            self._lock_run()
             self.runtime = EmbeddedRuntime(options.state_file.parent / "nats", options.workers)
             try:
                 await self.stack.enter_async_context(self.runtime)

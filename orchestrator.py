@@ -177,6 +177,7 @@ def deploy(**params: Any) -> None:
     The state and events files are checked before any az call: malformed, exit 2 (the
     file untouched); not writable, exit 3. A truncated state file is rebuilt from the
     events log. A state file that stops being writable mid-run stops the launch: exit 3.
+    A state file another live deploy is using: exit 3 before anything is launched.
     """
     _logging(params["verbose"])
     plan = _plan(params)

@@ -129,7 +129,7 @@ def test_a_rerun_rebuilds_a_truncated_state_file_from_the_events_log(tmp_path, a
     assert az_sim.state()["create_counts"] == {"vm-1": 1, "vm-2": 1}  # nothing twice
     written = [*(tmp_path / "state").glob("deployment-*"),
                *(tmp_path / "state" / "nats").glob("worker-*.log")]
-    assert len(written) == 4 + 2  # both files, their locks, two embedded workers' logs
+    assert len(written) == 5 + 2  # both files, their locks, the run lock, two workers' logs
     assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in written} == {
         path.name: 0o600 for path in written}
 
@@ -188,3 +188,16 @@ def test_a_state_file_that_becomes_unwritable_stops_the_run_with_exit_3(tmp_path
     per_line = collections.Counter((e.get("event_id"), e["action"]) for e in events(tmp_path)
                                    if "event_id" in e)
     assert max(per_line.values()) == 1
+
+
+def test_a_second_deploy_on_the_same_state_file_exits_3_and_launches_nothing(tmp_path, az_sim):
+    # Two deploys at once (a second terminal, a retried CI job) each created every VM:
+    # two launchers drove one VM. In embedded mode the second one hung until its deadline.
+    az_sim.scenario({"time_scale": 0.02, "defaults": {"create_seconds": 100}})
+    args = [*vm_args("vm-1"), *FAST, "--legacy-poll", "--poll-interval", "0.2"]
+    runs = [start_orchestrator(tmp_path, az_sim, *args) for _ in range(2)]
+    outcomes = sorted((proc.wait(timeout=60), proc.stderr.read()) for proc in runs)
+
+    assert [code for code, _ in outcomes] == [0, 3], outcomes
+    assert "is in use by another run (pid " in outcomes[1][1]
+    assert az_sim.state()["create_counts"] == {"vm-1": 1}

@@ -256,9 +256,9 @@ def reset(**params: Any) -> None:
     Only VMs tagged with this deployment are deleted: an untagged or another deployment's
     VM, or one whose state cannot be read, is left in place and named (exit 1). Writes
     Deleting and then Deleted to the state file and vm_reset_deletion events; a state file
-    that is malformed or another deployment's is exit 2, one that cannot be written exit 3,
-    before any delete. Asks for confirmation unless --yes; without a terminal --yes is
-    required.
+    that is malformed or another deployment's is exit 2, one that cannot be written or
+    that a live deploy is using exit 3, before any delete. Asks for confirmation unless
+    --yes; without a terminal --yes is required.
     """
     plan = _plan(params)
     question = f"Delete {len(plan.vms)} VMs in Azure (resource group {plan.resource_group})?"

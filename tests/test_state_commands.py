@@ -201,3 +201,21 @@ def test_a_second_deploy_on_the_same_state_file_exits_3_and_launches_nothing(tmp
     assert [code for code, _ in outcomes] == [0, 3], outcomes
     assert "is in use by another run (pid " in outcomes[1][1]
     assert az_sim.state()["create_counts"] == {"vm-1": 1}
+
+
+def test_reset_during_a_live_deploy_on_its_state_file_exits_3_and_deletes_nothing(
+        tmp_path, az_sim):
+    # Its deletes used to race the deploy's creates: the deploy made the VMs again.
+    az_sim.scenario({"time_scale": 0.02, "defaults": {"create_seconds": 150}})
+    deploy = start_orchestrator(tmp_path, az_sim, *vm_args("vm-1"), *FAST, "--legacy-poll",
+                                "--poll-interval", "0.2")
+    try:
+        wait_until(lambda: creates(az_sim), timeout=30, message="the deploy's create")
+        reset = orchestrate(tmp_path, az_sim, "reset", *vm_args("vm-1"), "--image",
+                            "Debian12", "--yes")
+        assert deploy.wait(timeout=60) == 0
+    finally:
+        deploy.kill()
+    assert reset.returncode == 3, reset.stderr
+    assert "is in use by another run (pid " in reset.stderr
+    assert "vm delete" not in az_sim.state()["calls"]

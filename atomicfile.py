@@ -46,6 +46,32 @@ def locked(path: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the flock
 
 
+class InUse(OSError):
+    """Another live run holds the file's run lock."""
+
+
+@contextlib.contextmanager
+def run_lock(path: Path) -> Iterator[None]:
+    """Hold ``<file>.run-lock`` for a whole run, or raise InUse naming the holder's pid.
+
+    The kernel drops it when the process dies (a SIGKILLed run leaves nothing to clean), and
+    children do not inherit it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(f"{path}.run-lock", os.O_RDWR | os.O_CREAT, mode_for(path))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            raise InUse(f"{path} is in use by another run (pid {holder}); wait for it to end, "
+                        "or give another --state-file") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
 def rewrite(path: Path, new_text: Callable[[str | None], str]) -> None:
     """Locked read-modify-write: ``new_text(current text or None)`` replaces the file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -83,6 +83,8 @@ async def clean_up(az: AzCli, report: Reporter, spec: VMSpec, *, attempt: int,
     """Delete a failed attempt's VM and public IP (waits until gone) only when a read says the
     VM exists and carries this deployment's tag. Otherwise: why it was left in place, or
     None when there is nothing to delete."""
+    # The fence first: a read taken before a wait for it (the poller's handover) is stale.
+    await fence.allow("delete", spec.name)
     seen = await look(az, spec, time.monotonic() + spec.create_timeout)
     if seen.absent:
         return None

@@ -22,6 +22,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
+import atomicfile
 import customdata
 from azcli import TAG_DEPLOYMENT, AzCli
 from display import Display
@@ -42,6 +43,7 @@ from statewriter import StateWriter, WriteFailed
 from stopsignals import STOP_SIGNALS
 from streams import StreamMismatch, prepare_streams
 from tracker import Ticket, Tracker, decide
+from vmlook import owner
 
 EXIT_READY, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 DEFAULT_POLL_INTERVAL = 30.0
@@ -103,6 +105,7 @@ class Deployment:
         self.tracker: Tracker | None = None
         self.leaks: list[str] = []
         self.writer_failure: WriteFailed | None = None  # the state files stayed unwritable
+        self.run_locked = False
 
     async def run(self) -> int:
         state, written = self._read_files()
@@ -132,6 +135,7 @@ class Deployment:
     async def _start_tracking(self, vm_states: dict[str, Any], written: set[str],
                               done: list[str], tickets: dict[str, Ticket]) -> None:
         """Open the state files (only now are they touched) and record the start."""
+        self._lock_run()
         writer = await self.stack.enter_async_context(StateWriter(
             self.options.state_file, self.options.events_file,
             deployment_id=self.plan.deployment_id, on_broken=self._writer_broken))
@@ -174,37 +178,45 @@ class Deployment:
         """Both files checked (bad: exit 2) and writable (else exit 3), before any az call."""
         try:
             loaded = load_state(self.options.state_file, self.options.events_file,
-                                writable=True)
+                                writable=True, deployment_id=self.plan.deployment_id)
         except StateFileError as exc:
             raise BadInput(str(exc)) from None
         except OSError as exc:
             raise CannotRun(f"cannot use the state files: {exc}") from None
-        owner = loaded.data.get("deployment_id")
-        if owner and owner != self.plan.deployment_id:
-            raise BadInput(f"{self.options.state_file} belongs to deployment {owner!r}, not "
-                           f"{self.plan.deployment_id!r}; give another --state-file")
         if loaded.rebuilt:
             self.display.note(loaded.rebuilt, warning=True)
         return loaded.data, loaded.event_ids
 
     async def _survey(self) -> dict[str, str]:
-        """One `az vm list -d`: provisioning state per VM; possible leaks reported."""
+        """One `az vm list -d`: provisioning state per VM of ours; possible leaks reported."""
         result = await self.az.list_vms(self.plan.resource_group)
         if not result.ok or not isinstance(result.data, list):
             message = result.error.message if result.error else "unreadable output"
             self.display.note(f"az vm list failed ({message}); every VM will be looked at by "
                               "its launcher", warning=True)
             return {}
-        found = {vm.get("name"): vm for vm in result.data if isinstance(vm, dict)}
-        leaks = sorted(name for name, vm in found.items()
-                       if (vm.get("tags") or {}).get(TAG_DEPLOYMENT) == self.plan.deployment_id
-                       and name not in self.plan.names)
+        # Only this deployment's VMs: another one of the same name is never "already ready";
+        # its launcher finds out whose it is.
+        found = {vm.get("name"): vm for vm in result.data
+                 if isinstance(vm, dict) and owner(vm) == self.plan.deployment_id}
+        leaks = sorted(name for name in found if name not in self.plan.names)
         self.leaks = leaks
         if leaks:
             self.display.note(f"possible leak: VMs tagged {TAG_DEPLOYMENT}="
                               f"{self.plan.deployment_id} that are not in the plan (left "
                               f"alone): {', '.join(leaks)}", warning=True)
         return {name: str(vm.get("provisioningState", "")) for name, vm in found.items()}
+
+    def _lock_run(self) -> None:
+        """One run per state file (else CannotRun): taken where the state directory is
+        first written, before the embedded server starts on its store or anything launches."""
+        if self.run_locked:
+            return
+        try:
+            self.stack.enter_context(atomicfile.run_lock(self.options.state_file))
+        except OSError as exc:
+            raise CannotRun(str(exc)) from None
+        self.run_locked = True
 
     async def _reach_nats(self) -> Client | None:
         """A NATS client, or None for legacy polling (CannotRun under --require-nats)."""
@@ -215,6 +227,7 @@ class Deployment:
         if settings is None:
             if nats_server_binary() is None:
                 return self._no_nats("no NATS URL given and no nats-server binary found")
+            self._lock_run()
             self.runtime = EmbeddedRuntime(options.state_file.parent / "nats", options.workers)
             try:
                 await self.stack.enter_async_context(self.runtime)

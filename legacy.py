@@ -180,10 +180,10 @@ class _Poller:
                 await vm.report.status("provisioning", f"found {vm.name} {state} in Azure; "
                                        "adopting it instead of creating it", attempt=vm.attempt,
                                        spec=vm.spec)
+        elif not self.fence.open_now():
+            pass  # a worker may still replace or create it: decide on a poll after the handover
         elif state == "Failed":
             self._spawn(vm, self.work.replace_failed(vm))
-        elif seen is None and not self.fence.open_now():
-            pass  # a worker may still create it: look again at the next poll
         elif seen is None and vm.attempt >= vm.spec.max_attempts:
             error = AzError("RetriesExhausted", f"{vm.attempt} attempts already made and "
                             f"{vm.name} is not in Azure", FailureKind.PERMANENT)

@@ -82,13 +82,14 @@ async def launch(spec: VMSpec, *, deployment_id: str, az: str, private_key: str 
                  nats: NatsSettings | None, json_lines: bool, state_file: str | None,
                  events_file: str | None, adopt_untagged: bool = False) -> int:
     """Create and verify one VM whose spec passed `spec_problems`. 0 ready, 1 failed or
-    stopped by SIGINT/SIGTERM/SIGHUP, 2 a malformed state or events file, 3 one that
+    stopped by SIGINT/SIGTERM/SIGHUP, 2 a malformed state or events file (or another
+    deployment's), 3 one that
     cannot be written, or NATS rejected our credentials or TLS (nothing launched)."""
     customdata.prepare()
     spec = spec.with_file_contents()
     outputs = _Outputs(spec, deployment_id=deployment_id, json_lines=json_lines)
     files = _state_files(state_file, events_file)
-    if files is not None and (code := _check_files(*files)):
+    if files is not None and (code := _check_files(*files, deployment_id=deployment_id)):
         return code
     try:
         return await _launch(spec, outputs, deployment_id=deployment_id, az=az,
@@ -106,10 +107,11 @@ def _state_files(state_file: str | None, events_file: str | None) -> tuple[Path,
                                   / "deployment-events.yaml")
 
 
-def _check_files(state_file: Path, events_file: Path) -> int:
+def _check_files(state_file: Path, events_file: Path, *, deployment_id: str) -> int:
     """0, or the exit code for files that cannot be used (said why), before any az call."""
     try:
-        loaded = load_state(state_file, events_file, writable=True)
+        loaded = load_state(state_file, events_file, writable=True,
+                            deployment_id=deployment_id)
     except StateFileError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2

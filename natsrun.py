@@ -192,7 +192,8 @@ class NatsRun:
 
     async def hand_over(self, owner: str) -> float:
         """Give the unfinished VMs to `owner` (the legacy poller): a cancel naming it per VM,
-        applied at once and published in the background until NATS answers. Returns the loop
+        applied at once and published in the background until NATS answers, each followed by
+        the deletion of its request. Returns the loop
         time from which `owner` may create or delete: when every worker's lease has lapsed
         (at once for embedded workers, which the caller stops)."""
         reason = f"NATS lost for more than {self.grace:g} s; {owner} drives it now"
@@ -205,6 +206,8 @@ class NatsRun:
         return lost_at + self.ack_wait + LEASE_MARGIN
 
     async def _announce(self, cancels: list[Message]) -> None:
+        """Each cancel, then its request out of the work queue: left there, it would be
+        served by a worker that never heard of the cancel (started later, say)."""
         for message in cancels:
             while True:
                 try:
@@ -212,6 +215,9 @@ class NatsRun:
                     break
                 except NATS_ERRORS:
                     await asyncio.sleep(0.5)
+            if message.vm_name in self.request_seqs:
+                with contextlib.suppress(Exception):  # already settled: nothing to delete
+                    await self.js.delete_msg(REQUESTS_STREAM, self.request_seqs[message.vm_name])
         log.info("workers told that %d VMs are driven by the poller now", len(cancels))
 
     async def close(self) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 from nats.aio.client import Client
 
+import atomicfile
 from azcli import AzCli
 from display import format_table, terminal_safe
 from embedded import EmbeddedNats, embedded_client
@@ -55,11 +56,13 @@ def _err(text: str) -> None:
 
 # --- status -----------------------------------------------------------------------------------
 
-def _load(state_file: Path, events_file: Path, *,
-          writable: bool = False) -> LoadedState | int:
-    """Both files checked, or the exit code (after saying why): 2 malformed, 3 unusable."""
+def _load(state_file: Path, events_file: Path, *, writable: bool = False,
+          deployment_id: str | None = None) -> LoadedState | int:
+    """Both files checked, or the exit code (after saying why): 2 malformed or another
+    deployment's, 3 unusable."""
     try:
-        loaded = load_state(state_file, events_file, writable=writable)
+        loaded = load_state(state_file, events_file, writable=writable,
+                            deployment_id=deployment_id)
     except StateFileError as exc:
         _err(f"error: {exc}")
         return EXIT_BAD_INPUT
@@ -178,12 +181,15 @@ async def reset(plan: Plan, *, az: str | None, state_file: Path, events_file: Pa
     """Delete the plan's VMs (NIC and disk go with them) and their public IPs, in parallel.
 
     0 when every VM is gone, 1 otherwise; 2 or 3 (before any delete) when the state files
-    are malformed or cannot be written, 3 when they stop being writable."""
-    if isinstance(code := _load(state_file, events_file, writable=True), int):
+    are malformed or cannot be written, or a live deploy uses them (3); 3 when they stop
+    being writable."""
+    if isinstance(code := _load(state_file, events_file, writable=True,
+                                deployment_id=plan.deployment_id), int):
         return code
     try:
-        return await _reset(plan, az=az, state_file=state_file, events_file=events_file)
-    except WriteFailed as exc:
+        with atomicfile.run_lock(state_file):  # not while a deploy drives these VMs
+            return await _reset(plan, az=az, state_file=state_file, events_file=events_file)
+    except (WriteFailed, atomicfile.InUse) as exc:
         _err(f"error: {exc}")
         return EXIT_CANNOT_RUN
 

@@ -177,6 +177,7 @@ def deploy(**params: Any) -> None:
     The state and events files are checked before any az call: malformed, exit 2 (the
     file untouched); not writable, exit 3. A truncated state file is rebuilt from the
     events log. A state file that stops being writable mid-run stops the launch: exit 3.
+    A state file another live deploy is using: exit 3 before anything is launched.
     """
     _logging(params["verbose"])
     plan = _plan(params)
@@ -252,8 +253,12 @@ def status(**params: Any) -> None:
 def reset(**params: Any) -> None:
     """Delete the plan's VMs (with their NICs, disks and public IPs), in parallel.
 
-    Writes Deleting and then Deleted to the state file and vm_reset_deletion events.
-    Asks for confirmation unless --yes; without a terminal --yes is required.
+    Only VMs tagged with this deployment are deleted: an untagged or another deployment's
+    VM, or one whose state cannot be read, is left in place and named (exit 1). Writes
+    Deleting and then Deleted to the state file and vm_reset_deletion events; a state file
+    that is malformed or another deployment's is exit 2, one that cannot be written or
+    that a live deploy is using exit 3, before any delete. Asks for confirmation unless
+    --yes; without a terminal --yes is required.
     """
     plan = _plan(params)
     question = f"Delete {len(plan.vms)} VMs in Azure (resource group {plan.resource_group})?"

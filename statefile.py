@@ -27,6 +27,7 @@ from ruamel.yaml.error import YAMLError
 import atomicfile
 import yamledit
 from statereplay import lost_content, rebuild_note, replay
+from typedfields import INT_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ _append_events_text = yamledit.append_events_text
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 VM_STATES = ("Creating", "Succeeded", "Failed", "Deleting", "Deleted")
 NEW_FILE_MODE = atomicfile.NEW_FILE_MODE
+MAX_GENERATION = INT_LIMIT - 2  # the next one must still fit in a request's 64 bits
+
 
 class StateFileError(Exception):
     """A state or events file exists but cannot be used (bad YAML or wrong shape)."""
@@ -84,9 +87,18 @@ def check_state(path: Path, data: Any) -> None:
         return
     if not isinstance(vms, dict):
         raise StateFileError(path, f"vm_states is a {_kind(vms)}, not a mapping of VM names")
-    if bad := [f"vm_states.{name} is a {_kind(v)}, not a mapping"
-               for name, v in vms.items() if not isinstance(v, dict)]:
+    bad = [f"vm_states.{name} is a {_kind(v)}, not a mapping"
+           for name, v in vms.items() if not isinstance(v, dict)]
+    # A generation goes into requests as it is: one a worker refuses would be dead-lettered.
+    bad += [f"vm_states.{name}.generation is {v['generation']!r}, not an integer from 0 to "
+            f"{MAX_GENERATION}" for name, v in vms.items()
+            if isinstance(v, dict) and "generation" in v and not _is_generation(v["generation"])]
+    if bad:
         raise StateFileError(path, "; ".join(bad))
+
+
+def _is_generation(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_GENERATION
 
 
 def check_events(path: Path, data: Any) -> None:
@@ -112,13 +124,19 @@ class LoadedState:
     rebuilt: str | None = None  # why vm_states came from the events log, if it did
 
 
-def load_state(state_path: Path, events_path: Path, *, writable: bool = False) -> LoadedState:
+def load_state(state_path: Path, events_path: Path, *, writable: bool = False,
+               deployment_id: str | None = None) -> LoadedState:
     """Both files checked (StateFileError); a truncated state file replayed from the log.
 
-    ``writable``: also raise OSError unless both files can be written (before a run)."""
+    ``writable``: also raise OSError unless both files can be written (before a run).
+    ``deployment_id``: also refuse a state file of another deployment."""
     events = read_events(events_path)
     data = _read_plain(state_path)
     check_state(state_path, data)
+    owner = (data or {}).get("deployment_id")
+    if deployment_id is not None and owner and owner != deployment_id:
+        raise StateFileError(state_path, f"it belongs to deployment {owner!r}, not "
+                             f"{deployment_id!r}; give another --state-file")
     for path in (state_path, events_path) if writable else ():
         atomicfile.check_writable(path)
     ids = {str(e["event_id"]) for e in events if e.get("event_id")}

@@ -139,7 +139,8 @@ def serve(az_path: str, ssh_private_key: str | None, adopt_untagged: bool, verbo
               help="Print each event as a JSON line (the encoded message) instead of text.")
 @click.option("--state-file", type=click.Path(dir_okay=False),
               help="deployment-state.yaml to keep up to date (created when absent; "
-                   "malformed: exit 2, not writable: exit 3, both before any az call).")
+                   "malformed or another deployment's: exit 2, not writable: exit 3, "
+                   "both before any az call).")
 @click.option("--events-file", type=click.Path(dir_okay=False),
               help="deployment-events.yaml to append to. [default: beside --state-file]")
 @click.option("--no-nats", is_flag=True, help="Do not try to publish the events to NATS.")

@@ -287,3 +287,39 @@ def test_a_dead_letter_names_its_requests_generation_and_spares_the_next():
     view.vms["vm-1"].generation = 2
     view.apply(dead)
     assert not view.vms["vm-1"].failed
+
+
+async def test_the_poller_decides_on_a_fresh_read_once_the_handover_comes(sim: AzSim):
+    # Found Failed while a worker may still hold the VM: by the time the poller may delete,
+    # that worker has replaced it with a good VM. The stale read must not delete that one.
+    sim.scenario({"time_scale": 0.01, "location": "westus2",
+                  "vms": [{"match": "vm-1", "attempts": [1], "fail": "InternalServerError"}]})
+    ours = f"{TAG_DEPLOYMENT}={DEPLOYMENT}"
+    sim.az("vm", "create", "-g", RG, "-n", "vm-1", "--image", "Debian12", "--zone", "1",
+           "--tags", ours, check=False)
+    assert sim.state()["vms"]["vm-1"]["provisioningState"] == "Failed"
+    plan = Plan(deployment_id=DEPLOYMENT, resource_group=RG, vms=[vm_spec()])
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    polled = asyncio.Event()
+
+    async def sink(message: Message) -> None:
+        pass
+
+    async def worker_replaces_it() -> None:  # what the worker holding the lease did
+        while sim.state()["calls"].get("vm list", 0) < 1:
+            await asyncio.sleep(0.05)
+        sim.az("vm", "delete", "-g", RG, "-n", "vm-1", "--yes")
+        sim.az("vm", "create", "-g", RG, "-n", "vm-1", "--image", "Debian12", "--zone", "1",
+               "--tags", ours)
+        polled.set()
+
+    worker = asyncio.create_task(worker_replaces_it())
+    await run_legacy(plan, az=AzCli(), sink=sink, poll_interval=0.2, concurrency=2,
+                     private_key=None, deadline=started + 40, handover_at=started + 3.0)
+    await asyncio.wait_for(worker, 5)
+
+    azure = sim.state()
+    assert azure["create_counts"] == {"vm-1": 2}  # the failed one and the worker's
+    assert azure["calls"]["vm delete"] == 1  # the worker's; the poller adopted its VM
+    assert azure["vms"]["vm-1"]["provisioningState"] == "Succeeded"

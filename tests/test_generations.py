@@ -257,3 +257,41 @@ def actions(cwd: Path) -> list[str]:
     path = cwd / "state" / "deployment-events.yaml"
     return [e["action"] for e in yaml.safe_load(path.read_text())["events"]] \
         if path.exists() else []
+
+
+async def test_a_request_handed_to_the_poller_does_not_stay_queued_after_the_run(
+        tmp_path, az_sim):
+    # w1 holds vm-1's request when NATS goes away, and dies during the outage; the poller
+    # finishes the VM and the run ends once NATS is back. The request stayed in the work
+    # queue: a worker started later, with no memory of the handover, would serve it and
+    # create the VM again (after a reset, say) with nobody following it.
+    az_sim.scenario({"time_scale": 0.01, "vms": [{"match": "vm-1", "create_seconds": 150}]})
+    server = RestartableNats(tmp_path / "nats")
+    server.start()
+    cwd = tmp_path / "run"
+    cwd.mkdir()
+    try:
+        async with running(server.url, az_sim, tmp_path) as workers:
+            async with Bus(server.url) as bus:
+                workers.start("w1")
+                await bus.wait_for_workers(1)
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, str(ORCHESTRATOR), "deploy", "--vm", "vm-1:1", *FAST,
+                    "--nats-url", server.url, "--nats-grace", "1", "--poll-interval", "0.2",
+                    "--deadline", "60", cwd=cwd, env=env_for(az_sim),
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+                await bus.wait_for_event("vm-1", "creating", timeout=30)
+            server.stop()
+            workers.procs["w1"].kill()
+            await async_wait_until(lambda: "vm_launch_mode_changed" in actions(cwd),
+                                   timeout=30, message="the fallback to polling")
+            server.start()
+            out, _ = await asyncio.wait_for(proc.communicate(), 60)
+            async with Bus(server.url) as bus:
+                left = await bus.pending_requests()
+    finally:
+        server.stop()
+
+    assert proc.returncode == 0, out.decode()
+    assert az_sim.state()["create_counts"] == {"vm-1": 1}
+    assert left == 0

@@ -206,3 +206,22 @@ def test_deploy_hands_adopt_untagged_to_whoever_launches(az_sim, tmp_path, mode)
 
     assert done.returncode == 0, done.stdout + done.stderr
     untouched(az_sim)
+
+
+def test_a_rerun_does_not_take_a_replaced_vm_without_our_tag_as_ready(az_sim, tmp_path):
+    # The state file says vm1 is ready; meanwhile it was deleted and someone else made a VM
+    # of that name. The rerun used to count it as this deployment's ready VM (exit 0).
+    args = [*vm_args("vm1:1"), *FAST, "--deployment-id", DEPLOYMENT, "--legacy-poll",
+            "--poll-interval", "0.2"]
+    assert orchestrate(tmp_path, az_sim, *args).returncode == 0
+    az_sim.az("vm", "delete", "-g", RG, "-n", "vm1", "--yes")
+    az_sim.az("network", "public-ip", "delete", "-g", RG, "-n", "vm1PublicIP")
+    az_sim.az("vm", "create", "-g", RG, "-n", "vm1", "--image", "Ubuntu2204", "--zone", "1")
+
+    rerun = orchestrate(tmp_path, az_sim, *args)
+
+    assert rerun.returncode == 1, rerun.stdout + rerun.stderr
+    assert "NotOurs" in rerun.stdout
+    state = az_sim.state()
+    assert state["create_counts"] == {"vm1": 2}  # ours, then the other one; nothing since
+    assert state["calls"]["vm delete"] == 1  # the one above

@@ -25,6 +25,13 @@ MALFORMED = {
     "vm-entry-not-a-mapping": ("vm_states:\n  vm-1: up\n", "vm_states.vm-1 is a string"),
     "top-level-not-a-mapping": ("just text\n", "its top level is not a mapping"),
     "not-yaml": ("vm_states: {vm-1: [\n", "it is not valid YAML"),
+    # Published as is, a hand-edited generation is dead-lettered by every worker: the VM
+    # waited for the deadline, and every rerun took the next bad one.
+    "generation-negative": ("vm_states:\n  vm-1: {state: Creating, generation: -3, "
+                            "requested_at: '2026-12-01T20:00:00.000Z'}\n",
+                            "vm_states.vm-1.generation is -3, not an integer from 0"),
+    "generation-beyond-64-bits": ("vm_states:\n  vm-1: {state: Failed, generation: "
+                                  f"{2**64}}}\n", "vm_states.vm-1.generation is 1844"),
 }
 
 
@@ -88,6 +95,24 @@ def test_status_reset_and_launch_refuse_a_malformed_state_file_too(tmp_path, az_
     assert creates(az_sim) == 0 and az_sim.state()["calls"].get("vm delete", 0) == 0
 
 
+def test_reset_and_launch_refuse_another_deployments_state_file_like_deploy(tmp_path, az_sim):
+    # They used to write their VMs into it: a later deploy of its owner took such a VM
+    # (another deployment's) as its own ready one.
+    text = "deployment_id: dep-other\nvm_states:\n  vm-1: {state: Succeeded, verified: true}\n"
+    path = write_state(tmp_path, text)
+    runs = {
+        "deploy": orchestrate(tmp_path, az_sim, *vm_args("vm-1"), *FAST),
+        "reset": orchestrate(tmp_path, az_sim, "reset", *vm_args("vm-1"), "--image",
+                             "Debian12", "--yes"),
+        "launch": launch(az_sim, tmp_path),
+    }
+    for command, result in runs.items():
+        assert result.returncode == 2, (command, result.stderr)
+        assert "belongs to deployment 'dep-other'" in result.stderr, command
+    assert path.read_bytes() == text.encode()
+    assert creates(az_sim) == 0 and az_sim.state()["calls"].get("vm delete", 0) == 0
+
+
 @pytest.mark.parametrize("left", ["", "# k0rdent Deployment State\nphase: \"x\"\n"],
                          ids=["emptied", "cut-before-vm_states"])
 def test_a_rerun_rebuilds_a_truncated_state_file_from_the_events_log(tmp_path, az_sim, left):
@@ -104,7 +129,7 @@ def test_a_rerun_rebuilds_a_truncated_state_file_from_the_events_log(tmp_path, a
     assert az_sim.state()["create_counts"] == {"vm-1": 1, "vm-2": 1}  # nothing twice
     written = [*(tmp_path / "state").glob("deployment-*"),
                *(tmp_path / "state" / "nats").glob("worker-*.log")]
-    assert len(written) == 4 + 2  # both files, their locks, two embedded workers' logs
+    assert len(written) == 5 + 2  # both files, their locks, the run lock, two workers' logs
     assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in written} == {
         path.name: 0o600 for path in written}
 
@@ -163,3 +188,34 @@ def test_a_state_file_that_becomes_unwritable_stops_the_run_with_exit_3(tmp_path
     per_line = collections.Counter((e.get("event_id"), e["action"]) for e in events(tmp_path)
                                    if "event_id" in e)
     assert max(per_line.values()) == 1
+
+
+def test_a_second_deploy_on_the_same_state_file_exits_3_and_launches_nothing(tmp_path, az_sim):
+    # Two deploys at once (a second terminal, a retried CI job) each created every VM:
+    # two launchers drove one VM. In embedded mode the second one hung until its deadline.
+    az_sim.scenario({"time_scale": 0.02, "defaults": {"create_seconds": 100}})
+    args = [*vm_args("vm-1"), *FAST, "--legacy-poll", "--poll-interval", "0.2"]
+    runs = [start_orchestrator(tmp_path, az_sim, *args) for _ in range(2)]
+    outcomes = sorted((proc.wait(timeout=60), proc.stderr.read()) for proc in runs)
+
+    assert [code for code, _ in outcomes] == [0, 3], outcomes
+    assert "is in use by another run (pid " in outcomes[1][1]
+    assert az_sim.state()["create_counts"] == {"vm-1": 1}
+
+
+def test_reset_during_a_live_deploy_on_its_state_file_exits_3_and_deletes_nothing(
+        tmp_path, az_sim):
+    # Its deletes used to race the deploy's creates: the deploy made the VMs again.
+    az_sim.scenario({"time_scale": 0.02, "defaults": {"create_seconds": 150}})
+    deploy = start_orchestrator(tmp_path, az_sim, *vm_args("vm-1"), *FAST, "--legacy-poll",
+                                "--poll-interval", "0.2")
+    try:
+        wait_until(lambda: creates(az_sim), timeout=30, message="the deploy's create")
+        reset = orchestrate(tmp_path, az_sim, "reset", *vm_args("vm-1"), "--image",
+                            "Debian12", "--yes")
+        assert deploy.wait(timeout=60) == 0
+    finally:
+        deploy.kill()
+    assert reset.returncode == 3, reset.stderr
+    assert "is in use by another run (pid " in reset.stderr
+    assert "vm delete" not in az_sim.state()["calls"]

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import atomicfile
 import customdata
 from azcli import AzCli
 from display import terminal_safe
@@ -83,8 +84,8 @@ async def launch(spec: VMSpec, *, deployment_id: str, az: str, private_key: str 
                  events_file: str | None, adopt_untagged: bool = False) -> int:
     """Create and verify one VM whose spec passed `spec_problems`. 0 ready, 1 failed or
     stopped by SIGINT/SIGTERM/SIGHUP, 2 a malformed state or events file (or another
-    deployment's), 3 one that
-    cannot be written, or NATS rejected our credentials or TLS (nothing launched)."""
+    deployment's), 3 one that cannot be written or that a live run holds, or NATS rejected
+    our credentials or TLS (nothing launched)."""
     customdata.prepare()
     spec = spec.with_file_contents()
     outputs = _Outputs(spec, deployment_id=deployment_id, json_lines=json_lines)
@@ -92,10 +93,13 @@ async def launch(spec: VMSpec, *, deployment_id: str, az: str, private_key: str 
     if files is not None and (code := _check_files(*files, deployment_id=deployment_id)):
         return code
     try:
-        return await _launch(spec, outputs, deployment_id=deployment_id, az=az,
-                             private_key=private_key, nats=nats, files=files,
-                             json_lines=json_lines, adopt_untagged=adopt_untagged)
-    except WriteFailed as exc:
+        with contextlib.ExitStack() as held:
+            if files is not None:  # not while a deploy (or reset) drives these VMs
+                held.enter_context(atomicfile.run_lock(files[0]))
+            return await _launch(spec, outputs, deployment_id=deployment_id, az=az,
+                                 private_key=private_key, nats=nats, files=files,
+                                 json_lines=json_lines, adopt_untagged=adopt_untagged)
+    except (WriteFailed, atomicfile.InUse) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_CANNOT_RUN
 

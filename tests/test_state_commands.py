@@ -203,6 +203,23 @@ def test_a_second_deploy_on_the_same_state_file_exits_3_and_launches_nothing(tmp
     assert az_sim.state()["create_counts"] == {"vm-1": 1}
 
 
+def test_launch_during_a_live_deploy_on_its_state_file_exits_3_and_creates_nothing(
+        tmp_path, az_sim):
+    # A manual launch would drive the deploy's VM a second time and write into its files.
+    az_sim.scenario({"time_scale": 0.02, "defaults": {"create_seconds": 150}})
+    deploy = start_orchestrator(tmp_path, az_sim, *vm_args("vm-1"), *FAST, "--legacy-poll",
+                                "--poll-interval", "0.2")
+    try:
+        wait_until(lambda: creates(az_sim), timeout=30, message="the deploy's create")
+        manual = launch(az_sim, tmp_path, "--deployment-id", "rg-test")
+        assert deploy.wait(timeout=60) == 0
+    finally:
+        deploy.kill()
+    assert manual.returncode == 3, manual.stderr
+    assert "is in use by another run (pid " in manual.stderr
+    assert az_sim.state()["create_counts"] == {"vm-1": 1}
+
+
 def test_reset_during_a_live_deploy_on_its_state_file_exits_3_and_deletes_nothing(
         tmp_path, az_sim):
     # Its deletes used to race the deploy's creates: the deploy made the VMs again.

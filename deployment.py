@@ -83,7 +83,7 @@ async def deploy(plan: Plan, options: DeployOptions, display: Display) -> int:
         async with contextlib.AsyncExitStack() as stack:
             return await Deployment(plan, options, display, stack).run()
     except (CannotRun, BadInput, StreamMismatch, WriteFailed) as exc:
-        display.note(str(exc), warning=True)
+        display.fatal(str(exc))
         return EXIT_BAD_INPUT if isinstance(exc, BadInput) else EXIT_CANNOT_RUN
     finally:
         for sig in STOP_SIGNALS:

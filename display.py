@@ -83,6 +83,10 @@ class Display:
         if not self.quiet:
             self._line(heading)
 
+    def fatal(self, text: str) -> None:
+        """Why the run cannot go on; its exit code (2 or 3) follows."""
+        print(terminal_safe(f"error: {text}", lines=True), file=self.err, flush=True)
+
     def note(self, text: str, *, warning: bool = False) -> None:
         if warning:
             print(terminal_safe(f"warning: {text}", lines=True), file=self.err, flush=True)
@@ -151,6 +155,10 @@ class LiveTable(Display):
         self._clear()
         super().note(text, warning=warning)
         self._draw()
+
+    def fatal(self, text: str) -> None:
+        self._clear()
+        super().fatal(text)
 
     def event(self, message: Message, change: Change, view: DeploymentView, *,
               replayed: bool = False) -> None:

@@ -67,6 +67,7 @@ async def test_a_wrong_password_exits_3_with_an_authorization_message_and_no_pol
                       "--nats-connect-timeout", "20")
     assert done.returncode == 3, done.stdout + done.stderr
     assert "refused the credentials (authorization violation)" in done.stderr
+    assert "error: NATS at" in done.stderr  # fatal, so not shown as a mere warning
     assert "polling" not in done.stdout + done.stderr
     assert az_sim.state().get("create_counts", {}) == {}
     assert not (tmp_path / "run" / "state").exists()  # nothing written, nothing launched

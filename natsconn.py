@@ -33,6 +33,7 @@ EVENTS_MAX_AGE = 7 * 24 * 3600.0
 DUPLICATE_WINDOW = 15 * 60.0
 # A request's ack deadline; a busy worker extends it with in-progress heartbeats.
 ACK_WAIT = 30.0
+PING_INTERVAL = 5.0
 
 
 class NatsUnavailable(Exception):
@@ -113,6 +114,10 @@ async def connect(settings: NatsSettings, **callbacks: Any) -> Client:
         "connect_timeout": settings.connect_timeout,
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.5,
+        # A connection that went stale (a server restarted under load) is noticed within
+        # ~20 s, not nats-py's default of minutes, during which acks and events would wait.
+        "ping_interval": PING_INTERVAL,
+        "max_outstanding_pings": 3,
         "error_cb": contact.on_error,
         **settings.auth.connect_options(),
         **callbacks,

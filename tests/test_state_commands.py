@@ -203,36 +203,29 @@ def test_a_second_deploy_on_the_same_state_file_exits_3_and_launches_nothing(tmp
     assert az_sim.state()["create_counts"] == {"vm-1": 1}
 
 
-def test_launch_during_a_live_deploy_on_its_state_file_exits_3_and_creates_nothing(
-        tmp_path, az_sim):
-    # A manual launch would drive the deploy's VM a second time and write into its files.
+# A reset's deletes raced the deploy's creates (the deploy made the VMs again); a manual
+# launch drove the deploy's VM a second time and wrote into its files.
+SECOND_RUNS = {
+    "reset": lambda path, sim: orchestrate(path, sim, "reset", *vm_args("vm-1"), "--image",
+                                           "Debian12", "--yes"),
+    "launch": lambda path, sim: launch(sim, path, "--deployment-id", "rg-test"),
+}
+
+
+@pytest.mark.parametrize("command", SECOND_RUNS.values(), ids=SECOND_RUNS.keys())
+def test_a_command_during_a_live_deploy_on_its_state_file_exits_3_and_touches_nothing(
+        tmp_path, az_sim, command):
     az_sim.scenario({"time_scale": 0.02, "defaults": {"create_seconds": 150}})
     deploy = start_orchestrator(tmp_path, az_sim, *vm_args("vm-1"), *FAST, "--legacy-poll",
                                 "--poll-interval", "0.2")
     try:
         wait_until(lambda: creates(az_sim), timeout=30, message="the deploy's create")
-        manual = launch(az_sim, tmp_path, "--deployment-id", "rg-test")
+        done = command(tmp_path, az_sim)
         assert deploy.wait(timeout=60) == 0
     finally:
         deploy.kill()
-    assert manual.returncode == 3, manual.stderr
-    assert "is in use by another run (pid " in manual.stderr
-    assert az_sim.state()["create_counts"] == {"vm-1": 1}
 
-
-def test_reset_during_a_live_deploy_on_its_state_file_exits_3_and_deletes_nothing(
-        tmp_path, az_sim):
-    # Its deletes used to race the deploy's creates: the deploy made the VMs again.
-    az_sim.scenario({"time_scale": 0.02, "defaults": {"create_seconds": 150}})
-    deploy = start_orchestrator(tmp_path, az_sim, *vm_args("vm-1"), *FAST, "--legacy-poll",
-                                "--poll-interval", "0.2")
-    try:
-        wait_until(lambda: creates(az_sim), timeout=30, message="the deploy's create")
-        reset = orchestrate(tmp_path, az_sim, "reset", *vm_args("vm-1"), "--image",
-                            "Debian12", "--yes")
-        assert deploy.wait(timeout=60) == 0
-    finally:
-        deploy.kill()
-    assert reset.returncode == 3, reset.stderr
-    assert "is in use by another run (pid " in reset.stderr
+    assert done.returncode == 3, done.stderr
+    assert "is in use by another run (pid " in done.stderr
     assert "vm delete" not in az_sim.state()["calls"]
+    assert az_sim.state()["create_counts"] == {"vm-1": 1}

@@ -5,9 +5,11 @@ in-progress heartbeats; it is settled (ack, nak or term) exactly when that ends,
 exception leaves it unsettled. How each was settled is remembered by stream sequence: a
 request whose ack was lost while NATS was away comes back and is settled again, not redone.
 
-The dead-letter limit counts failed deliveries, not deliveries: a worker that gives a
-request back on a graceful stop records the release in the KV bucket `VM_RELEASES`
-(key: the request's stream sequence) before it naks, and those deliveries are not counted.
+The dead-letter limit counts failed deliveries, not deliveries: a delivery that ended
+without a failure (given back on a graceful stop, redelivered to its holder while the work
+went on, or given up by a holder whose lease lapsed) is recorded in the KV bucket
+`VM_RELEASES` (key: the request's stream sequence) and is not counted. What is left is
+deliveries whose holder died or crashed: the evidence of a poison request.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from azcli import AzCli, AzError, FailureKind
@@ -36,6 +38,7 @@ from vmspec import VMSpec, spec_problems
 log = logging.getLogger("worker")  # these lines are the worker's, as operators know them
 
 SETTLED_MEMORY = 10_000  # finished requests remembered, to settle a redelivery again
+RECORD_TRIES = 5  # compare-and-set rounds when two workers record a release at once
 
 
 @dataclass
@@ -87,16 +90,33 @@ class JobRunner:
     async def release(self, msg: Msg) -> None:
         """Give a request back on a graceful stop; recorded first, so that this delivery
         does not count towards the dead-letter limit."""
-        seq = msg.metadata.sequence.stream
-        try:
-            await self._releases.put(str(seq), str(await self._released(seq) + 1).encode())
-        except NATS_ERRORS as exc:
-            log.warning("could not record the release of request %s (%s); this delivery "
-                        "counts towards its limit", seq, type(exc).__name__)
+        await self.record_release(msg.metadata.sequence.stream)
         await self.settle(msg, "nak")
 
+    async def record_release(self, seq: int) -> None:
+        """Count one delivery of request `seq` that ended without a failure. A
+        compare-and-set, so that two workers recording at once both count."""
+        for _ in range(RECORD_TRIES):
+            try:
+                try:
+                    entry = await self._releases.get(str(seq))
+                except KeyNotFoundError:
+                    await self._releases.create(str(seq), b"1")
+                    return
+                await self._releases.update(str(seq), str(_count(entry.value) + 1).encode(),
+                                            last=entry.revision)
+                return
+            except KeyWrongLastSequenceError:
+                continue  # another worker recorded one in between: count again on top
+            except NATS_ERRORS as exc:
+                log.warning("could not record the release of request %s (%s); this "
+                            "delivery counts towards its limit", seq, type(exc).__name__)
+                return
+        log.warning("could not record the release of request %s (%d conflicts in a row); "
+                    "this delivery counts towards its limit", seq, RECORD_TRIES)
+
     async def _released(self, seq: int) -> int:
-        """How often request `seq` was released on a graceful stop (0 when unknown)."""
+        """How often request `seq` ended without a failure (0 when unknown)."""
         try:
             entry = await self._releases.get(str(seq))
         except KeyNotFoundError:
@@ -105,8 +125,7 @@ class JobRunner:
             log.warning("could not read the releases of request %s (%s)", seq,
                         type(exc).__name__)
             return 0
-        value = (entry.value or b"").decode(errors="replace")
-        return int(value) if value.isdigit() and len(value) < 10 else 0
+        return _count(entry.value)
 
     async def settle_again(self, msg: Msg) -> bool:
         """Settle a request finished here as it was settled then; False if it was not."""
@@ -217,6 +236,7 @@ class JobRunner:
         log.warning("stopping %s without creating or deleting it: %s", job.request.vm_name,
                     exc)
         self.counts["fenced"] += 1
+        await self.record_release(job.msg.metadata.sequence.stream)  # not a failure
 
     async def _finish_cancelled(self, job: Job) -> None:
         assert job.report is not None
@@ -265,6 +285,11 @@ class JobRunner:
         await send()
         await nc.flush(timeout=self.ack_wait / 3)
         return nc.is_connected and nc.stats["reconnects"] == reconnects
+
+
+def _count(value: bytes | None) -> int:
+    text = (value or b"").decode(errors="replace")
+    return int(text) if text.isdigit() and len(text) < 10 else 0
 
 
 def _read(data: bytes) -> tuple[Message | None, str]:

@@ -246,6 +246,7 @@ class Worker:
             held.msg = msg  # and ack this newer delivery when done
             log.info("request %s came back while in flight here; continuing it",
                      msg.metadata.sequence.stream)
+            await runner.record_release(msg.metadata.sequence.stream)  # not a failure
             return
         job = Job(msg=msg, deliveries=msg.metadata.num_delivered)
         task = asyncio.create_task(runner.handle(job), name=f"request-{id(msg)}")

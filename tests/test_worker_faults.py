@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 
 import pytest
@@ -69,6 +70,36 @@ async def test_graceful_restarts_during_one_long_create_never_dead_letter_it(
         states = [m.payload.state for m in bus.of("vm-long", Status)]
         assert states.count("accepted") == 7 and states.count("creating") == 1
         assert az_sim.state()["create_counts"] == {"vm-long": 1}
+        await bus.wait_no_pending_requests()
+
+
+async def test_redeliveries_to_a_holder_whose_work_went_on_are_not_failures(
+        nats_server, az_sim, tmp_path):
+    # The holder is frozen three times for longer than its AckWait (the fault is the length
+    # of the freeze, so it is slept), and each time the request comes back to it while its
+    # create goes on. Then it is SIGKILLed: its one failure. The next worker counts two
+    # failed deliveries (the killed one and its own) out of five, within its limit of two,
+    # and adopts the VM instead of dead-lettering it.
+    az_sim.scenario({"time_scale": 0.01, "defaults": {"create_seconds": 3000}})
+    args = ("--max-deliveries", "2")
+    async with Bus(nats_server.url) as bus, running(nats_server.url, az_sim, tmp_path) as w:
+        w.start("a", *args, ack_wait=1.0)
+        await bus.request(spec("vm-frozen"))
+        await bus.wait_for_event("vm-frozen", "creating")
+        for freeze in range(1, 4):
+            w.signal("a", signal.SIGSTOP)
+            await asyncio.sleep(2.5)
+            w.signal("a", signal.SIGCONT)
+            await async_wait_until(
+                lambda n=freeze: w.log("a").count("came back while in flight") >= n,
+                timeout=20, message=f"redelivery {freeze} to the holder")
+        w.signal("a", signal.SIGKILL)
+        await w.wait_exit("a")
+        w.start("b", *args, ack_wait=1.0)
+        await bus.wait_for(lambda: bus.of("vm-frozen", Complete), timeout=60)
+        assert not bus.of("vm-frozen", DeadLetter)
+        assert [m.source for m in bus.of("vm-frozen", Complete)] == ["b"]
+        assert az_sim.state()["create_counts"] == {"vm-frozen": 1}
         await bus.wait_no_pending_requests()
 
 

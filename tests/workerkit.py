@@ -109,7 +109,8 @@ class Bus:
         answers: list[dict[str, Any]] = []
 
         async def collect(msg: Msg) -> None:
-            answers.append(json.loads(msg.data))
+            if msg.data:  # an empty one is the server's "no responders" status
+                answers.append(json.loads(msg.data))
 
         sub = await self.nc.subscribe(inbox, cb=collect)
         await self.nc.publish("$SRV.STATS.vm-launcher", b"", reply=inbox)
@@ -136,8 +137,9 @@ class Bus:
     async def pending_requests(self) -> int:
         return (await self.js.stream_info(REQUESTS_STREAM)).state.messages
 
-    async def wait_no_pending_requests(self, *, timeout: float = 10.0) -> None:
-        """Acked or terminated requests leave the work queue."""
+    async def wait_no_pending_requests(self, *, timeout: float = 30.0) -> None:
+        """Acked or terminated requests leave the work queue (a request whose ack was lost
+        under load is settled by its next delivery, an AckWait and an adoption later)."""
         deadline = asyncio.get_running_loop().time() + timeout
         while await self.pending_requests():
             if asyncio.get_running_loop().time() > deadline:

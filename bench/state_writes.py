@@ -21,8 +21,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from statefile import EventsFile, StateFile, make_event  # noqa: E402
-from statewriter import StateWriter  # noqa: E402
+from vmlaunch.state.statefile import EventsFile, StateFile, make_event  # noqa: E402
+from vmlaunch.state.writer import StateWriter  # noqa: E402
 
 SAMPLES = REPO / "tests" / "data"
 STATES = ["Creating", "Creating", "Succeeded", "Succeeded", "Succeeded", "Succeeded"]

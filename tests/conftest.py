@@ -20,7 +20,7 @@ import psutil
 import pytest
 import yaml
 
-from embedded import EmbeddedNats
+from vmlaunch.bus.embedded import EmbeddedNats
 
 REPO = Path(__file__).resolve().parents[1]
 AZ_SIM = REPO / "scripts" / "az-sim"

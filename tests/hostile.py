@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from messages import CreateRequest, Message, Status, encode
-from vmspec import VMSpec
+from vmlaunch.schema.messages import CreateRequest, Message, Status, encode
+from vmlaunch.schema.vmspec import VMSpec
 
 STREAM_LIMIT = 256 * 1024 + 4096
 _SPEC = VMSpec(name="vm-hostile", resource_group="rg-test", image="Ubuntu2204",

@@ -20,7 +20,7 @@ import nkeys
 import trustme
 from conftest import async_wait_until
 
-from natsconn import nats_server_binary
+from vmlaunch.bus.connection import nats_server_binary
 
 
 class ConfiguredServer:

@@ -13,10 +13,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-import azcli
-import procs
-from azcli import AzCli, AzResult, FailureKind, TokenBucket, classify
-from vmspec import VMSpec
+from vmlaunch.azure import azcli
+from vmlaunch.azure.azcli import AzCli, AzResult, FailureKind, TokenBucket, classify
+from vmlaunch.host import procs
+from vmlaunch.schema.vmspec import VMSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 T, C, L, P = (FailureKind.TRANSIENT, FailureKind.CAPACITY, FailureKind.LOOK,
@@ -596,7 +596,7 @@ async def test_only_create_and_delete_are_rate_limited() -> None:
 
 PARENT = """import asyncio, sys
 sys.path.insert(0, {root!r})
-from azcli import AzCli
+from vmlaunch.azure.azcli import AzCli
 asyncio.run(AzCli(executable=sys.argv[1]).run(["vm", "create"], timeout=60))
 """
 

@@ -14,7 +14,7 @@ from conftest import AzSim, async_wait_until
 from test_orchestrator import FAST, assert_no_process_left, assert_ready, events, vm_args
 from workerkit import running
 
-from natsconn import EVENTS_STREAM, REQUESTS_STREAM
+from vmlaunch.bus.connection import EVENTS_STREAM, REQUESTS_STREAM
 
 pytestmark = pytest.mark.timeout(150)
 

@@ -15,7 +15,7 @@ from conftest import PYTHON, REPO, AzSim
 from natsauthkit import configured_server, make_pki, secret_file, user_nkey
 from workerkit import RG, launch_env, running
 
-from natsconn import EVENTS_STREAM
+from vmlaunch.bus.connection import EVENTS_STREAM
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import async_wait_until
 from workerkit import Bus, running, spec
 
-import customdata
+from vmlaunch.host import customdata
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -15,8 +15,8 @@ from hostile import HOSTILE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventbus import dead_letter
-from messages import (
+from vmlaunch.bus.publish import dead_letter
+from vmlaunch.schema.messages import (
     Cancel,
     Complete,
     CreateRequest,
@@ -27,8 +27,8 @@ from messages import (
     decode,
     encode,
 )
-from vmspec import VMSpec
-from wirejson import redacted_excerpt
+from vmlaunch.schema.vmspec import VMSpec
+from vmlaunch.schema.wirejson import redacted_excerpt
 
 
 def fuzz(cases: int) -> settings:

@@ -15,12 +15,15 @@ import nats
 import pytest
 from conftest import AzSim
 
-from azcli import TAG_DEPLOYMENT, AzCli
-from eventbus import dead_letter
-from eventfeed import DuplicateRequest, EventFeed, Generations, publish_request
-from lease import Fenced, Lease
-from legacy import run_legacy
-from messages import (
+from vmlaunch.azure.azcli import TAG_DEPLOYMENT, AzCli
+from vmlaunch.bus.feed import DuplicateRequest, EventFeed, Generations, publish_request
+from vmlaunch.bus.publish import dead_letter
+from vmlaunch.bus.streams import ensure_streams
+from vmlaunch.lifecycle.launch import Launch, Reporter
+from vmlaunch.lifecycle.lease import Fenced, Lease
+from vmlaunch.plans.plan import Plan
+from vmlaunch.runner.pollmode import run_legacy
+from vmlaunch.schema.messages import (
     Cancel,
     Complete,
     CreateRequest,
@@ -30,11 +33,8 @@ from messages import (
     decode,
     encode,
 )
-from pipeline import Launch, Reporter
-from plan import Plan
-from streams import ensure_streams
-from vmspec import VMSpec
-from vmstate import DeploymentView
+from vmlaunch.schema.vmspec import VMSpec
+from vmlaunch.state.reducer import DeploymentView
 
 pytestmark = pytest.mark.timeout(60)
 

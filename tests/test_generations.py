@@ -26,9 +26,9 @@ from conftest import REPO, AzSim, async_wait_until
 from nats.js.errors import NotFoundError
 from workerkit import Bus, RestartableNats, running
 
-from messages import Complete, Failed, Message, Payload, Status, decode, encode
-from natsconn import REQUESTS_STREAM, WORKER_CONSUMER
-from streams import ensure_streams, ensure_worker_consumer
+from vmlaunch.bus.connection import REQUESTS_STREAM, WORKER_CONSUMER
+from vmlaunch.bus.streams import ensure_streams, ensure_worker_consumer
+from vmlaunch.schema.messages import Complete, Failed, Message, Payload, Status, decode, encode
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -14,9 +14,9 @@ import yaml
 from conftest import PYTHON, REPO
 from workerkit import Bus, launch_env, running, spec
 
-from display import Display
-from messages import Complete, CreateRequest, Failed, Message, Status, encode
-from vmstate import DeploymentView
+from vmlaunch.display.views import Display
+from vmlaunch.schema.messages import Complete, CreateRequest, Failed, Message, Status, encode
+from vmlaunch.state.reducer import DeploymentView
 
 pytestmark = pytest.mark.timeout(90)
 

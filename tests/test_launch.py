@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from conftest import PYTHON, REPO
 from workerkit import RG, Bus, launch_env
 
-from cliopts import spec_options, spec_values
-from messages import CloudInitComplete, Failed, Subject, decode
-from statefile import read_events, read_state
-from vmspec import SPEC_FIELDS
+from vmlaunch.cli.options import spec_options, spec_values
+from vmlaunch.schema.messages import CloudInitComplete, Failed, Subject, decode
+from vmlaunch.schema.vmspec import SPEC_FIELDS
+from vmlaunch.state.statefile import read_events, read_state
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -18,9 +18,9 @@ from conftest import PYTHON, REPO, AzSim
 from natsauthkit import ConfiguredServer, configured_server, secret_file
 from workerkit import RG, launch_env, running
 
-from messages import Complete, CreateRequest, Message, Subject, encode
-from natsconn import EVENTS_STREAM, REQUESTS_STREAM, WORKER_CONSUMER
-from vmspec import VMSpec
+from vmlaunch.bus.connection import EVENTS_STREAM, REQUESTS_STREAM, WORKER_CONSUMER
+from vmlaunch.schema.messages import Complete, CreateRequest, Message, Subject, encode
+from vmlaunch.schema.vmspec import VMSpec
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -20,14 +20,14 @@ import pytest
 import yaml
 from conftest import AZ_SIM, AzSim, async_wait_until
 
-import messages as m
-from azcli import AzCli
-from legacy import SOURCE, calls_summary, run_legacy
-from plan import Plan
-from statefile import read_events, read_state
-from statewriter import StateWriter
-from vmspec import VMSpec
-from vmstate import DeploymentView
+from vmlaunch.azure.azcli import AzCli
+from vmlaunch.plans.plan import Plan
+from vmlaunch.runner.pollmode import SOURCE, calls_summary, run_legacy
+from vmlaunch.schema import messages as m
+from vmlaunch.schema.vmspec import VMSpec
+from vmlaunch.state.reducer import DeploymentView
+from vmlaunch.state.statefile import read_events, read_state
+from vmlaunch.state.writer import StateWriter
 
 pytestmark = pytest.mark.timeout(90)
 

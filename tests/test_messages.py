@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import messages as m
-from vmspec import VMSpec
-from wirejson import MAX_MESSAGE_BYTES, redacted_excerpt
+from vmlaunch.schema import messages as m
+from vmlaunch.schema.vmspec import VMSpec
+from vmlaunch.schema.wirejson import MAX_MESSAGE_BYTES, redacted_excerpt
 
 SPEC = VMSpec(name="k0s-worker-1", resource_group="rg-1", image="Debian:debian-12:12-gen2:latest",
               location="westus2", zone="2", tags={"team": "infra"}, custom_data="#cloud-config\n",

@@ -11,9 +11,8 @@ import psutil
 import pytest
 from natsauthkit import configured_server, make_pki, operator_setup, secret_file, user_nkey
 
-from embedded import EmbeddedRuntime, WorkerOptions, worker_argv, worker_env
-from natsauth import Credentials
-from natsconn import (
+from vmlaunch.bus.auth import Credentials
+from vmlaunch.bus.connection import (
     NatsAuthError,
     NatsSettings,
     NatsTLSError,
@@ -21,6 +20,7 @@ from natsconn import (
     connect,
     redact_url,
 )
+from vmlaunch.bus.embedded import EmbeddedRuntime, WorkerOptions, worker_argv, worker_env
 
 pytestmark = pytest.mark.timeout(60)
 

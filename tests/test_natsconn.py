@@ -7,14 +7,14 @@ import socket
 
 import pytest
 
-from natsconn import (
+from vmlaunch.bus.connection import (
     EVENTS_STREAM,
     REQUESTS_STREAM,
     NatsSettings,
     NatsUnavailable,
     connect,
 )
-from streams import ensure_streams, ensure_worker_consumer
+from vmlaunch.bus.streams import ensure_streams, ensure_worker_consumer
 
 
 def closed_port() -> int:

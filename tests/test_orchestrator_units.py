@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-import deployment
-import messages as m
-import orchestrator
-from plan import Plan
-from tracker import decide
-from vmspec import VMSpec
-from vmstate import DeploymentView
+from vmlaunch.cli import orchestrator
+from vmlaunch.plans.plan import Plan
+from vmlaunch.runner import deployment
+from vmlaunch.runner.tracker import decide
+from vmlaunch.schema import messages as m
+from vmlaunch.schema.vmspec import VMSpec
+from vmlaunch.state.reducer import DeploymentView
 
 BASE = ["--vm", "vm-1", "-g", "rg-1", "--image", "Debian12"]
 

@@ -12,8 +12,8 @@ from conftest import PYTHON, REPO, AzSim
 from test_orchestrator import FAST, orchestrate, vm_args
 from workerkit import RG, Bus, launch_env, running, spec
 
-from messages import Complete, Failed, Subject, decode
-from vmlook import refusal
+from vmlaunch.azure.look import refusal
+from vmlaunch.schema.messages import Complete, Failed, Subject, decode
 
 pytestmark = pytest.mark.timeout(60)
 

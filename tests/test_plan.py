@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from legacyplan import host_key
-from plan import PlanError, PlanSource, load_plan
+from vmlaunch.plans.frombash import host_key
+from vmlaunch.plans.plan import PlanError
+from vmlaunch.plans.sources import PlanSource, load_plan
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"

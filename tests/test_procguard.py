@@ -13,7 +13,7 @@ import psutil
 import pytest
 from conftest import PYTHON, REPO, wait_until
 
-from procs import run_process, spawn
+from vmlaunch.host.procs import run_process, spawn
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,7 +46,7 @@ def test_a_sigkilled_parent_takes_a_grandchild_that_ignores_sigterm_with_it(tmp_
     parent_code = (
         "import asyncio, sys\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
-        "from procs import spawn\n"
+        "from vmlaunch.host.procs import spawn\n"
         "async def main():\n"
         f"    await spawn(sys.argv[1:], kill_grace={GRACE})\n"
         "    await asyncio.sleep(60)\n"

@@ -9,10 +9,9 @@ import typing
 
 import pytest
 
-import azcli
-import speccheck
-import verify
-from vmspec import SPEC_FIELDS, VMSpec, spec_problems
+from vmlaunch.azure import azcli, verify
+from vmlaunch.schema import speccheck
+from vmlaunch.schema.vmspec import SPEC_FIELDS, VMSpec, spec_problems
 
 BASE = {"name": "k0s-worker-1", "resource_group": "rg-test", "image": "Ubuntu2204",
         "location": "westus2"}

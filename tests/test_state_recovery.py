@@ -15,8 +15,8 @@ import pytest
 import yaml
 from conftest import async_wait_until
 
-from statefile import StateFileError, load_state, read_events, read_state
-from statewriter import StateWriter, WriteFailed
+from vmlaunch.state.statefile import StateFileError, load_state, read_events, read_state
+from vmlaunch.state.writer import StateWriter, WriteFailed
 
 DATA = Path(__file__).resolve().parent / "data"
 LAUNCH = {"public_ip": "", "private_ip": "", "state": "Creating", "generation": 1,

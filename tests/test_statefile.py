@@ -19,9 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-import statefile
-import yamledit
-from statefile import (
+from vmlaunch.state import statefile, yamledit
+from vmlaunch.state.statefile import (
     EventsFile,
     StateFile,
     StateFileError,
@@ -30,7 +29,7 @@ from statefile import (
     read_state,
     utc_now_str,
 )
-from statewriter import StateWriter, WriteFailed
+from vmlaunch.state.writer import StateWriter, WriteFailed
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
@@ -294,7 +293,7 @@ def test_utc_now_str_uses_the_files_timestamp_format() -> None:
 
 WORKER = """
 import sys
-from statefile import EventsFile, StateFile
+from vmlaunch.state.statefile import EventsFile, StateFile
 state, events, proc, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 for i in range(rounds):
     for vm in range(2):

@@ -23,7 +23,7 @@ from test_orchestrator import (
 )
 from workerkit import Bus, launch_env, no_orphans
 
-from messages import Message, Status, encode
+from vmlaunch.schema.messages import Message, Status, encode
 
 pytestmark = pytest.mark.timeout(90)
 

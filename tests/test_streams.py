@@ -17,8 +17,8 @@ from nats.js.api import RetentionPolicy, StreamConfig
 from nats.js.errors import ServerError
 from workerkit import running
 
-from natsconn import EVENTS_STREAM, REQUESTS_STREAM
-from streams import RELEASES_BUCKET, RELEASES_STREAM, StreamMismatch, ensure_streams
+from vmlaunch.bus.connection import EVENTS_STREAM, REQUESTS_STREAM
+from vmlaunch.bus.streams import RELEASES_BUCKET, RELEASES_STREAM, StreamMismatch, ensure_streams
 
 pytestmark = pytest.mark.timeout(60)
 

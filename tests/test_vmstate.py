@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import messages as m
-from vmspec import VMSpec, spec_problems
-from vmstate import DeploymentView
+from vmlaunch.schema import messages as m
+from vmlaunch.schema.vmspec import VMSpec, spec_problems
+from vmlaunch.state.reducer import DeploymentView
 
 SPEC = VMSpec(name="vm1", resource_group="rg", image="img", verify_ssh=True,
               verify_cloud_init=True)

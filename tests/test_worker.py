@@ -25,7 +25,9 @@ from workerkit import (
     spec,
 )
 
-from messages import (
+from vmlaunch.bus.connection import REQUESTS_STREAM, WORKER_CONSUMER
+from vmlaunch.bus.streams import ensure_worker_consumer
+from vmlaunch.schema.messages import (
     SCHEMA,
     Cancel,
     CloudInitComplete,
@@ -39,8 +41,6 @@ from messages import (
     Subject,
     encode,
 )
-from natsconn import REQUESTS_STREAM, WORKER_CONSUMER
-from streams import ensure_worker_consumer
 
 pytestmark = pytest.mark.timeout(90)
 

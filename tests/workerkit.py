@@ -17,10 +17,10 @@ import nats
 from conftest import PYTHON, REPO, AzSim, async_wait_until, wait_until
 from nats.aio.msg import Msg
 
-from messages import Cancel, CreateRequest, Message, Subject, decode, encode
-from natsconn import EVENTS_STREAM, REQUESTS_STREAM, nats_server_binary
-from streams import ensure_streams
-from vmspec import VMSpec
+from vmlaunch.bus.connection import EVENTS_STREAM, REQUESTS_STREAM, nats_server_binary
+from vmlaunch.bus.streams import ensure_streams
+from vmlaunch.schema.messages import Cancel, CreateRequest, Message, Subject, decode, encode
+from vmlaunch.schema.vmspec import VMSpec
 
 RG = "rg-test"
 FAST = {"max_attempts": 3, "retry_backoff": 0.05, "create_timeout": 30.0,

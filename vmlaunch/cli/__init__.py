@@ -1,0 +1,1 @@
+"""The two command-line interfaces and the options they share."""

@@ -1,0 +1,201 @@
+"""vm_launcher: create Azure VMs from NATS requests (`serve`) or one by hand (`launch`).
+
+Exit codes: 0 ready (or a worker stopped gracefully), 1 failed, 2 bad input,
+3 could not run (e.g. `serve` with NATS unreachable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from vmlaunch.bus.connection import ACK_WAIT, NatsSettings
+from vmlaunch.cli import options as cliopts
+from vmlaunch.commands import launch as manual_launch
+from vmlaunch.host import customdata
+from vmlaunch.schema.speccheck import allow_list_problems, deployment_id_problem
+from vmlaunch.schema.typedfields import FieldErrors
+from vmlaunch.schema.vmspec import VMSpec, spec_problems
+from vmlaunch.worker import process as workerproc
+from vmlaunch.worker import worker
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+EXIT_READY, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_RUN = 0, 1, 2, 3
+
+
+nats_options = cliopts.nats_options(
+    default_url=DEFAULT_NATS_URL, replicas=True, manage_streams=True,
+    url_help="NATS server URL(s), comma-separated; may carry user:password@ (never shown). "
+             "[env: NATS_URL]")
+
+
+def local_options(command: F) -> F:
+    """--az, --ssh-private-key, --adopt-untagged, -v: shared by every command."""
+    return cliopts.apply_options(command, [
+        click.option("--az", "az_path", envvar="AZ_CLI", default="az", show_default=True,
+                     help="The az executable. [env: AZ_CLI]"),
+        click.option("--ssh-private-key", type=click.Path(exists=True, dir_okay=False),
+                     help="Private key for the SSH checks (never leaves this machine)."),
+        click.option("--adopt-untagged", is_flag=True,
+                     help="Adopt (never delete) a VM of that name with no vmlaunch-deployment "
+                          "tag. Without it such a VM fails as NotOurs; a VM tagged for "
+                          "another deployment always does. No request can grant this."),
+        click.option("-v", "--verbose", count=True, help="More log detail (repeatable)."),
+    ])
+
+
+def _required(settings: NatsSettings | None) -> NatsSettings:
+    if settings is None:
+        raise click.BadParameter("no NATS server URL given", param_hint="--nats-url")
+    return settings
+
+
+def _allowed_flags(ctx: click.Context, param: click.Parameter,
+                   values: tuple[str, ...]) -> tuple[str, ...]:
+    """`--allow-extra-arg accelerated-networking` means the flag --accelerated-networking."""
+    flags = tuple(v if v.startswith("-") else f"--{v}" for v in values)
+    problems = allow_list_problems(flags)
+    if problems:
+        raise click.BadParameter("; ".join(problems), ctx, param)
+    return flags
+
+
+def _logging(verbose: int, *, quiet: bool) -> None:
+    levels = [logging.WARNING, logging.INFO, logging.DEBUG] if quiet else [
+        logging.INFO, logging.DEBUG]
+    logging.basicConfig(level=levels[min(verbose, len(levels) - 1)], stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def cli() -> None:
+    """Create and verify Azure VMs: as a NATS worker (serve) or one VM by hand (launch).
+
+    Exit codes: 0 ready, 1 failed, 2 bad input, 3 could not run.
+    """
+
+
+@cli.command()
+@nats_options
+@local_options
+@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
+              help="VMs this worker creates at once (each az is a ~100 MB process).")
+@click.option("--worker-id", default=None, help="Name in events and stats. [default: host-pid]")
+@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds a stop waits for work in flight before releasing it.")
+@click.option("--max-deliveries", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Failed deliveries of one request before it goes to vm.create.deadletter "
+                   "(a delivery released by a graceful stop does not count).")
+@click.option("--ack-wait", type=click.FloatRange(min=1), default=ACK_WAIT, show_default=True,
+              help="AckWait in seconds of the shared consumer, applied only if this worker "
+                   "creates it (an existing consumer keeps its own); a busy worker sends "
+                   "heartbeats every third of it. Tests shorten it.")
+@click.option("--allow-extra-arg", "allow_extra_args", multiple=True, metavar="FLAG",
+              callback=_allowed_flags,
+              help="A flag that requests may pass to az vm create in extra_args, e.g. "
+                   "--allow-extra-arg=--accelerated-networking (repeatable). A request "
+                   "using any other flag fails (InvalidRequest) without an az call.")
+def serve(az_path: str, ssh_private_key: str | None, adopt_untagged: bool, verbose: int,
+          concurrency: int, worker_id: str | None, grace: float, max_deliveries: int,
+          ack_wait: float, allow_extra_args: tuple[str, ...], **nats_params: Any) -> None:
+    """Take vm.create.request messages from NATS and create the VMs (worker mode).
+
+    All workers share one durable consumer, so N workers on M machines split the work.
+    A request is acknowledged only when finished; if this worker dies, another takes it
+    over after AckWait. SIGTERM/SIGINT/SIGHUP stop gracefully: nothing more is fetched,
+    work in flight gets --grace seconds (a second signal ends them at once), the rest is
+    released for other workers (its az processes are killed). A request that cannot be
+    read is dead-lettered at once. A lost consumer is recreated; exit 3 if that fails.
+    Logs go to stderr, one line per request transition; `nats micro stats vm-launcher`
+    shows every worker's counts. Exit 3 when NATS cannot be used: unreachable,
+    credentials rejected, TLS failed, or (--no-manage-streams) a stream missing.
+    """
+    _logging(verbose, quiet=False)
+    worker_id = worker_id or worker.default_worker_id()
+    settings = worker.WorkerSettings(
+        nats=_required(cliopts.nats_settings(nats_params, name=f"vm-launcher-{worker_id}")),
+        worker_id=worker_id, az=az_path, concurrency=concurrency,
+        ssh_private_key=ssh_private_key, grace=grace, max_deliveries=max_deliveries,
+        ack_wait=ack_wait, adopt_untagged=adopt_untagged, allow_extra_args=allow_extra_args)
+    customdata.prepare()  # sweeps what a SIGKILLed process left
+    sys.exit(asyncio.run(workerproc.serve(settings)))
+
+
+@cli.command()
+@click.option("--spec", "spec_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="YAML mapping of VM spec fields (names as below, with underscores); "
+                   "options given on the command line override it. Relative file paths "
+                   "in it are relative to the file.")
+@cliopts.spec_options()
+@click.option("--deployment-id", help="Deployment the events belong to. [default: manual-NAME]")
+@click.option("--json", "json_lines", is_flag=True,
+              help="Print each event as a JSON line (the encoded message) instead of text.")
+@click.option("--state-file", type=click.Path(dir_okay=False),
+              help="deployment-state.yaml to keep up to date (created when absent; "
+                   "malformed or another deployment's: exit 2, not writable: exit 3, "
+                   "both before any az call).")
+@click.option("--events-file", type=click.Path(dir_okay=False),
+              help="deployment-events.yaml to append to. [default: beside --state-file]")
+@click.option("--no-nats", is_flag=True, help="Do not try to publish the events to NATS.")
+@nats_options
+@local_options
+def launch(spec_file: str | None, deployment_id: str | None, json_lines: bool,
+           state_file: str | None, events_file: str | None, no_nats: bool, az_path: str,
+           ssh_private_key: str | None, adopt_untagged: bool, verbose: int,
+           **params: Any) -> None:
+    """Create and verify one VM in the foreground, without an orchestrator.
+
+    Every VM spec field is an option (or comes from --spec). The spec is checked first:
+    every problem is listed and nothing is launched (exit 2). Then the same pipeline as
+    the worker runs, printing one line per event; the events also go to NATS when it
+    answers (one warning when it does not). Exit 0 when the VM is ready, 1 when it failed,
+    3 when NATS rejects the credentials or TLS fails (nothing launched).
+    """
+    _logging(verbose, quiet=True)
+    spec, problems = _spec(spec_file, params)
+    if deployment_id is not None and (why := deployment_id_problem(deployment_id)):
+        problems.append(why)
+    if spec is None or problems:
+        for problem in problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    if shutil.which(az_path) is None:
+        click.echo(f"error: the az executable {az_path!r} was not found", err=True)
+        sys.exit(EXIT_CANNOT_RUN)
+    nats = None if no_nats else cliopts.nats_settings(
+        params, name=f"vm-launcher-manual-{spec.name}")
+    try:
+        code = asyncio.run(manual_launch.launch(
+            spec, deployment_id=deployment_id or f"manual-{spec.name}", az=az_path,
+            private_key=ssh_private_key, nats=nats, json_lines=json_lines,
+            state_file=state_file, events_file=events_file, adopt_untagged=adopt_untagged))
+    except KeyboardInterrupt:
+        click.echo("interrupted; the az processes were stopped", err=True)
+        code = EXIT_FAILED
+    sys.exit(code)
+
+
+def _spec(spec_file: str | None, params: dict[str, Any]) -> tuple[VMSpec | None, list[str]]:
+    """The spec from the file and the options, and every problem with it."""
+    data, problems = cliopts.load_spec_file(spec_file) if spec_file else ({}, [])
+    data.update(cliopts.spec_values(params))
+    try:
+        spec = VMSpec.from_dict(data, where="spec")
+    except FieldErrors as exc:
+        return None, problems + exc.problems
+    return spec, problems + spec_problems(spec, files_are_paths=True)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

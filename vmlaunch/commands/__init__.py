@@ -1,0 +1,1 @@
+"""The commands besides deploy and serve: launch (one VM), status, reset, events."""

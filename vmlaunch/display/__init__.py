@@ -1,0 +1,1 @@
+"""What a person sees: live table, lines, JSON lines."""

@@ -1,0 +1,2 @@
+"""What the tool does on its own machine: process trees that never outlive us, the stop
+signals, private custom-data files, locked atomic file rewrites."""

@@ -1,0 +1,1 @@
+"""One VM's life: look, adopt or create, wait, verify, clean up, retry, give up."""

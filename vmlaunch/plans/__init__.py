@@ -1,0 +1,1 @@
+"""Deployment plans and their sources: a plan file, --vm options, the bash scripts' config."""

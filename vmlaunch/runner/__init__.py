@@ -1,0 +1,1 @@
+"""The deployment runner: NATS mode, polling mode, and where their events go."""

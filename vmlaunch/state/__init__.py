@@ -1,0 +1,1 @@
+"""The deployment state: the reducer, the state and events files and their writer."""

@@ -1,0 +1,316 @@
+"""Read and update state/deployment-state.yaml and state/deployment-events.yaml.
+
+The files are shared with the legacy bash scripts, so edits go through ``yamledit``, which
+keeps comments, blank lines, unknown keys, key order and quoting; ``atomicfile`` makes each
+read-modify-write locked and atomic. ``statewriter.StateWriter`` coalesces bursts of
+changes into few rewrites. The shape of both files is checked here (``check_state``,
+``check_events``) and nowhere else. A truncated state file (``lost_content``) is rebuilt from
+the events log: the tool's events carry the ``vm_states`` changes written with them, and
+``statereplay.replay`` folds those back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from vmlaunch.host import atomicfile
+from vmlaunch.schema.typedfields import INT_LIMIT
+from vmlaunch.state import yamledit
+from vmlaunch.state.replay import lost_content, rebuild_note, replay
+
+log = logging.getLogger("statefile")
+
+# The tests reach the YAML helpers through these names; yamledit owns them.
+_round_trip_yaml = yamledit.round_trip_yaml
+_apply_events = yamledit.apply_events
+_append_events_text = yamledit.append_events_text
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+VM_STATES = ("Creating", "Succeeded", "Failed", "Deleting", "Deleted")
+NEW_FILE_MODE = atomicfile.NEW_FILE_MODE
+MAX_GENERATION = INT_LIMIT - 2  # the next one must still fit in a request's 64 bits
+
+
+class StateFileError(Exception):
+    """A state or events file exists but cannot be used (bad YAML or wrong shape)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"Cannot use {path}: {reason}.")
+        self.path = path
+        self.reason = reason
+
+
+def utc_now_str() -> str:
+    """Return the current UTC time as ``%Y-%m-%dT%H:%M:%SZ``, the files' timestamp format."""
+    return datetime.now(UTC).strftime(TIME_FORMAT)
+
+
+def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Return the state file as plain dicts; ``{}`` if the file is missing or empty.
+
+    Raises StateFileError, listing every problem, for a file that is not YAML or has the
+    wrong shape (see ``check_state``)."""
+    path = Path(path)
+    data = _read_plain(path)
+    check_state(path, data)
+    return data or {}
+
+
+def read_events(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Return the events file's ``events`` list as plain dicts; ``[]`` if missing."""
+    path = Path(path)
+    data = _read_plain(path)
+    check_events(path, data)
+    events = (data or {}).get("events") or []
+    return [e for e in events if isinstance(e, dict)]
+
+
+def check_state(path: Path, data: Any) -> None:
+    """The one shape check of a state file's content (parsed); StateFileError lists all."""
+    if data is None:
+        return  # empty: see ``lost_content``
+    if not isinstance(data, dict):
+        raise StateFileError(path, "its top level is not a mapping")
+    vms = data.get("vm_states")
+    if vms is None:
+        return
+    if not isinstance(vms, dict):
+        raise StateFileError(path, f"vm_states is a {_kind(vms)}, not a mapping of VM names")
+    bad = [f"vm_states.{name} is a {_kind(v)}, not a mapping"
+           for name, v in vms.items() if not isinstance(v, dict)]
+    # A generation goes into requests as it is: one a worker refuses would be dead-lettered.
+    bad += [f"vm_states.{name}.generation is {v['generation']!r}, not an integer from 0 to "
+            f"{MAX_GENERATION}" for name, v in vms.items()
+            if isinstance(v, dict) and "generation" in v and not _is_generation(v["generation"])]
+    if bad:
+        raise StateFileError(path, "; ".join(bad))
+
+
+def _is_generation(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_GENERATION
+
+
+def check_events(path: Path, data: Any) -> None:
+    """The shape check of an events file's content (parsed)."""
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise StateFileError(path, "its top level is not a mapping")
+    if not isinstance(data.get("events") or [], list):
+        raise StateFileError(path, f"events is a {_kind(data['events'])}, not a list")
+
+
+def _kind(value: Any) -> str:
+    return {list: "list", dict: "mapping", str: "string"}.get(type(value), type(value).__name__)
+
+
+@dataclass(frozen=True)
+class LoadedState:
+    """The state file as a command starts from it."""
+
+    data: dict[str, Any]
+    event_ids: set[str]  # events the events file already holds
+    rebuilt: str | None = None  # why vm_states came from the events log, if it did
+
+
+def load_state(state_path: Path, events_path: Path, *, writable: bool = False,
+               deployment_id: str | None = None) -> LoadedState:
+    """Both files checked (StateFileError); a truncated state file replayed from the log.
+
+    ``writable``: also raise OSError unless both files can be written (before a run).
+    ``deployment_id``: also refuse a state file of another deployment."""
+    events = read_events(events_path)
+    data = _read_plain(state_path)
+    check_state(state_path, data)
+    owner = (data or {}).get("deployment_id")
+    if deployment_id is not None and owner and owner != deployment_id:
+        raise StateFileError(state_path, f"it belongs to deployment {owner!r}, not "
+                             f"{deployment_id!r}; give another --state-file")
+    for path in (state_path, events_path) if writable else ():
+        atomicfile.check_writable(path)
+    ids = {str(e["event_id"]) for e in events if e.get("event_id")}
+    reason = lost_content(data) if state_path.exists() else None
+    replayed = replay(events) if reason else {}
+    if reason is None or (data is not None and not replayed):  # nothing was lost
+        return LoadedState(data or {}, ids)
+    vms = {name: dict(entry) for name, entry in ((data or {}).get("vm_states") or {}).items()}
+    for name, fields in replayed.items():
+        vms.setdefault(name, {}).update(fields)
+    return LoadedState({**(data or {}), "vm_states": vms}, ids,
+                       rebuild_note(state_path, reason, events_path, len(replayed)))
+
+
+def _read_plain(path: Path) -> Any:
+    # No lock needed: writers replace the file atomically. A missing file loads as None.
+    with _parsing(path):
+        return _read_plain_text(path, atomicfile.read_text(path) or "")
+
+
+@contextlib.contextmanager
+def _parsing(path: Path) -> Iterator[None]:
+    """Turn a parse failure into a StateFileError that names the file."""
+    try:
+        yield
+    except YAMLError as exc:
+        raise StateFileError(path, f"it is not valid YAML ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise StateFileError(path, f"it is not UTF-8 text ({exc})") from exc
+    except yamledit.NotAMappingError as exc:
+        raise StateFileError(path, "its top level is not a mapping") from exc
+
+
+def make_event(
+    action: str, message: str, *, timestamp: str | None = None, event_id: str | None = None
+) -> dict[str, str]:
+    """Build one event mapping; ``timestamp`` defaults to now."""
+    event = {"timestamp": timestamp or utc_now_str(), "action": action, "message": message}
+    if event_id is not None:
+        event["event_id"] = event_id
+    return event
+
+
+def vm_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a VM update and stamp ``last_checked`` (now) unless given; raise ValueError."""
+    state = fields.get("state")
+    if state is not None and state not in VM_STATES:
+        raise ValueError(f"VM state {state!r} is not one of {', '.join(VM_STATES)}.")
+    return {**fields, "last_checked": fields.get("last_checked") or utc_now_str()}
+
+
+# --- locking and atomic replace -------------------------------------------------------------
+
+
+def _update_file(
+    path: Path,
+    initial: Callable[[], str],
+    mutate: Callable[[Any, bool], None],
+    *,
+    edit_text: Callable[[str], str | None] | None = None,
+) -> None:
+    """Locked read-modify-write; a missing or blank file starts from ``initial()``.
+
+    ``mutate(doc, blank)`` learns whether an existing file was blank. ``edit_text`` may return
+    the new text directly (a fast path), or None to round-trip.
+    """
+    def new_text(text: str | None) -> str:
+        blank = text is not None and _is_blank(text)
+        if text and not blank and edit_text and (edited := edit_text(text)) is not None:
+            return edited
+        with _parsing(path):
+            doc = yamledit.load_mapping(initial() if text is None or blank else text)
+        mutate(doc, blank)
+        return yamledit.dump_text(doc)
+
+    with _parsing(path):  # the text is read inside: it may not even be text
+        atomicfile.rewrite(path, new_text)
+
+
+def _is_blank(text: str) -> bool:
+    """Nothing but whitespace and comments (what a truncating in-place writer may leave)."""
+    return all(not line.strip() or line.lstrip().startswith("#") for line in text.splitlines())
+
+
+def _read_plain_text(path: Path, text: str) -> Any:
+    with _parsing(path):
+        return YAML(typ="safe", pure=True).load(text)
+
+
+# --- synchronous API --------------------------------------------------------------------------
+
+
+class _YamlFile:
+    def __init__(self, path: str | os.PathLike[str], *, deployment_id: str | None = None) -> None:
+        self.path = Path(path)
+        self.deployment_id = deployment_id  # only used when the file has to be created
+        self.rewrites = 0  # files replaced by this object; lets tests count coalescing
+
+    def _update(
+        self,
+        template: str,
+        mutate: Callable[[Any, bool], None],
+        edit_text: Callable[[str], str | None] | None = None,
+        *,
+        created: str | None = None,
+    ) -> None:
+        def initial() -> str:
+            ts = min(created or utc_now_str(), utc_now_str())
+            return template.format(ts=ts, id=json.dumps(self.deployment_id or ""))
+
+        _update_file(self.path, initial, mutate, edit_text=edit_text)
+        self.rewrites += 1
+
+
+class StateFile(_YamlFile):
+    """``deployment-state.yaml``: one locked, atomic read-modify-write per call.
+
+    With ``events_path``, a truncated file (see ``lost_content``) gets its ``vm_states``
+    back from the events log, which is always written first, with a warning.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, deployment_id: str | None = None,
+                 events_path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(path, deployment_id=deployment_id)
+        self.events_path = Path(events_path) if events_path is not None else None
+
+    def read(self) -> dict[str, Any]:
+        return read_state(self.path)
+
+    def update(
+        self, vms: Mapping[str, Mapping[str, Any]] | None = None, *, phase: str | None = None
+    ) -> None:
+        """Merge ``vms`` ({name: {field: value}}) into ``vm_states``, set ``phase``, stamp
+        ``last_updated``. Each VM update stamps ``last_checked`` unless given."""
+        checked = {name: vm_fields(fields) for name, fields in (vms or {}).items()}
+
+        def mutate(doc: Any, blank: bool) -> None:
+            check_state(self.path, doc)
+            reason = "it is empty" if blank else lost_content(doc)
+            if reason and self.events_path is not None:
+                self._restore(doc, reason, self.events_path)
+            yamledit.apply_state(doc, checked, phase, utc_now_str())
+
+        self._update(yamledit.STATE_TEMPLATE, mutate)
+
+    def _restore(self, doc: Any, reason: str, events_path: Path) -> None:
+        if not (vms := replay(read_events(events_path))):
+            return  # nothing to rebuild: a blank file starts from the template
+        log.info("%s", rebuild_note(self.path, reason, events_path, len(vms)))  # commands warn
+        owner = read_state(events_path).get("deployment_id") or self.deployment_id
+        if "deployment_id" not in doc and owner:
+            yamledit.set_key(doc, "deployment_id", owner)
+        yamledit.apply_state(doc, vms, None, utc_now_str())
+
+    def set_phase(self, phase: str) -> None:
+        self.update(phase=phase)
+
+
+class EventsFile(_YamlFile):
+    """``deployment-events.yaml``: appends events under the lock, atomically."""
+
+    def read(self) -> list[dict[str, Any]]:
+        return read_events(self.path)
+
+    def append(self, events: Iterable[Mapping[str, Any]]) -> None:
+        """Append events ({timestamp, action, message[, event_id]}; see ``make_event``)."""
+        items = [{"timestamp": utc_now_str(), **event} for event in events]
+        if not items:
+            return
+        now = utc_now_str()
+        self._update(
+            yamledit.EVENTS_TEMPLATE,
+            lambda doc, _blank: yamledit.apply_events(doc, items, now),
+            edit_text=lambda text: yamledit.append_events_text(text, items, now),
+            # A new file's first event must not be later than the events queued before it.
+            created=min(item["timestamp"] for item in items),
+        )

@@ -1,0 +1,222 @@
+"""The coalescing writer of the state and events files, for long-running commands.
+
+Many events a second become a bounded number of locked rewrites (``statefile``), yet no
+change waits more than ``delay`` (50 ms) to reach the disk. A failed write is retried with
+backoff; events already appended are never appended again. Failing for ``give_up_after``
+seconds calls ``on_broken`` (the caller stops its work and exits 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmlaunch.state.statefile import (
+    EventsFile,
+    StateFile,
+    StateFileError,
+    make_event,
+    read_state,
+    vm_fields,
+)
+
+RETRY_CAP = 1.0  # the longest wait between two tries of a failing write
+
+log = logging.getLogger("statewriter")
+
+
+@dataclass
+class _Pending:
+    vms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    phase: str | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.vms or self.events) or self.phase is not None
+
+    def absorb(self, newer: _Pending) -> None:
+        for name, fields in newer.vms.items():
+            self.vms.setdefault(name, {}).update(fields)
+        self.phase = newer.phase if newer.phase is not None else self.phase
+        self.events.extend(newer.events)
+
+
+class WriteFailed(Exception):
+    """A state or events file could not be written (an OS error or a file made unusable)."""
+
+    def __init__(self, path: os.PathLike[str], cause: Exception) -> None:
+        super().__init__(f"cannot write {path}: {cause}")
+        self.path = path
+
+
+class StateWriter:
+    """Coalesces state and event changes into few locked rewrites of both files.
+
+    Use as ``async with StateWriter(state_path, events_path) as writer:``. The change methods
+    never block; the first pending change arms a ``delay`` timer, then everything pending is
+    written in one read-modify-write per file. ``flush()`` forces a write; ``close()`` (also
+    on leaving the ``async with``) writes the rest and may be called twice.
+    """
+
+    def __init__(
+        self,
+        state_path: str | os.PathLike[str],
+        events_path: str | os.PathLike[str],
+        *,
+        deployment_id: str | None = None,
+        delay: float = 0.05,
+        give_up_after: float = 3.0,
+        on_broken: Callable[[WriteFailed], None] | None = None,
+    ) -> None:
+        self.state_file = StateFile(state_path, deployment_id=deployment_id,
+                                    events_path=events_path)
+        self.events_file = EventsFile(events_path, deployment_id=deployment_id)
+        self.delay = delay
+        self.give_up_after = give_up_after
+        self.failure: WriteFailed | None = None  # the last write's failure, until one succeeds
+        self.on_broken = on_broken  # called once writes have failed for give_up_after s
+        self._gave_up = False
+        self._pending = _Pending()
+        self._first_pending_at = 0.0
+        self._dirty = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._pump_task: asyncio.Task[None] | None = None
+
+    @property
+    def rewrite_count(self) -> int:
+        """How many times either file has been rewritten by this writer."""
+        return self.state_file.rewrites + self.events_file.rewrites
+
+    async def __aenter__(self) -> StateWriter:
+        if self.state_file.deployment_id is None:  # a new events file takes the state's id
+            with contextlib.suppress(StateFileError, OSError):  # a bad file fails at flush
+                state = await asyncio.to_thread(read_state, self.state_file.path)
+                self.events_file.deployment_id = state.get("deployment_id")
+        self._pump_task = asyncio.create_task(self._pump(), name="statefile-writer")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def update_vm(self, name: str, **fields: Any) -> None:
+        """Queue ``vm_states.<name>`` field changes; stamps ``last_checked`` unless given."""
+        self._accept(_Pending(vms={name: vm_fields(fields)}))
+
+    def record(self, name: str, fields: dict[str, Any], log_lines: list[tuple[str, str]],
+               event_id: str | None = None) -> None:
+        """Queue a VM change with its events; the last event carries the change."""
+        events = [make_event(action, text, event_id=event_id) for action, text in log_lines]
+        self._queue({name: fields} if fields else {}, events)
+
+    def set_phase(self, phase: str) -> None:
+        """Queue a new top-level ``phase``."""
+        self._accept(_Pending(phase=phase))
+
+    def append_event(
+        self, action: str, message: str, timestamp: str | None = None,
+        event_id: str | None = None, vm_states: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        """Queue one event; ``timestamp`` defaults to now (the time of this call). With
+        ``vm_states`` ({name: fields}) it also queues those VM changes."""
+        event = make_event(action, message, timestamp=timestamp, event_id=event_id)
+        self._queue(vm_states or {}, [event])
+
+    def _queue(self, vms: dict[str, dict[str, Any]], events: list[dict[str, Any]]) -> None:
+        # The last event carries the VM changes, so ``statefile.replay`` can rebuild them.
+        checked = {name: vm_fields(fields) for name, fields in vms.items()}
+        if events and checked:
+            events[-1]["vm_states"] = checked
+        self._accept(_Pending(vms=checked, events=events))
+
+    async def flush(self) -> None:
+        """Write everything pending now; on failure the changes stay pending and it raises."""
+        async with self._flush_lock:
+            pending, self._pending = self._pending, _Pending()
+            self._dirty.clear()
+            if not pending:
+                return
+            try:
+                await asyncio.to_thread(self._write, pending)
+            except WriteFailed as exc:
+                self.failure = exc
+                pending.absorb(self._pending)  # without the events already appended
+                self._pending = pending
+                self._mark_dirty()
+                raise
+            self.failure = None
+
+    async def close(self) -> None:
+        """Stop the timer and write everything pending; safe to call more than once.
+
+        Raises WriteFailed if that fails, unless ``on_broken`` has already been told."""
+        self._closing.set()
+        self._dirty.set()
+        if self._pump_task is not None:
+            await self._pump_task
+        try:
+            await self.flush()
+        except WriteFailed as exc:
+            if not self._gave_up:
+                raise
+            log.warning("%s; these changes are only in the events stream", exc)
+
+    def _accept(self, change: _Pending) -> None:
+        if self._pump_task is None or self._closing.is_set():
+            raise RuntimeError("StateWriter accepts changes only inside its async with block.")
+        self._pending.absorb(change)
+        self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
+        if not self._dirty.is_set():
+            self._first_pending_at = asyncio.get_running_loop().time()
+            self._dirty.set()
+
+    async def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        failing_since: float | None = None
+        retry = self.delay
+        while not self._closing.is_set():
+            await self._dirty.wait()
+            # Wait from the first pending change, not from now, so no change waits > delay.
+            wait = self._first_pending_at + self.delay - loop.time()
+            if failing_since is not None:  # back off from a failing disk
+                wait, retry = retry, min(retry * 2, RETRY_CAP)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), max(wait, 0))
+            try:
+                await self.flush()
+            except WriteFailed as exc:  # kept pending, retried
+                if failing_since is None:
+                    failing_since = loop.time()
+                    log.warning("%s; retrying for up to %g s", exc, self.give_up_after)
+                else:
+                    log.debug("%s; retrying", exc)
+                given_up = loop.time() - failing_since >= self.give_up_after
+                if given_up and self.on_broken is not None and not self._gave_up:
+                    self._gave_up = True
+                    self.on_broken(exc)
+            else:
+                failing_since, retry = None, self.delay
+
+    def _write(self, pending: _Pending) -> None:
+        # The events file first: it is the log a rerun replays from. Killed between the two
+        # writes, the state file is behind (the VM looks unfinished and is followed again),
+        # never ahead with its events missing. Once appended, the events are done: a retry
+        # after a failed state write must not append them again.
+        if pending.events:
+            try:
+                self.events_file.append(pending.events)
+            except Exception as exc:  # an OS error, a file made unusable, anything: retried
+                raise WriteFailed(self.events_file.path, exc) from exc
+            pending.events = []
+        if pending.vms or pending.phase is not None:
+            try:
+                self.state_file.update(pending.vms, phase=pending.phase)
+            except Exception as exc:
+                raise WriteFailed(self.state_file.path, exc) from exc

@@ -1,0 +1,1 @@
+"""The NATS worker: takes requests from the work queue and runs each VM's lifecycle."""

@@ -6,11 +6,11 @@ import math
 import re
 import time
 
-from az_sim_cli import AzError, add_resource_group, compile_query, http_error, search, truthy
-from az_sim_context import Ctx, target
-from az_sim_errors import CONFLICT, NO_TTY, not_found
-from az_sim_resources import vm_resource
-from az_sim_state import FOREVER, find, power_state, provisioning_state
+from .cli import AzError, add_resource_group, compile_query, http_error, search, truthy
+from .context import Ctx, target
+from .errors import CONFLICT, NO_TTY, not_found
+from .resources import vm_resource
+from .state import FOREVER, find, power_state, provisioning_state
 
 CI_ERROR = ("('scripts_user', RuntimeError('Runparts: 1 failures (part-001) in 1 attempted "
             "commands'))")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import re
 
-from az_sim_cli import AzError, http_error
-from az_sim_resources import ARM, SUBSCRIPTION, guid, random_hex, vm_id
+from .cli import AzError, http_error
+from .resources import ARM, SUBSCRIPTION, guid, random_hex, vm_id
 
 DEPLOY_MESSAGE = ("At least one resource deployment operation failed. Please list deployment "
                   "operations for details. Please see https://aka.ms/arm-deployment-operations "

@@ -1,8 +1,8 @@
 """Azure CLI simulator: behaves like `az` 2.91.0 from outside, for the VM commands we use.
 
-This module is the entry point and the command table; scripts/az-sim imports it. The other
-az_sim_* modules hold the scenario, the shared state, the resource shapes, the error texts
-and the command handlers. See docs/az-simulator.md.
+This module is the entry point and the command table; scripts/az-sim calls its `main`. The
+other modules of the package hold the scenario, the shared state, the resource shapes, the
+error texts and the command handlers. See docs/az-simulator.md.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from az_sim_cli import (
+from .cli import (
     AzError,
     Opt,
     UsageError,
@@ -21,9 +21,9 @@ from az_sim_cli import (
     parse_args,
     search,
 )
-from az_sim_context import Ctx
-from az_sim_errors import throttle_error
-from az_sim_resource_commands import (
+from .context import Ctx
+from .errors import throttle_error
+from .resource_commands import (
     cmd_account_show,
     cmd_group_show,
     cmd_version,
@@ -31,10 +31,10 @@ from az_sim_resource_commands import (
     lister,
     shower,
 )
-from az_sim_scenario import Scenario, ScenarioError, load_scenario
-from az_sim_state import StateStore, bump, empty_state, materialize, power_state, provisioning_state
-from az_sim_vm_commands import cmd_run_command, cmd_vm_delete, cmd_vm_list, cmd_vm_show, cmd_vm_wait
-from az_sim_vm_create import cmd_vm_create
+from .scenario import Scenario, ScenarioError, load_scenario
+from .state import StateStore, bump, empty_state, materialize, power_state, provisioning_state
+from .vm_commands import cmd_run_command, cmd_vm_delete, cmd_vm_list, cmd_vm_show, cmd_vm_wait
+from .vm_create import cmd_vm_create
 
 
 def _ref_opts() -> list[Opt]:

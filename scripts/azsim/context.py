@@ -6,8 +6,7 @@ import sys
 import time
 from contextlib import contextmanager
 
-from .cli import AzError
-from .errors import rg_not_found
+from .errors import AzError, rg_not_found
 from .scenario import Scenario
 from .state import StateStore, materialize
 

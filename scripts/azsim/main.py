@@ -12,17 +12,11 @@ import os
 import sys
 import time
 
-from .cli import (
-    AzError,
-    Opt,
-    UsageError,
-    add_resource_group,
-    format_output,
-    parse_args,
-    search,
-)
+from .cli import Opt, parse_args
 from .context import Ctx
-from .errors import throttle_error
+from .errors import AzError, UsageError, throttle_error
+from .output import add_resource_group, format_output
+from .query import search
 from .resource_commands import (
     cmd_account_show,
     cmd_group_show,
@@ -158,7 +152,7 @@ def run_az(argv: list[str]) -> int:
     except UsageError:
         _count_call(store, command, scn, throttle=False)
         raise
-    if args["help"]:
+    if args is None:
         sys.stdout.write(_help(command, []))
         return 0
     throttled = _count_call(store, command, scn, throttle=scn.logged_in)

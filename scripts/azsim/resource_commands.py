@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from .cli import AzError, http_error
 from .context import Ctx, target
-from .errors import NO_TTY, nic_reserved_message, not_found
+from .errors import NO_TTY, AzError, http_error, nic_reserved_message, not_found
 from .resources import (
     ARM,
     SUBSCRIPTION,

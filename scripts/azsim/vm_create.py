@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import time
 
-from .cli import AzError
 from .context import Ctx
 from .errors import (
     MARKED_FOR_DELETION,
     PREEMPTED,
+    AzError,
     deployment_error,
     failure_message,
     nic_reserved_message,

@@ -70,7 +70,8 @@ class _AzParser(argparse.ArgumentParser):
 
 
 def _not_allowed(prog: str, raw: str, opt: Opt, allowed: list[str]) -> UsageError:
-    # azure-cli's own _check_value text (enums are case-insensitive there too).
+    # azure-cli's own _check_value text (enums are case-insensitive there too). Raised from an
+    # argparse type, it passes argparse by, which turns only ValueError/TypeError into its own.
     return UsageError(f"{prog}: '{raw}' is not a valid value for '{opt.names[0]}'. "
                       f"Allowed values: {', '.join(allowed)}.")
 

@@ -26,6 +26,8 @@ REFERENCE = Path("/work/shared/reference/az-samples")  # real az 2.91.0 texts, w
 RG = "rg-gpu"
 FAST = {"time_scale": 0.01, "location": "eastus", "defaults": {"create_seconds": 20}}
 CLI_REF = "\nhttps://aka.ms/cli_ref\nRead more about the command in reference docs\n"
+QUERY_REF = ("To learn more about --query, please visit: "
+             "'https://learn.microsoft.com/cli/azure/query-azure-cli'\n")
 CREATE_KEYS = ["fqdns", "id", "location", "macAddress", "powerState", "privateIpAddress",
                "publicIpAddress", "resourceGroup"]
 CONFLICT = ("ERROR: (Conflict) Run command extension execution is in progress. Please wait for "
@@ -262,6 +264,20 @@ def test_unique_prefixes_equals_signs_and_case_insensitive_enums_are_accepted(si
 def test_an_ambiguous_prefix_is_rejected(sim):
     p = sim.run("vm", "create", "-g", RG, "-n", "x", "--s", "1")
     assert p.returncode == 2 and "ambiguous option: --s could match --size" in p.stderr
+
+
+def test_an_ambiguous_prefix_gets_azure_clis_usage_error_and_exit_2(sim):
+    p = sim.run("vm", "create", "-g", RG, "-n", "x", "--ssh-key", "k")
+    assert (p.returncode, p.stdout, p.stderr) == (2, "", "ERROR: ambiguous option: --ssh-key "
+                                                  "could match --ssh-key-name, --ssh-key-values\n"
+                                                  + CLI_REF)
+    assert sim.state()["vms"] == {}
+
+
+def test_short_flags_combine_and_prefixes_take_equals_signs_as_in_argparse(sim):
+    sim.create("a")
+    shown = sim.ok("vm", "show", "-dg", RG, "--na=a", "--out=json", "--que", "powerState")
+    assert shown == "VM running"
 
 
 def test_missing_custom_data_file_is_an_error(sim, tmp_path):
@@ -638,6 +654,46 @@ def test_tsv_output_and_query_projections(sim):
     assert sim.run("vm", "show", "-g", RG, "-n", "a", "-o", "tsv", "--query",
                    "storageProfile.osDisk.diskSizeGB").stdout == "30\n"
     assert sim.run("vm", "show", "-g", RG, "-n", "a", "-o", "none").stdout == ""
+
+
+def test_queries_use_jmespath_functions_slices_and_expression_references(sim):
+    sim.create("a", "--tags", "role=cp", "tier=1")
+    sim.create("b", "--size", "Standard_D4s_v5")
+    assert sim.ok("vm", "list", "--query", "length(@)") == 2
+    assert sim.ok("vm", "list", "--query",
+                  "sort_by(@, &hardwareProfile.vmSize)[::-1].name | join(', ', @)") == "b, a"
+    first = sim.run("vm", "list", "-o", "tsv", "--query", "[?starts_with(name, 'b')] | [0].name")
+    assert first.stdout == "b\n"
+    assert sim.ok("vm", "show", "-g", RG, "-n", "a", "--query", "keys(tags) | sort(@)") == \
+        ["role", "tier"]
+
+
+def test_a_query_that_fails_while_evaluating_gets_azure_clis_error_and_exit_1(sim):
+    sim.create("a")
+    p = sim.run("vm", "show", "-g", RG, "-n", "a", "--query", "length(nothing)")
+    assert (p.returncode, p.stdout) == (1, "")
+    assert p.stderr == ("ERROR: Invalid jmespath query supplied for `--query`: In function "
+                        "length(), invalid type for value: None, expected one of: ['string', "
+                        "'array', 'object'], received: \"null\"\n" + QUERY_REF)
+
+
+def test_an_invalid_query_is_quoted_as_argparse_quotes_it(sim):
+    p = sim.run("vm", "list", "--query", "[?name=='b'")
+    assert (p.returncode, p.stdout) == (2, "")
+    assert p.stderr == ("ERROR: argument --query: invalid jmespath_type value: \"[?name=='b'\"\n"
+                        + QUERY_REF)
+
+
+def test_wait_custom_is_a_jmespath_query_on_the_instance_view(sim):
+    sim.create("a")
+    p = sim.run("vm", "wait", "-g", RG, "-n", "a", "--interval", "1", "--timeout", "5",
+                "--custom", "length(instanceView.statuses[?starts_with(code, 'PowerState/')])"
+                " == `1`")
+    assert (p.returncode, p.stdout, p.stderr) == (0, "", "")
+    bad = sim.run("vm", "wait", "-g", RG, "-n", "a", "--custom", "length(@, @)")
+    assert (bad.returncode, bad.stdout) == (1, "")
+    assert bad.stderr.startswith("ERROR: Invalid jmespath query supplied for `--query`: ")
+    assert bad.stderr.endswith(QUERY_REF)
 
 
 # ---------------------------------------------------------------- concurrency and entry

@@ -6,11 +6,12 @@ import math
 import re
 import time
 
-from az_sim_cli import AzError, add_resource_group, compile_query, http_error, search, truthy
-from az_sim_context import Ctx, target
-from az_sim_errors import CONFLICT, NO_TTY, not_found
-from az_sim_resources import vm_resource
-from az_sim_state import FOREVER, find, power_state, provisioning_state
+from .context import Ctx, target
+from .errors import CONFLICT, NO_TTY, AzError, http_error, not_found
+from .output import add_resource_group
+from .query import search
+from .resources import vm_resource
+from .state import FOREVER, find, power_state, provisioning_state
 
 CI_ERROR = ("('scripts_user', RuntimeError('Runparts: 1 failures (part-001) in 1 attempted "
             "commands'))")
@@ -84,8 +85,8 @@ def instance_view(vm: dict, t: float) -> dict:
 
 def cmd_vm_wait(ctx: Ctx, a: dict):
     rg, name = target(a)
-    custom = compile_query(a["custom"], label="--custom") if a["custom"] else None
-    if custom is None and not any(a[k] for k in ("created", "deleted", "exists", "updated")):
+    custom = a["custom"]
+    if not custom and not any(a[k] for k in ("created", "deleted", "exists", "updated")):
         raise AzError("ERROR: incorrect usage: --created | --deleted | --exists | --updated | "
                       "--custom JMESPATH")
     interval = max(a["interval"], 1)
@@ -96,7 +97,7 @@ def cmd_vm_wait(ctx: Ctx, a: dict):
     return {}  # azure-cli returns (not raises) its timeout error, and prints it as {}
 
 
-def _wait_satisfied(ctx: Ctx, rg: str, name: str, a: dict, custom) -> bool:
+def _wait_satisfied(ctx: Ctx, rg: str, name: str, a: dict, custom: str | None) -> bool:
     """One poll of azure-cli's WaitCommandOperation."""
     st, t = ctx.view()
     vm = find(st, "vms", rg, name)
@@ -114,7 +115,8 @@ def _wait_satisfied(ctx: Ctx, rg: str, name: str, a: dict, custom) -> bool:
         raise AzError("ERROR: The operation failed")
     if (a["created"] or a["updated"]) and state == "Succeeded":
         return True
-    return custom is not None and truthy(search(custom, instance_view(vm, t)))
+    # azure-cli's verify_property: the text is compiled and evaluated on every poll.
+    return bool(custom) and bool(search(custom, instance_view(vm, t)))
 
 
 # ================================================================ vm run-command invoke

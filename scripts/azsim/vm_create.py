@@ -5,18 +5,18 @@ from __future__ import annotations
 import os
 import time
 
-from az_sim_cli import AzError
-from az_sim_context import Ctx
-from az_sim_errors import (
+from .context import Ctx
+from .errors import (
     MARKED_FOR_DELETION,
     PREEMPTED,
+    AzError,
     deployment_error,
     failure_message,
     nic_reserved_message,
     preflight_error,
 )
-from az_sim_resources import create_output, image_reference, random_hex
-from az_sim_state import FOREVER, bump, nic_reserved, provisioning_state
+from .resources import create_output, image_reference, random_hex
+from .state import FOREVER, bump, nic_reserved, provisioning_state
 
 QUICK_SECONDS = 2.0  # re-deploys and rejected PUTs, before scaling
 PLACEHOLDER_KEY = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ example"

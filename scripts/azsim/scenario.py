@@ -77,6 +77,27 @@ def _check_faults(problems: list[str], faults) -> None:
         problems.append("faults.commands must be a list such as ['vm show']")
 
 
+def _check_defaults(problems: list[str], defaults) -> None:
+    if not isinstance(defaults, dict):
+        problems.append("defaults must be a mapping")
+        return
+    problems.extend(f"defaults: unknown key {k!r}" for k in sorted(set(defaults) - DEFAULTS.keys()))
+    for key, value in defaults.items():
+        _check_number(problems, f"defaults.{key}", value)
+
+
+def _check_throttle(problems: list[str], throttle) -> None:
+    if not isinstance(throttle, dict) or set(throttle) - {"first_calls", "after_calls", "code",
+                                                          "commands", "message"}:
+        problems.append("throttle must be a mapping of first_calls, after_calls, code, "
+                        "commands, message")
+        return
+    _check_number(problems, "throttle.first_calls", throttle.get("first_calls", 0))
+    _check_number(problems, "throttle.after_calls", throttle.get("after_calls", 0))
+    if not isinstance(throttle.get("commands", []), list):
+        problems.append("throttle.commands must be a list such as ['vm create']")
+
+
 def _check_scenario(data: dict) -> list[str]:
     """Every problem of a scenario, so that one run reports them all."""
     problems = [f"unknown top-level key {k!r}" for k in sorted(set(data) - TOP_KEYS)]
@@ -91,24 +112,8 @@ def _check_scenario(data: dict) -> list[str]:
     groups = data.get("resource_groups", [])
     if not (isinstance(groups, list) and all(isinstance(g, str) for g in groups)):
         problems.append("resource_groups must be a list of names")
-    defaults = data.get("defaults", {})
-    if isinstance(defaults, dict):
-        unknown = sorted(set(defaults) - DEFAULTS.keys())
-        problems.extend(f"defaults: unknown key {k!r}" for k in unknown)
-        for key, value in defaults.items():
-            _check_number(problems, f"defaults.{key}", value)
-    else:
-        problems.append("defaults must be a mapping")
-    throttle = data.get("throttle", {})
-    if not isinstance(throttle, dict) or set(throttle) - {"first_calls", "after_calls", "code",
-                                                          "commands", "message"}:
-        problems.append("throttle must be a mapping of first_calls, after_calls, code, "
-                        "commands, message")
-    else:
-        _check_number(problems, "throttle.first_calls", throttle.get("first_calls", 0))
-        _check_number(problems, "throttle.after_calls", throttle.get("after_calls", 0))
-        if not isinstance(throttle.get("commands", []), list):
-            problems.append("throttle.commands must be a list such as ['vm create']")
+    _check_defaults(problems, data.get("defaults", {}))
+    _check_throttle(problems, data.get("throttle", {}))
     _check_faults(problems, data.get("faults", {}))
     rules = data.get("vms", [])
     if isinstance(rules, list):

@@ -6,10 +6,9 @@ import sys
 import time
 from contextlib import contextmanager
 
-from az_sim_cli import AzError
-from az_sim_errors import rg_not_found
-from az_sim_scenario import Scenario
-from az_sim_state import StateStore, materialize
+from .errors import AzError, rg_not_found
+from .scenario import Scenario
+from .state import StateStore, materialize
 
 
 class Ctx:

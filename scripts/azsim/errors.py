@@ -1,12 +1,40 @@
-"""Error texts of the az simulator, worded as azure-cli 2.91.0 and ARM print them."""
+"""The az simulator's error type, and its error texts worded as azure-cli 2.91.0 and ARM print them.
+"""
 
 from __future__ import annotations
 
 import json
 import re
 
-from az_sim_cli import AzError, http_error
-from az_sim_resources import ARM, SUBSCRIPTION, guid, random_hex, vm_id
+from .resources import ARM, SUBSCRIPTION, guid, random_hex, vm_id
+
+CLI_REF = "\nhttps://aka.ms/cli_ref\nRead more about the command in reference docs\n"
+QUERY_REF = (
+    "To learn more about --query, please visit: "
+    "'https://learn.microsoft.com/cli/azure/query-azure-cli'\n"
+)
+
+
+class AzError(Exception):
+    """A failed command: `text` is the whole stderr, `exit_code` what az returns."""
+
+    def __init__(self, text: str, exit_code: int = 1) -> None:
+        super().__init__(text)
+        self.text = text if text.endswith("\n") else text + "\n"
+        self.exit_code = exit_code
+
+
+class UsageError(AzError):
+    """An argparse error: azure-cli prints it with a recommendation and exits 2."""
+
+    def __init__(self, message: str, *, recommendation: str = CLI_REF) -> None:
+        super().__init__(f"ERROR: {message}\n{recommendation}", 2)
+
+
+def http_error(code: str, message: str, *, exit_code: int = 1) -> AzError:
+    """An ARM error as azure-core's HttpResponseError prints it."""
+    return AzError(f"ERROR: ({code}) {message}\nCode: {code}\nMessage: {message}\n", exit_code)
+
 
 DEPLOY_MESSAGE = ("At least one resource deployment operation failed. Please list deployment "
                   "operations for details. Please see https://aka.ms/arm-deployment-operations "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 
-from az_sim_state import find, ips_visible, power_state, provisioning_state
+from .state import find, ips_visible, power_state, provisioning_state
 
 SUBSCRIPTION = "0b1f6471-1bf0-4dda-aec3-111122223333"
 ARM = f"/subscriptions/{SUBSCRIPTION}/resourceGroups"

@@ -1,8 +1,8 @@
 """Azure CLI simulator: behaves like `az` 2.91.0 from outside, for the VM commands we use.
 
-This module is the entry point and the command table; scripts/az-sim imports it. The other
-az_sim_* modules hold the scenario, the shared state, the resource shapes, the error texts
-and the command handlers. See docs/az-simulator.md.
+This module is the entry point and the command table; scripts/az-sim calls its `main`. The
+other modules of the package hold the scenario, the shared state, the resource shapes, the
+error texts and the command handlers. See docs/az-simulator.md.
 """
 
 from __future__ import annotations
@@ -12,18 +12,12 @@ import os
 import sys
 import time
 
-from az_sim_cli import (
-    AzError,
-    Opt,
-    UsageError,
-    add_resource_group,
-    format_output,
-    parse_args,
-    search,
-)
-from az_sim_context import Ctx
-from az_sim_errors import throttle_error
-from az_sim_resource_commands import (
+from .cli import Opt, parse_args
+from .context import Ctx
+from .errors import AzError, UsageError, throttle_error
+from .output import add_resource_group, format_output
+from .query import search
+from .resource_commands import (
     cmd_account_show,
     cmd_group_show,
     cmd_version,
@@ -31,10 +25,10 @@ from az_sim_resource_commands import (
     lister,
     shower,
 )
-from az_sim_scenario import Scenario, ScenarioError, load_scenario
-from az_sim_state import StateStore, bump, empty_state, materialize, power_state, provisioning_state
-from az_sim_vm_commands import cmd_run_command, cmd_vm_delete, cmd_vm_list, cmd_vm_show, cmd_vm_wait
-from az_sim_vm_create import cmd_vm_create
+from .scenario import Scenario, ScenarioError, load_scenario
+from .state import StateStore, bump, empty_state, materialize, power_state, provisioning_state
+from .vm_commands import cmd_run_command, cmd_vm_delete, cmd_vm_list, cmd_vm_show, cmd_vm_wait
+from .vm_create import cmd_vm_create
 
 
 def _ref_opts() -> list[Opt]:
@@ -158,7 +152,7 @@ def run_az(argv: list[str]) -> int:
     except UsageError:
         _count_call(store, command, scn, throttle=False)
         raise
-    if args["help"]:
+    if args is None:
         sys.stdout.write(_help(command, []))
         return 0
     throttled = _count_call(store, command, scn, throttle=scn.logged_in)

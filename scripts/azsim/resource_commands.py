@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from az_sim_cli import AzError, http_error
-from az_sim_context import Ctx, target
-from az_sim_errors import NO_TTY, nic_reserved_message, not_found
-from az_sim_resources import (
+from .context import Ctx, target
+from .errors import NO_TTY, AzError, http_error, nic_reserved_message, not_found
+from .resources import (
     ARM,
     SUBSCRIPTION,
     attached_nic,
@@ -16,7 +15,7 @@ from az_sim_resources import (
     public_ip_resource,
     vm_id,
 )
-from az_sim_state import find, nic_reserved
+from .state import find, nic_reserved
 
 ARM_TYPES = {"public_ips": "Microsoft.Network/publicIPAddresses",
              "nics": "Microsoft.Network/networkInterfaces", "disks": "Microsoft.Compute/disks"}

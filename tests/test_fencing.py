@@ -19,8 +19,9 @@ from vmlaunch.azure.azcli import TAG_DEPLOYMENT, AzCli
 from vmlaunch.bus.feed import DuplicateRequest, EventFeed, Generations, publish_request
 from vmlaunch.bus.publish import dead_letter
 from vmlaunch.bus.streams import ensure_streams
-from vmlaunch.lifecycle.launch import Launch, Reporter
+from vmlaunch.lifecycle.launch import Launch
 from vmlaunch.lifecycle.lease import Fenced, Lease
+from vmlaunch.lifecycle.report import Reporter
 from vmlaunch.plans.plan import Plan
 from vmlaunch.runner.pollmode import run_legacy
 from vmlaunch.schema.messages import (

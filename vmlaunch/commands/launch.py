@@ -28,7 +28,8 @@ from vmlaunch.bus.streams import StreamMismatch, prepare_streams
 from vmlaunch.display.views import terminal_safe
 from vmlaunch.host import atomicfile, customdata
 from vmlaunch.host.stopsignals import Stopped, unless_stopped
-from vmlaunch.lifecycle.launch import Launch, Outcome, Reporter
+from vmlaunch.lifecycle.launch import Launch, Outcome
+from vmlaunch.lifecycle.report import Reporter
 from vmlaunch.schema.messages import Message, encode, new_event_id
 from vmlaunch.schema.vmspec import VMSpec
 from vmlaunch.state.reducer import DeploymentView

@@ -9,15 +9,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from vmlaunch.azure.azcli import TAG_DEPLOYMENT, AzCli, AzError, AzResult, FailureKind
 from vmlaunch.azure.look import HANDS_OFF, backoff_delay, look, owner
 from vmlaunch.lifecycle.lease import OPEN, Fence
+from vmlaunch.lifecycle.report import Reporter
 from vmlaunch.schema.vmspec import VMSpec
-
-if TYPE_CHECKING:  # pipeline imports this module
-    from vmlaunch.lifecycle.launch import Reporter
 
 log = logging.getLogger("attempts")
 

@@ -16,8 +16,8 @@ from typing import Any
 from vmlaunch.azure.azcli import AzCli, AzError
 from vmlaunch.azure.createproc import CreateProcess
 from vmlaunch.lifecycle.attempts import after_failure, remove_vm
-from vmlaunch.lifecycle.launch import Reporter, report_created, verify_vm
 from vmlaunch.lifecycle.lease import Fence
+from vmlaunch.lifecycle.report import Reporter, report_created, verify_vm
 from vmlaunch.schema.vmspec import VMSpec
 
 EXIT_GRACE = 5.0  # a create client whose VM Azure has already decided gets this long to exit

@@ -23,9 +23,9 @@ from typing import Any
 from vmlaunch.azure.azcli import AzCli, AzError, FailureKind
 from vmlaunch.azure.createproc import CreateProcess
 from vmlaunch.azure.look import refusal
-from vmlaunch.lifecycle.launch import Reporter
 from vmlaunch.lifecycle.lease import OPEN, POLLER, Fence, Handover
 from vmlaunch.lifecycle.polled import EXIT_GRACE, Phase, PolledVm, VmTasks, as_found
+from vmlaunch.lifecycle.report import Reporter
 from vmlaunch.plans.plan import Plan
 from vmlaunch.schema.messages import Message
 from vmlaunch.schema.vmspec import VMSpec

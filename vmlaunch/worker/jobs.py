@@ -29,8 +29,9 @@ from nats.js.kv import KeyValue
 
 from vmlaunch.azure.azcli import AzCli, AzError, FailureKind
 from vmlaunch.bus.publish import NATS_ERRORS, CancelMemory, Publisher, dead_letter, describe
-from vmlaunch.lifecycle.launch import Launch, Outcome, Reporter
+from vmlaunch.lifecycle.launch import Launch, Outcome
 from vmlaunch.lifecycle.lease import Fenced, Lease
+from vmlaunch.lifecycle.report import Reporter
 from vmlaunch.schema.messages import CreateRequest, Message, MessageError, Subject, decode
 from vmlaunch.schema.speccheck import deployment_id_problem, show
 from vmlaunch.schema.vmspec import VMSpec, spec_problems

@@ -1,19 +1,22 @@
 """procguard: the whole process group goes, with SIGKILL escalation, even after the direct
-child has exited. Real processes and signals; a grandchild that ignores SIGTERM."""
+child has exited; long-lived children (`spawn_child`/`stop_child`) go with their session
+and with us. Real processes and signals; a grandchild that ignores SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 from conftest import PYTHON, REPO, wait_until
 
-from vmlaunch.host.procs import run_process, spawn
+from vmlaunch.host.procs import run_process, spawn, spawn_child, stop_child
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -91,3 +94,54 @@ async def test_commands_we_run_never_inherit_the_nats_secrets(monkeypatch):
     assert result.exit_code == 0, result.stderr
     assert "s3cret" not in result.stdout and "NATS_" not in result.stdout
     assert "AZURE_CONFIG_DIR=/kept" in result.stdout
+
+
+async def test_stop_child_kills_a_child_that_ignores_sigterm_and_what_it_left_in_its_session(
+        tmp_path):
+    pidfile = tmp_path / "grandchild.pid"
+    # The shell ignores SIGTERM too, so only the escalation after the grace can end it.
+    child = await spawn_child(["sh", "-c", "trap '' TERM; " + shlex.join(
+        stubborn_grandchild(pidfile, then="wait"))])
+    grandchild = read_pid(pidfile)
+    try:
+        started = time.monotonic()
+        await asyncio.wait_for(stop_child(child, grace=GRACE), GRACE + 10)
+        assert child.returncode == -signal.SIGKILL
+        assert time.monotonic() - started >= GRACE  # the grace came first
+        wait_until(lambda: gone(grandchild), timeout=5, message="the grandchild to go")
+        await stop_child(child, grace=GRACE)  # safe twice
+    finally:
+        if not gone(grandchild):
+            os.kill(grandchild, signal.SIGKILL)
+
+
+async def test_stop_child_lets_a_child_that_stops_on_sigterm_exit_by_itself():
+    code = ("import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(7)); "
+            "print('ready', flush=True); time.sleep(60)")
+    child = await spawn_child([PYTHON, "-c", code], output=asyncio.subprocess.PIPE)
+    assert await asyncio.wait_for(child.stdout.readline(), 10) == b"ready\n"
+    await asyncio.wait_for(stop_child(child, grace=30), 10)
+    assert child.returncode == 7
+
+
+def test_a_long_lived_child_dies_with_its_sigkilled_parent(tmp_path):
+    pidfile = tmp_path / "child.pid"
+    parent_code = (
+        "import asyncio, sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from vmlaunch.host.procs import spawn_child\n"
+        "async def main():\n"
+        "    child = await spawn_child(sys.argv[1:])\n"
+        f"    open({str(pidfile)!r}, 'w').write(str(child.pid))\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n")
+    parent = subprocess.Popen([PYTHON, "-c", parent_code, "sleep", "60"])
+    try:
+        child = read_pid(pidfile)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        wait_until(lambda: gone(child), timeout=5, message="the child to die with its parent")
+    finally:
+        parent.kill()
+        if pidfile.exists() and not gone(pid := int(pidfile.read_text())):
+            os.kill(pid, signal.SIGKILL)

@@ -6,9 +6,9 @@ and listens on a free loopback port. It admits only this run's processes: a rand
 password made for each run is in two 0600 files under `<store>/auth/` (the server's
 config and the clients' password file), and the workers get the file's path in their
 environment, never the secret in argv. `orchestrator.py events` reads the same file.
-Every child is in its own session (a Ctrl-C on the terminal reaches only the
-orchestrator, which then stops them in order) and carries PR_SET_PDEATHSIG, so even a
-SIGKILL of the orchestrator leaves no process behind.
+Every child is started and stopped by `procs` (`spawn_child`, `stop_child`): in its own
+session (a Ctrl-C on the terminal reaches only the orchestrator, which then stops them in
+order) and tied to the orchestrator's life, so even its SIGKILL leaves no process behind.
 """
 
 from __future__ import annotations
@@ -18,13 +18,10 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import psutil
 
 from vmlaunch.bus.auth import (
     EMBEDDED_USER,
@@ -34,7 +31,7 @@ from vmlaunch.bus.auth import (
     write_embedded_auth,
 )
 from vmlaunch.bus.connection import NatsSettings, NatsUnavailable, nats_server_binary
-from vmlaunch.host.procs import die_with_parent
+from vmlaunch.host.procs import SERVER_GRACE, WORKER_MARGIN, spawn_child, stop_child
 
 log = logging.getLogger("embedded")
 
@@ -96,16 +93,11 @@ class EmbeddedNats:
         for old in ports_dir.glob("*.ports"):
             old.unlink()
         log_file = self.store_dir / "nats-server.log"
-        self.process = await asyncio.create_subprocess_exec(
+        self.process = await spawn_child([
             self.binary, "-js", "-a", "127.0.0.1", "-p", "-1", "--http_port", "0",
             "-sd", str(self.store_dir / "jetstream"), "--ports_file_dir", str(ports_dir),
             "-l", str(log_file), *(["-c", str(self.config)] if self.config else []),
-            env=self.env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
-            # Own session: a Ctrl-C reaches only its owner, which stops it in order; and it
-            # dies with its owner, even on SIGKILL.
-            preexec_fn=die_with_parent(os.getpid()),
-        )
+        ], env=self.env)
         self.url = await self._wait_for_port(ports_dir, timeout)
         return self
 
@@ -128,17 +120,10 @@ class EmbeddedNats:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    async def stop(self, *, grace: float = 5.0) -> None:
+    async def stop(self, *, grace: float = SERVER_GRACE) -> None:
         process, self.process = self.process, None
-        if process is None or process.returncode is not None:
-            return
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), grace)
-        except TimeoutError:
-            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
-                process.kill()
-            await process.wait()
+        if process is not None:
+            await stop_child(process, grace=grace)
 
     async def __aenter__(self) -> EmbeddedNats:
         return await self.start()
@@ -168,8 +153,8 @@ def worker_env(store: Path, options: WorkerOptions) -> dict[str, str]:
 class EmbeddedRuntime:
     """`async with EmbeddedRuntime(store, options) as runtime:` -> `runtime.url`.
 
-    `stop()` stops the workers (SIGTERM, then SIGKILL after their grace plus a margin)
-    and then the server; it is safe to call twice.
+    `stop()` stops the workers (SIGTERM, then SIGKILL after their grace plus
+    `procs.WORKER_MARGIN`) and then the server; it is safe to call twice.
     """
 
     def __init__(self, store: Path, options: WorkerOptions) -> None:
@@ -205,10 +190,8 @@ class EmbeddedRuntime:
             # 0600 when new (an existing log keeps its mode): it names hosts and users.
             with open(os.open(logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600),
                       "ab") as out:
-                self.workers.append(await asyncio.create_subprocess_exec(
-                    *worker_argv(self.url, index, self.options), env=env,
-                    stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
-                    start_new_session=True, preexec_fn=die_with_parent(os.getpid())))
+                self.workers.append(await spawn_child(
+                    worker_argv(self.url, index, self.options), env=env, output=out))
         log.info("embedded NATS at %s (pid %s), %d workers", self.url, self.nats.pid,
                  len(self.workers))
 
@@ -217,18 +200,8 @@ class EmbeddedRuntime:
 
     async def stop_workers(self) -> None:
         workers, self.workers = self.workers, []
-        for worker in workers:
-            _signal(worker, signal.SIGTERM)
-        grace = self.options.grace + 5.0
-        waits = [asyncio.wait_for(w.wait(), grace) for w in workers]
-        for worker, result in zip(workers, await asyncio.gather(*waits, return_exceptions=True),
-                                  strict=True):
-            if isinstance(result, BaseException):
-                _signal(worker, signal.SIGKILL)
-                await worker.wait()
-            # Anything the worker left in its session (its az children) goes too.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(worker.pid, signal.SIGKILL)
+        grace = self.options.grace + WORKER_MARGIN
+        await asyncio.gather(*(stop_child(worker, grace=grace) for worker in workers))
 
     async def stop(self) -> None:
         await asyncio.shield(self._stop())
@@ -236,9 +209,3 @@ class EmbeddedRuntime:
     async def _stop(self) -> None:
         await self.stop_workers()
         await self.nats.stop()
-
-
-def _signal(process: asyncio.subprocess.Process, sig: int) -> None:
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(sig)

@@ -9,6 +9,8 @@ outlives the command's direct child until the group is empty: a grandchild that 
 SIGTERM (or was left running in the background) is SIGKILLed at the end of the grace.
 
 Usage: python -I -S procguard.py GRACE_SECONDS COMMAND [ARG ...]   (stdlib only, no shell)
+
+`on_parent_death` is also what `procs.die_with_parent` uses: one place knows the prctl.
 """
 
 import contextlib
@@ -18,8 +20,17 @@ import signal
 import sys
 import time
 
-_PR_SET_PDEATHSIG = 1
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# Loaded at import: a preexec_fn (after fork, maybe in a threaded parent) must not dlopen.
+_LIBC = ctypes.CDLL(None, use_errno=True)  # the running program, libc included
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def on_parent_death(sig: int, parent: int) -> bool:
+    """Have the kernel send us `sig` when our parent dies, even by SIGKILL. False
+    when `parent` is already gone (it died before the prctl took effect)."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    return os.getppid() == parent
 
 
 def _others() -> list[int]:
@@ -59,9 +70,7 @@ def _end_group(deadline: float) -> None:
 
 def main(argv: list[str]) -> int:
     grace, command = float(argv[0]), argv[1:]
-    parent = os.getppid()
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before prctl took effect
+    if not on_parent_death(signal.SIGTERM, os.getppid()):
         return 128 + signal.SIGTERM
     child = os.fork()
     if child == 0:

@@ -1,15 +1,16 @@
-"""Subprocesses that never outlive us: spawned under procguard, run with a timeout, and
-killed as whole trees.
+"""Process lifetimes, in one place: every child is spawned here, tied to our life, and
+stopped here (SIGTERM, then SIGKILL of its whole tree or session after a grace period).
 
-Used by the az layer and by the SSH check: nothing else starts processes (except the
-embedded nats-server and workers, which use `die_with_parent`).
+Short commands (az, ssh) run under procguard with a timeout and are killed as whole trees
+(`spawn`, `run_process`, `stop_process`); long-lived children (the embedded nats-server
+and workers) are started by `spawn_child` and stopped by `stop_child`, which signals only
+the child itself, since it stops its own children in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -18,10 +19,20 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import psutil
 
+from vmlaunch.host.procguard import on_parent_death
+
 log = logging.getLogger("procs")
+
+# The grace periods between SIGTERM and SIGKILL, and why each is as long as it is.
+KILL_GRACE = 3.0  # az or ssh: a Python CLI needs about a second to exit on SIGTERM
+SERVER_GRACE = 5.0  # nats-server: it syncs its JetStream store to disk before exiting
+# A worker gets its own --grace for the work in flight plus this margin to give back what
+# it still holds, kill its az trees (KILL_GRACE) and close its NATS connection.
+WORKER_MARGIN = 5.0
 
 
 @dataclass(frozen=True)
@@ -44,16 +55,13 @@ class ProcessResult:
 # Every command runs under procguard.py, so a launcher that forks the CLI (rather than
 # exec'ing it) cannot leave an orphan when we die.
 _GUARD = str(Path(__file__).with_name("procguard.py"))
-_LIBC = ctypes.CDLL(None, use_errno=True)  # the running program, libc included
-_PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent(parent: int) -> Callable[[], None]:
     """A preexec_fn: the kernel SIGKILLs the child when its parent dies, even by SIGKILL.
     Only the direct child: a launcher that forks (rather than execs) the CLI is not covered."""
     def preexec() -> None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
+        if not on_parent_death(signal.SIGKILL, parent):
             os.kill(os.getpid(), signal.SIGKILL)
     return preexec
 
@@ -104,7 +112,7 @@ def _without_nats(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 async def spawn(argv: list[str], *, capture: bool = False, env: Mapping[str, str] | None = None,
-                kill_grace: float = 3.0) -> asyncio.subprocess.Process:
+                kill_grace: float = KILL_GRACE) -> asyncio.subprocess.Process:
     """Start a command in its own session that dies with us. Output is dropped unless
     `capture`, in which case the caller must read it (`communicate()`)."""
     pipe = asyncio.subprocess.PIPE if capture else asyncio.subprocess.DEVNULL
@@ -122,23 +130,59 @@ async def spawn(argv: list[str], *, capture: bool = False, env: Mapping[str, str
         raise
 
 
-async def stop_process(proc: asyncio.subprocess.Process, *, grace: float) -> None:
-    """Kill a spawned process with its whole tree, and reap it."""
+async def stop_process(proc: asyncio.subprocess.Process, *, grace: float,
+                       create_time: float | None = None) -> None:
+    """Kill a spawned process with its whole tree, and reap it. With `create_time` (see
+    `terminate_tree`), a PID that now belongs to another process is left alone."""
     if proc.returncode is None:  # once reaped, the pid may belong to someone else
         # Shielded so a second cancel cannot leave the tree half killed.
-        await asyncio.shield(asyncio.to_thread(terminate_tree, proc.pid, grace=grace))
-    # Stragglers whose parent already exited are still in the session's process group.
+        await asyncio.shield(asyncio.to_thread(terminate_tree, proc.pid, grace=grace,
+                                               create_time=create_time))
+    await _end_session(proc, pipe_wait=grace)
+
+
+async def spawn_child(argv: list[str], *, env: Mapping[str, str] | None = None,
+                      output: IO[bytes] | int = asyncio.subprocess.DEVNULL,
+                      ) -> asyncio.subprocess.Process:
+    """Start a long-lived child (a server, a worker) in its own session, so a Ctrl-C on the
+    terminal reaches only us and we stop it in order, and tied to our life, so it dies
+    with us even on SIGKILL. `env` replaces ours; `output` takes stdout and stderr."""
+    return await asyncio.create_subprocess_exec(
+        *argv, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output,
+        start_new_session=True, preexec_fn=die_with_parent(os.getpid()))
+
+
+async def stop_child(proc: asyncio.subprocess.Process, *, grace: float) -> None:
+    """SIGTERM only the child (it stops its own children in order), SIGKILL it after
+    `grace` seconds, then whatever it left in its session; reap it. Safe twice."""
+    _send(proc, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), grace)
+    except TimeoutError:
+        _send(proc, signal.SIGKILL)
+    await _end_session(proc, pipe_wait=grace)
+
+
+def _send(proc: asyncio.subprocess.Process, sig: int) -> None:
+    if proc.returncode is None:  # once reaped, the pid may belong to someone else
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+
+
+async def _end_session(proc: asyncio.subprocess.Process, *, pipe_wait: float) -> None:
+    """SIGKILL what is left in the child's session (stragglers whose parent has exited),
+    and reap the child."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     try:  # wait() also waits for the pipes: bounded, in case a daemon escaped with them
-        await asyncio.wait_for(proc.wait(), grace)
+        await asyncio.wait_for(proc.wait(), pipe_wait)
     except TimeoutError:
         log.warning("pid %s: its output is still held by an unknown process", proc.pid)
 
 
 async def run_process(argv: list[str], *, timeout: float | None = None,
                       env: Mapping[str, str] | None = None,
-                      kill_grace: float = 3.0) -> ProcessResult:
+                      kill_grace: float = KILL_GRACE) -> ProcessResult:
     """Run a command to completion. A failure is a result; a timeout kills the tree and is
     a result with `timed_out`; a cancellation kills the tree and propagates. `env` is
     added to ours."""

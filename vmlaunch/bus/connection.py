@@ -108,21 +108,7 @@ async def connect(settings: NatsSettings, **callbacks: Any) -> Client:
     nats-py's `disconnected_cb` / `reconnected_cb` / `closed_cb`.
     """
     contact = FirstContact(len(settings.servers))
-    options: dict[str, Any] = {
-        "servers": settings.servers,
-        "name": settings.name,
-        "connect_timeout": settings.connect_timeout,
-        "max_reconnect_attempts": -1,
-        "reconnect_time_wait": 0.5,
-        # A connection that went stale (a server restarted under load) is noticed within
-        # ~20 s, not nats-py's default of minutes, during which acks and events would wait.
-        "ping_interval": PING_INTERVAL,
-        "max_outstanding_pings": 3,
-        "error_cb": contact.on_error,
-        **settings.auth.connect_options(),
-        **callbacks,
-    }
-    connecting = asyncio.ensure_future(nats.connect(**options))
+    connecting = asyncio.ensure_future(nats.connect(**_options(settings, contact, callbacks)))
     decided = asyncio.ensure_future(contact.decided.wait())
     try:
         await asyncio.wait([connecting, decided], timeout=settings.connect_timeout,
@@ -139,6 +125,25 @@ async def connect(settings: NatsSettings, **callbacks: Any) -> Client:
     kind, text = contact.explain(f"NATS at {settings.shown}", settings.connect_timeout,
                                  setup_error)
     raise {AUTH: NatsAuthError, TLS: NatsTLSError}.get(kind, NatsUnreachable)(text)
+
+
+def _options(settings: NatsSettings, contact: FirstContact,
+             callbacks: dict[str, Any]) -> dict[str, Any]:
+    """nats-py's connect options: reconnect forever once connected."""
+    return {
+        "servers": settings.servers,
+        "name": settings.name,
+        "connect_timeout": settings.connect_timeout,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        # A connection that went stale (a server restarted under load) is noticed within
+        # ~20 s, not nats-py's default of minutes, during which acks and events would wait.
+        "ping_interval": PING_INTERVAL,
+        "max_outstanding_pings": 3,
+        "error_cb": contact.on_error,
+        **settings.auth.connect_options(),
+        **callbacks,
+    }
 
 
 def nats_server_binary() -> str | None:

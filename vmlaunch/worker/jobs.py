@@ -5,11 +5,8 @@ in-progress heartbeats; it is settled (ack, nak or term) exactly when that ends,
 exception leaves it unsettled. How each was settled is remembered by stream sequence: a
 request whose ack was lost while NATS was away comes back and is settled again, not redone.
 
-The dead-letter limit counts failed deliveries, not deliveries: a delivery that ended
-without a failure (given back on a graceful stop, redelivered to its holder while the work
-went on, or given up by a holder whose lease lapsed) is recorded in the KV bucket
-`VM_RELEASES` (key: the request's stream sequence) and is not counted. What is left is
-deliveries whose holder died or crashed: the evidence of a poison request.
+The dead-letter limit counts failed deliveries only: deliveries that ended without a
+failure are counted in `releases.py` and taken off.
 """
 
 from __future__ import annotations
@@ -24,7 +21,6 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from vmlaunch.azure.azcli import AzCli, AzError, FailureKind
@@ -35,11 +31,11 @@ from vmlaunch.lifecycle.report import Reporter
 from vmlaunch.schema.messages import CreateRequest, Message, MessageError, Subject, decode
 from vmlaunch.schema.speccheck import deployment_id_problem, show
 from vmlaunch.schema.vmspec import VMSpec, spec_problems
+from vmlaunch.worker.releases import Releases
 
 log = logging.getLogger("worker")  # these lines are the worker's, as operators know them
 
 SETTLED_MEMORY = 10_000  # finished requests remembered, to settle a redelivery again
-RECORD_TRIES = 5  # compare-and-set rounds when two workers record a release at once
 
 
 @dataclass
@@ -66,7 +62,7 @@ class JobRunner:
                  max_deliveries: int, private_key: str | None, ack_wait: float,
                  adopt_untagged: bool = False,
                  allowed_extra_args: frozenset[str] = frozenset()) -> None:
-        self._nc, self._publisher, self._releases = nc, publisher, releases
+        self._nc, self._publisher, self._releases = nc, publisher, Releases(releases)
         self.az, self.cancels, self.counts = az, cancels, counts
         self.worker_id, self.max_deliveries = worker_id, max_deliveries
         self.private_key, self.ack_wait = private_key, ack_wait
@@ -95,38 +91,8 @@ class JobRunner:
         await self.settle(msg, "nak")
 
     async def record_release(self, seq: int) -> None:
-        """Count one delivery of request `seq` that ended without a failure. A
-        compare-and-set, so that two workers recording at once both count."""
-        for _ in range(RECORD_TRIES):
-            try:
-                try:
-                    entry = await self._releases.get(str(seq))
-                except KeyNotFoundError:
-                    await self._releases.create(str(seq), b"1")
-                    return
-                await self._releases.update(str(seq), str(_count(entry.value) + 1).encode(),
-                                            last=entry.revision)
-                return
-            except KeyWrongLastSequenceError:
-                continue  # another worker recorded one in between: count again on top
-            except NATS_ERRORS as exc:
-                log.warning("could not record the release of request %s (%s); this "
-                            "delivery counts towards its limit", seq, type(exc).__name__)
-                return
-        log.warning("could not record the release of request %s (%d conflicts in a row); "
-                    "this delivery counts towards its limit", seq, RECORD_TRIES)
-
-    async def _released(self, seq: int) -> int:
-        """How often request `seq` ended without a failure (0 when unknown)."""
-        try:
-            entry = await self._releases.get(str(seq))
-        except KeyNotFoundError:
-            return 0
-        except NATS_ERRORS as exc:  # count every delivery, as if nothing was released
-            log.warning("could not read the releases of request %s (%s)", seq,
-                        type(exc).__name__)
-            return 0
-        return _count(entry.value)
+        """Count one delivery of request `seq` that ended without a failure."""
+        await self._releases.record(seq)
 
     async def settle_again(self, msg: Msg) -> bool:
         """Settle a request finished here as it was settled then; False if it was not."""
@@ -153,7 +119,7 @@ class JobRunner:
 
     async def _process(self, job: Job) -> None:
         seq = job.msg.metadata.sequence.stream
-        counted = job.deliveries - await self._released(seq)
+        counted = job.deliveries - await self._releases.count(seq)
         request, problem = _read(job.msg.data)
         if counted > self.max_deliveries:  # checked first: even a request that crashes us
             await self._dead_letter(job, f"delivered {job.deliveries} times ({counted} not "
@@ -286,11 +252,6 @@ class JobRunner:
         await send()
         await nc.flush(timeout=self.ack_wait / 3)
         return nc.is_connected and nc.stats["reconnects"] == reconnects
-
-
-def _count(value: bytes | None) -> int:
-    text = (value or b"").decode(errors="replace")
-    return int(text) if text.isdigit() and len(text) < 10 else 0
 
 
 def _read(data: bytes) -> tuple[Message | None, str]:

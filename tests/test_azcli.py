@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from vmlaunch.azure import azcli
+from vmlaunch.azure import argv, azcli
 from vmlaunch.azure.azcli import AzCli, AzResult, FailureKind, TokenBucket, classify
 from vmlaunch.host import procs
 from vmlaunch.schema.vmspec import VMSpec
@@ -305,6 +305,16 @@ def test_vm_create_args_refuses_a_spec_without_location() -> None:
 def test_vm_create_args_refuses_custom_data_content_without_a_path() -> None:
     with pytest.raises(ValueError, match="custom data"):
         azcli.vm_create_args(FULL_SPEC, deployment_id="d", custom_data_path=None)
+
+
+def test_vm_create_command_keeps_the_custom_data_file_for_the_block_only() -> None:
+    with argv.vm_create_command(FULL_SPEC, deployment_id="d") as args:
+        path = Path(args[args.index("--custom-data") + 1])
+        assert path.read_text() == FULL_SPEC.custom_data
+        assert path.stat().st_mode & 0o777 == 0o600
+    assert not path.exists()
+    with argv.vm_create_command(FULL_SPEC.replace(custom_data=None), deployment_id="d") as args:
+        assert "--custom-data" not in args
 
 
 @pytest.mark.parametrize(("args", "expected"), [

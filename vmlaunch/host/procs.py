@@ -28,8 +28,10 @@ from vmlaunch.host.procguard import on_parent_death
 log = logging.getLogger("procs")
 
 # The grace periods between SIGTERM and SIGKILL, and why each is as long as it is.
-KILL_GRACE = 3.0  # az or ssh: a Python CLI needs about a second to exit on SIGTERM
-SERVER_GRACE = 5.0  # nats-server: it syncs its JetStream store to disk before exiting
+# az or ssh: room for a Python CLI to act on SIGTERM, yet short, since a stop waits on it.
+KILL_GRACE = 3.0
+# nats-server: it closes its JetStream store cleanly, and a rerun resumes from that store.
+SERVER_GRACE = 5.0
 # A worker gets its own --grace for the work in flight plus this margin to give back what
 # it still holds, kill its az trees (KILL_GRACE) and close its NATS connection.
 WORKER_MARGIN = 5.0

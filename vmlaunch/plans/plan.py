@@ -24,6 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from vmlaunch.errors import ExitCode, PlansError
 from vmlaunch.schema import speccheck, typedfields
 from vmlaunch.schema.vmspec import VMSpec, spec_problems
 
@@ -33,7 +34,7 @@ PLAN_KEYS = ("deployment_id", "resource_group", "location", "deadline", "ssh_pri
 PER_PLAN_FIELDS = frozenset({"name", "resource_group"})
 
 
-class PlanError(ValueError):
+class PlanError(PlansError, ValueError, exit_code=ExitCode.BAD_INPUT):
     """A plan that cannot be used; `problems` lists every reason, one sentence each."""
 
     def __init__(self, problems: list[str], *, source: str = "") -> None:

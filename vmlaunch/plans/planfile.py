@@ -3,7 +3,8 @@
 A plan file has `deployment_id`, `resource_group`, optional `location`, `deadline` (seconds)
 and `ssh_private_key`, `defaults:` (any VM spec field) and `vms:` (entries with `name` and
 per-VM fields, or just a name); see docs/example-plan.yaml. Relative paths in it are
-relative to the file's directory. Every problem of its shape is collected, not raised.
+relative to the file's directory, as in a VM spec file (`read_spec_file`, read here too).
+Every problem of its shape is collected, not raised.
 """
 
 from __future__ import annotations
@@ -30,11 +31,23 @@ def read_yaml(path: Path, what: str) -> tuple[Any, list[str]]:
 
 
 def _relative_to(base: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with its file paths (custom_data, ssh_public_key) made relative to `base`."""
     out = dict(data)
     for name in _PATH_FIELDS:
         if isinstance(out.get(name), str):
             out[name] = str(base / Path(out[name]).expanduser())
     return out
+
+
+def read_spec_file(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """A VM spec file (`vm_launcher.py launch --spec`): a YAML mapping of VMSpec fields,
+    its file paths relative to its directory as in a plan file; the problems otherwise."""
+    data, problems = read_yaml(path, "spec file")
+    if problems or data is None:
+        return {}, problems
+    if not isinstance(data, dict):
+        return {}, [f"spec file {str(path)!r} must hold a mapping of VM spec fields"]
+    return _relative_to(path.parent, data), []
 
 
 def draft_from_file(path: Path) -> PlanDraft:

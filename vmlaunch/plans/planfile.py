@@ -53,26 +53,27 @@ def read_spec_file(path: Path) -> tuple[dict[str, Any], list[str]]:
 def draft_from_file(path: Path) -> PlanDraft:
     """A draft from a plan file, with every problem of its shape collected."""
     data, problems = read_yaml(path, "plan file")
-    draft = PlanDraft(deployment_id="", resource_group="", entries=[], origin=f"plan {path}",
+    empty = PlanDraft(deployment_id="", resource_group="", origin=f"plan {path}",
                       problems=problems)
     if problems:
-        return draft
+        return empty
     if not isinstance(data, dict):
-        draft.problems.append(f"plan file {str(path)!r} must be a mapping with the keys "
-                              f"{', '.join(PLAN_KEYS)}")
-        return draft
-    draft.problems += [f"{key}: unknown top-level key (expected one of {', '.join(PLAN_KEYS)})"
-                       for key in data if key not in PLAN_KEYS]
-    draft.deployment_id = _text(data, "deployment_id", draft.problems)
-    draft.resource_group = _text(data, "resource_group", draft.problems)
-    draft.location = _text(data, "location", draft.problems) or None
-    draft.deadline = _seconds(data, "deadline", draft.problems, DEFAULT_DEADLINE)
-    key = _text(data, "ssh_private_key", draft.problems)
-    draft.ssh_private_key = str(path.parent / Path(key).expanduser()) if key else None
-    draft.defaults = _relative_to(path.parent, _defaults(data.get("defaults"), draft.problems))
-    draft.entries = [_relative_to(path.parent, e) for e in _entries(data.get("vms"),
-                                                                     draft.problems)]
-    return draft
+        problems.append(f"plan file {str(path)!r} must be a mapping with the keys "
+                        f"{', '.join(PLAN_KEYS)}")
+        return empty
+    problems += [f"{key}: unknown top-level key (expected one of {', '.join(PLAN_KEYS)})"
+                 for key in data if key not in PLAN_KEYS]
+    deployment_id = _text(data, "deployment_id", problems)
+    resource_group = _text(data, "resource_group", problems)
+    location = _text(data, "location", problems) or None
+    deadline = _seconds(data, "deadline", problems, DEFAULT_DEADLINE)
+    key = _text(data, "ssh_private_key", problems)
+    defaults = _relative_to(path.parent, _defaults(data.get("defaults"), problems))
+    entries = [_relative_to(path.parent, e) for e in _entries(data.get("vms"), problems)]
+    return PlanDraft(deployment_id=deployment_id, resource_group=resource_group,
+                     location=location, deadline=deadline, origin=f"plan {path}",
+                     ssh_private_key=str(path.parent / Path(key).expanduser()) if key else None,
+                     defaults=defaults, entries=entries, problems=problems)
 
 
 def _text(data: dict[str, Any], key: str, problems: list[str]) -> str:

@@ -18,24 +18,22 @@ from vmlaunch.cli.options import apply_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 _FILE = click.Path(exists=True, dir_okay=False)
+# The options naming a file: flag, the variable it has always read, help.
+_FILE_OPTIONS = [
+    ("--nats-password-file", "NATS_PASSWORD_FILE",
+     "File holding the NATS password (or the password itself in NATS_PASSWORD)."),
+    ("--nats-token-file", "NATS_TOKEN_FILE",
+     "File holding a NATS token (or the token itself in NATS_TOKEN)."),
+    ("--nats-nkey", "NATS_NKEY", "NKey seed file (SU...)."),
+    ("--nats-creds", "NATS_CREDS", "NATS credentials (.creds: user JWT and seed) file."),
+    ("--tls-ca", "NATS_CA", "CA certificate to verify the NATS server with."),
+    ("--tls-cert", "NATS_CERT", "Client certificate for NATS (mutual TLS)."),
+    ("--tls-key", "NATS_KEY", "Private key of --tls-cert."),
+]
 _CONNECTION_OPTIONS = [
     click.option("--nats-user", envvar="NATS_USER",
                  help="NATS user (with --nats-password-file or NATS_PASSWORD)."),
-    click.option("--nats-password-file", type=_FILE, envvar="NATS_PASSWORD_FILE",
-                 help="File holding the NATS password (or the password itself in "
-                      "NATS_PASSWORD)."),
-    click.option("--nats-token-file", type=_FILE, envvar="NATS_TOKEN_FILE",
-                 help="File holding a NATS token (or the token itself in NATS_TOKEN)."),
-    click.option("--nats-nkey", type=_FILE, envvar="NATS_NKEY",
-                 help="NKey seed file (SU...)."),
-    click.option("--nats-creds", type=_FILE, envvar="NATS_CREDS",
-                 help="NATS credentials (.creds: user JWT and seed) file."),
-    click.option("--tls-ca", type=_FILE, envvar="NATS_CA",
-                 help="CA certificate to verify the NATS server with."),
-    click.option("--tls-cert", type=_FILE, envvar="NATS_CERT",
-                 help="Client certificate for NATS (mutual TLS)."),
-    click.option("--tls-key", type=_FILE, envvar="NATS_KEY",
-                 help="Private key of --tls-cert."),
+    *(click.option(flag, type=_FILE, envvar=env, help=text) for flag, env, text in _FILE_OPTIONS),
     click.option("--tls-hostname", help="Name the NATS server's certificate must carry "
                  "(when the URL names it by IP address or another name)."),
     click.option("--nats-connect-timeout", type=click.FloatRange(min=0.1), default=2.0,

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from conftest import PYTHON, REPO
 from workerkit import RG, Bus, launch_env
 
-from vmlaunch.cli.options import spec_options, spec_values
+from vmlaunch.cli.specoptions import spec_options, spec_values
 from vmlaunch.schema.messages import CloudInitComplete, Failed, Subject, decode
 from vmlaunch.schema.vmspec import SPEC_FIELDS
 from vmlaunch.state.statefile import read_events, read_state

@@ -22,6 +22,7 @@ import nats.errors
 from nats.aio.client import Client
 
 from vmlaunch.bus.auth import AUTH, TLS, Credentials, FirstContact
+from vmlaunch.errors import BusError, ExitCode
 
 log = logging.getLogger("natsconn")
 
@@ -36,7 +37,7 @@ ACK_WAIT = 30.0
 PING_INTERVAL = 5.0
 
 
-class NatsUnavailable(Exception):
+class NatsUnavailable(BusError, exit_code=ExitCode.CANNOT_RUN):
     """NATS cannot be used. Only its subclass NatsUnreachable allows falling back to
     polling; the others are errors to fix."""
 

@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from vmlaunch.bus.auth import (
@@ -40,8 +40,15 @@ log = logging.getLogger("embedded")
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
+_NOT_SERVE = ("count",)  # how many workers: no option of theirs
+_SERVE_FLAG = {"allow_extra_args": "--allow-extra-arg"}  # the fields not named as the option
+
+
 @dataclass(frozen=True)
 class WorkerOptions:
+    """The embedded workers' `serve` options: each field but `count` is the option of its
+    name (`ssh_private_key` is --ssh-private-key; a tuple repeats it; None is not given)."""
+
     count: int = 2
     concurrency: int | None = None
     az: str | None = None
@@ -53,17 +60,17 @@ class WorkerOptions:
 
 
 def worker_argv(url: str, index: int, options: WorkerOptions) -> list[str]:
-    argv = [sys.executable, "-m", "vmlaunch.cli.launcher", "serve", "--nats-url", url,
-            "--worker-id", f"embedded-{os.getpid()}-{index}", "--grace", str(options.grace)]
-    if options.concurrency is not None:
-        argv.extend(["--concurrency", str(options.concurrency)])
-    if options.az is not None:
-        argv.extend(["--az", options.az])
-    if options.ssh_private_key is not None:
-        argv.extend(["--ssh-private-key", options.ssh_private_key])
-    if options.adopt_untagged:
-        argv.append("--adopt-untagged")
-    argv.extend(f"--allow-extra-arg={flag}" for flag in options.allow_extra_args)
+    """`serve` with `options` rendered field by field (tests/test_cli_options.py parses
+    the result with serve's own option definitions)."""
+    argv = [sys.executable, "-m", "vmlaunch.cli.launcher", "serve", f"--nats-url={url}",
+            f"--worker-id=embedded-{os.getpid()}-{index}"]
+    for item in fields(options):
+        value = getattr(options, item.name)
+        if item.name in _NOT_SERVE or value is None or value is False or value == ():
+            continue
+        flag = _SERVE_FLAG.get(item.name, "--" + item.name.replace("_", "-"))
+        values = value if isinstance(value, tuple) else () if value is True else (value,)
+        argv.extend([f"{flag}={v}" for v in values] or [flag])
     return argv
 
 
@@ -140,9 +147,11 @@ def embedded_client(url: str, store: Path, *, name: str) -> NatsSettings:
 
 
 def worker_env(store: Path, options: WorkerOptions) -> dict[str, str]:
-    """The workers' environment: ours, without any NATS setting meant for another
-    server, plus the embedded user and the path of its password file."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("NATS_")}
+    """The workers' environment: ours, without any NATS setting meant for another server
+    or VMLAUNCH_ option meant for us (theirs are in worker_argv), plus the embedded user
+    and the path of its password file."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("NATS_", "VMLAUNCH_"))}
     env.update(NATS_USER=EMBEDDED_USER, NATS_PASSWORD_FILE=str(embedded_password_file(store)))
     if options.az:
         env["AZ_CLI"] = options.az

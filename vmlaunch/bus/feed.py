@@ -26,6 +26,7 @@ from nats.js.kv import KeyValue
 
 from vmlaunch.bus.connection import EVENTS_STREAM
 from vmlaunch.bus.streams import GENERATIONS_BUCKET
+from vmlaunch.errors import BusError
 from vmlaunch.schema.messages import (
     EVENT_SUBJECTS,
     Cancel,
@@ -47,7 +48,7 @@ FETCH_WAIT = 0.5
 
 
 
-class DuplicateRequest(Exception):
+class DuplicateRequest(BusError):
     """The server already had a request of this generation: a new one would be dropped."""
 
 

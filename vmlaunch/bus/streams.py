@@ -36,6 +36,7 @@ from vmlaunch.bus.connection import (
     StreamsMissing,
     connect,
 )
+from vmlaunch.errors import BusError, ExitCode
 from vmlaunch.schema.messages import EVENT_SUBJECTS, Subject
 
 log = logging.getLogger("streams")
@@ -50,7 +51,7 @@ RELEASES_MAX_AGE = EVENTS_MAX_AGE
 GENERATIONS_BUCKET = "VM_GENERATIONS"
 
 
-class StreamMismatch(Exception):
+class StreamMismatch(BusError, exit_code=ExitCode.CANNOT_RUN):
     """A stream exists with settings this tool cannot work with; an administrator must fix it."""
 
 

@@ -9,16 +9,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from vmlaunch.bus.connection import ACK_WAIT, NatsSettings
+from vmlaunch.cli import natsoptions
 from vmlaunch.cli import options as cliopts
+from vmlaunch.cli.specoptions import spec_options, spec_values
 from vmlaunch.commands import launch as manual_launch
+from vmlaunch.errors import ExitCode
 from vmlaunch.host import customdata
+from vmlaunch.plans.planfile import read_spec_file
 from vmlaunch.schema.speccheck import allow_list_problems, deployment_id_problem
 from vmlaunch.schema.typedfields import FieldErrors
 from vmlaunch.schema.vmspec import VMSpec, spec_problems
@@ -27,27 +31,22 @@ from vmlaunch.worker import worker
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
-EXIT_READY, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_RUN = 0, 1, 2, 3
 
 
-nats_options = cliopts.nats_options(
+nats_options = natsoptions.nats_options(
     default_url=DEFAULT_NATS_URL, replicas=True, manage_streams=True,
-    url_help="NATS server URL(s), comma-separated; may carry user:password@ (never shown). "
-             "[env: NATS_URL]")
+    url_help="NATS server URL(s), comma-separated; may carry user:password@ (never shown).")
 
 
 def local_options(command: F) -> F:
     """--az, --ssh-private-key, --adopt-untagged, -v: shared by every command."""
     return cliopts.apply_options(command, [
-        click.option("--az", "az_path", envvar="AZ_CLI", default="az", show_default=True,
-                     help="The az executable. [env: AZ_CLI]"),
-        click.option("--ssh-private-key", type=click.Path(exists=True, dir_okay=False),
-                     help="Private key for the SSH checks (never leaves this machine)."),
-        click.option("--adopt-untagged", is_flag=True,
-                     help="Adopt (never delete) a VM of that name with no vmlaunch-deployment "
-                          "tag. Without it such a VM fails as NotOurs; a VM tagged for "
-                          "another deployment always does. No request can grant this."),
-        click.option("-v", "--verbose", count=True, help="More log detail (repeatable)."),
+        cliopts.az_option(default="az"),
+        cliopts.ssh_private_key_option(
+            "Private key for the SSH checks (never leaves this machine)."),
+        cliopts.adopt_untagged_option("A VM tagged for another deployment always fails; no "
+                                      "request can grant this."),
+        cliopts.verbose_option("More log detail (repeatable)."),
     ])
 
 
@@ -67,18 +66,12 @@ def _allowed_flags(ctx: click.Context, param: click.Parameter,
     return flags
 
 
-def _logging(verbose: int, *, quiet: bool) -> None:
-    levels = [logging.WARNING, logging.INFO, logging.DEBUG] if quiet else [
-        logging.INFO, logging.DEBUG]
-    logging.basicConfig(level=levels[min(verbose, len(levels) - 1)], stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=cliopts.Group, context_settings=cliopts.CONTEXT)
 def cli() -> None:
     """Create and verify Azure VMs: as a NATS worker (serve) or one VM by hand (launch).
 
-    Exit codes: 0 ready, 1 failed, 2 bad input, 3 could not run.
+    Exit codes: 0 ready, 1 failed, 2 bad input, 3 could not run. Every option can also be
+    set in the environment: VMLAUNCH_ and its name (--worker-id is VMLAUNCH_WORKER_ID).
     """
 
 
@@ -104,7 +97,7 @@ def cli() -> None:
                    "using any other flag fails (InvalidRequest) without an az call.")
 def serve(az_path: str, ssh_private_key: str | None, adopt_untagged: bool, verbose: int,
           concurrency: int, worker_id: str | None, grace: float, max_deliveries: int,
-          ack_wait: float, allow_extra_args: tuple[str, ...], **nats_params: Any) -> None:
+          ack_wait: float, allow_extra_args: tuple[str, ...], **nats_params: Any) -> int:
     """Take vm.create.request messages from NATS and create the VMs (worker mode).
 
     All workers share one durable consumer, so N workers on M machines split the work.
@@ -117,39 +110,37 @@ def serve(az_path: str, ssh_private_key: str | None, adopt_untagged: bool, verbo
     shows every worker's counts. Exit 3 when NATS cannot be used: unreachable,
     credentials rejected, TLS failed, or (--no-manage-streams) a stream missing.
     """
-    _logging(verbose, quiet=False)
+    cliopts.setup_logging(verbose, level=logging.INFO)
     worker_id = worker_id or worker.default_worker_id()
     settings = worker.WorkerSettings(
-        nats=_required(cliopts.nats_settings(nats_params, name=f"vm-launcher-{worker_id}")),
+        nats=_required(natsoptions.nats_settings(nats_params, name=f"vm-launcher-{worker_id}")),
         worker_id=worker_id, az=az_path, concurrency=concurrency,
         ssh_private_key=ssh_private_key, grace=grace, max_deliveries=max_deliveries,
         ack_wait=ack_wait, adopt_untagged=adopt_untagged, allow_extra_args=allow_extra_args)
     customdata.prepare()  # sweeps what a SIGKILLed process left
-    sys.exit(asyncio.run(workerproc.serve(settings)))
+    return asyncio.run(workerproc.serve(settings))
 
 
 @cli.command()
-@click.option("--spec", "spec_file", type=click.Path(dir_okay=False), metavar="FILE",
+@click.option("--spec", "spec_file", type=click.Path(dir_okay=False, path_type=Path),
+              metavar="FILE",
               help="YAML mapping of VM spec fields (names as below, with underscores); "
                    "options given on the command line override it. Relative file paths "
                    "in it are relative to the file.")
-@cliopts.spec_options()
+@spec_options()
 @click.option("--deployment-id", help="Deployment the events belong to. [default: manual-NAME]")
 @click.option("--json", "json_lines", is_flag=True,
               help="Print each event as a JSON line (the encoded message) instead of text.")
-@click.option("--state-file", type=click.Path(dir_okay=False),
-              help="deployment-state.yaml to keep up to date (created when absent; "
-                   "malformed or another deployment's: exit 2, not writable: exit 3, "
-                   "both before any az call).")
-@click.option("--events-file", type=click.Path(dir_okay=False),
-              help="deployment-events.yaml to append to. [default: beside --state-file]")
+@cliopts.state_file_option("deployment-state.yaml to keep up to date (created when absent; "
+                           "malformed or another deployment's: exit 2, not writable: exit 3, "
+                           "both before any az call).")
+@cliopts.events_file_option("The events log to append to.")
 @click.option("--no-nats", is_flag=True, help="Do not try to publish the events to NATS.")
 @nats_options
 @local_options
-def launch(spec_file: str | None, deployment_id: str | None, json_lines: bool,
-           state_file: str | None, events_file: str | None, no_nats: bool, az_path: str,
-           ssh_private_key: str | None, adopt_untagged: bool, verbose: int,
-           **params: Any) -> None:
+def launch(spec_file: Path | None, deployment_id: str | None, json_lines: bool,
+           no_nats: bool, az_path: str, ssh_private_key: str | None, adopt_untagged: bool,
+           verbose: int, **params: Any) -> int:
     """Create and verify one VM in the foreground, without an orchestrator.
 
     Every VM spec field is an option (or comes from --spec). The spec is checked first:
@@ -158,34 +149,34 @@ def launch(spec_file: str | None, deployment_id: str | None, json_lines: bool,
     answers (one warning when it does not). Exit 0 when the VM is ready, 1 when it failed,
     3 when NATS rejects the credentials or TLS fails (nothing launched).
     """
-    _logging(verbose, quiet=True)
+    cliopts.setup_logging(verbose, level=logging.WARNING)
     spec, problems = _spec(spec_file, params)
     if deployment_id is not None and (why := deployment_id_problem(deployment_id)):
         problems.append(why)
     if spec is None or problems:
         for problem in problems:
             click.echo(f"error: {problem}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
+        return ExitCode.BAD_INPUT
     if shutil.which(az_path) is None:
         click.echo(f"error: the az executable {az_path!r} was not found", err=True)
-        sys.exit(EXIT_CANNOT_RUN)
-    nats = None if no_nats else cliopts.nats_settings(
+        return ExitCode.CANNOT_RUN
+    nats = None if no_nats else natsoptions.nats_settings(
         params, name=f"vm-launcher-manual-{spec.name}")
     try:
         code = asyncio.run(manual_launch.launch(
             spec, deployment_id=deployment_id or f"manual-{spec.name}", az=az_path,
             private_key=ssh_private_key, nats=nats, json_lines=json_lines,
-            state_file=state_file, events_file=events_file, adopt_untagged=adopt_untagged))
+            files=cliopts.state_files(params), adopt_untagged=adopt_untagged))
     except KeyboardInterrupt:
         click.echo("interrupted; the az processes were stopped", err=True)
-        code = EXIT_FAILED
-    sys.exit(code)
+        code = ExitCode.FAILED
+    return code
 
 
-def _spec(spec_file: str | None, params: dict[str, Any]) -> tuple[VMSpec | None, list[str]]:
+def _spec(spec_file: Path | None, params: dict[str, Any]) -> tuple[VMSpec | None, list[str]]:
     """The spec from the file and the options, and every problem with it."""
-    data, problems = cliopts.load_spec_file(spec_file) if spec_file else ({}, [])
-    data.update(cliopts.spec_values(params))
+    data, problems = read_spec_file(spec_file) if spec_file else ({}, [])
+    data.update(spec_values(params))
     try:
         spec = VMSpec.from_dict(data, where="spec")
     except FieldErrors as exc:

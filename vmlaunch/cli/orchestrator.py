@@ -9,7 +9,6 @@ failed, 2 bad input (nothing launched, every problem listed), 3 could not run,
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import sys
@@ -19,89 +18,34 @@ from typing import Any, TypeVar
 
 import click
 
-from vmlaunch.bus.connection import NatsUnavailable
 from vmlaunch.bus.embedded import WorkerOptions
 from vmlaunch.bus.streams import provision_streams
+from vmlaunch.cli import natsoptions
 from vmlaunch.cli import options as cliopts
+from vmlaunch.cli.planoptions import POSITIVE, plan_from, plan_options
 from vmlaunch.commands import operations
 from vmlaunch.display.views import format_table, make_display
-from vmlaunch.plans.plan import Plan, PlanError
-from vmlaunch.plans.sources import PlanSource, load_plan
+from vmlaunch.errors import ExitCode
 from vmlaunch.runner import deployment
 from vmlaunch.schema.speccheck import extra_flags
 from vmlaunch.state import statefile
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_STATE_FILE = Path("state/deployment-state.yaml")
-_POSITIVE = click.FloatRange(min=0, min_open=True)
-
-
-def plan_options(command: F) -> F:
-    """Where the plan comes from (at most one source) and the VM field defaults."""
-    return cliopts.apply_options(command, [
-        click.option("--plan", "plan_file", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Plan file (YAML; see docs/example-plan.yaml)."),
-        click.option("--vm", "vm_options", multiple=True, metavar="NAME[:ZONE[:SIZE]]",
-                     help="A VM to launch (repeatable); needs --resource-group."),
-        click.option("--k0rdent-config", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Derive the plan from a k0rdent config as the bash scripts do."),
-        click.option("--from-env", is_flag=True,
-                     help="Take the plan from the variables a bash caller exported "
-                          "(RG, VM_HOSTS, VM_ZONE_<HOST>, ...; see docs/orchestrator.md)."),
-        click.option("--cluster-id", help="k0rdent cluster id. [default: ./.clusterid]"),
-        click.option("--deployment-id",
-                     help="Deployment id (tags, events). [default: the plan's; with --vm "
-                          "the resource group]"),
-        click.option("--deadline", type=_POSITIVE,
-                     help="Seconds until unfinished VMs are cancelled and marked Failed. "
-                          "[default: the plan's, else 1800]"),
-        cliopts.spec_options(exclude=("name",)),
-    ])
 
 
 def file_options(command: F) -> F:
     return cliopts.apply_options(command, [
-        click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path),
-                     default=DEFAULT_STATE_FILE, show_default=True,
-                     help="The deployment state file the bash scripts read."),
-        click.option("--events-file", type=click.Path(dir_okay=False, path_type=Path),
-                     help="The events log. [default: deployment-events.yaml beside "
-                          "--state-file]"),
+        cliopts.state_file_option("The deployment state file the bash scripts read.",
+                                  default=DEFAULT_STATE_FILE),
+        cliopts.events_file_option("The events log."),
     ])
 
 
-nats_options = cliopts.nats_options(
+nats_options = natsoptions.nats_options(
     default_url=None, replicas=True, manage_streams=True,
     url_help="NATS server URL(s), comma-separated; may carry user:password@ (never shown). "
-             "[env: NATS_URL; default for deploy: embedded mode]")
-
-
-def _plan(params: dict[str, Any]) -> Plan:
-    """The validated plan, or exit 2 listing every problem."""
-    overrides = cliopts.spec_values(params)
-    source = PlanSource(
-        plan_file=params["plan_file"], vms=tuple(params["vm_options"]),
-        resource_group=overrides.pop("resource_group", None),
-        k0rdent_config=params["k0rdent_config"], from_env=params["from_env"],
-        cluster_id=params["cluster_id"], deployment_id=params["deployment_id"])
-    try:
-        plan = load_plan(source, overrides=overrides, env=None)
-    except PlanError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(deployment.EXIT_BAD_INPUT)
-    if params["deadline"]:
-        plan = dataclasses.replace(plan, deadline=params["deadline"])
-    return plan
-
-
-def _events_file(params: dict[str, Any]) -> Path:
-    return params["events_file"] or params["state_file"].parent / "deployment-events.yaml"
-
-
-def _logging(verbose: int) -> None:
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+             "[default for deploy: embedded mode]")
 
 
 def _confirm(yes: bool) -> Callable[[str], bool] | None:
@@ -111,7 +55,7 @@ def _confirm(yes: bool) -> Callable[[str], bool] | None:
     return lambda question: click.confirm(question, default=False)
 
 
-class DefaultGroup(click.Group):
+class DefaultGroup(cliopts.Group):
     """A group whose default command is `deploy` (options first means `deploy ...`)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -120,13 +64,14 @@ class DefaultGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
-@click.group(cls=DefaultGroup,
-             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=DefaultGroup, context_settings=cliopts.CONTEXT)
 def cli() -> None:
     """Launch a plan of Azure VMs in parallel and keep state/deployment-state.yaml true.
 
     The default command is deploy. Exit codes: 0 all VMs ready, 1 some VM failed,
     2 bad input (nothing launched), 3 could not run, 130 interrupted (rerun to resume).
+    Every option can also be set in the environment: VMLAUNCH_ and its name
+    (--state-file is VMLAUNCH_STATE_FILE).
     """
 
 
@@ -134,10 +79,10 @@ def cli() -> None:
 @plan_options
 @file_options
 @nats_options
-@click.option("--az", "az_path", envvar="AZ_CLI", help="The az executable. [env: AZ_CLI]")
-@click.option("--ssh-private-key", type=click.Path(exists=True, dir_okay=False),
-              help="Private key for the SSH checks (given to embedded workers; never sent). "
-                   "[default: the k0rdent key ./azure-resources/<id>-ssh-key if present]")
+@cliopts.az_option()
+@cliopts.ssh_private_key_option(
+    "Private key for the SSH checks (given to embedded workers; never sent). "
+    "[default: the k0rdent key ./azure-resources/<id>-ssh-key if present]")
 @click.option("--require-nats", is_flag=True,
               help="Exit 3 instead of falling back to legacy polling when NATS is missing.")
 @click.option("--nats-grace", type=click.FloatRange(min=0), default=10.0, show_default=True,
@@ -152,18 +97,14 @@ def cli() -> None:
               help="Embedded mode: creations at once per worker. [default: the worker's]")
 @click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True,
               help="Legacy mode: creations at once.")
-@click.option("--adopt-untagged", is_flag=True,
-              help="Adopt (never delete) a VM of a planned name that has no "
-                   "vmlaunch-deployment tag; without it such a VM fails as NotOurs. Given to "
-                   "the embedded workers and the legacy poller.")
-@click.option("--poll-interval", type=_POSITIVE,
+@cliopts.adopt_untagged_option("Given to the embedded workers and the legacy poller.")
+@click.option("--poll-interval", type=POSITIVE,
               help="Legacy mode: seconds between polls. [default: the plan's, else 30]")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "json_out", is_flag=True, help="Print every event as a JSON line.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only warnings and the summary.")
-@click.option("-v", "--verbose", count=True,
-              help="Every event as a line, plus logs on stderr (repeat for debug).")
-def deploy(**params: Any) -> None:
+@cliopts.verbose_option("Every event as a line, plus logs on stderr (repeat for debug).")
+def deploy(**params: Any) -> int:
     """Launch the plan's VMs and follow them until ready, failed, or the deadline.
 
     The plan is validated first (every problem listed; exit 2, nothing launched). With a
@@ -180,14 +121,14 @@ def deploy(**params: Any) -> None:
     events log. A state file that stops being writable mid-run stops the launch: exit 3.
     A state file another live deploy is using: exit 3 before anything is launched.
     """
-    _logging(params["verbose"])
-    plan = _plan(params)
+    cliopts.setup_logging(params["verbose"], level=logging.WARNING)
+    plan = plan_from(params)
     key = params["ssh_private_key"] or (plan.ssh_private_key if plan.ssh_private_key and
                                         Path(plan.ssh_private_key).is_file() else None)
     options = deployment.DeployOptions(
-        state_file=params["state_file"], events_file=_events_file(params),
+        state_file=params["state_file"], events_file=cliopts.events_file(params),
         az=params["az_path"], ssh_private_key=key,
-        nats=cliopts.nats_settings(params, name="vm-launch-orchestrator"),
+        nats=natsoptions.nats_settings(params, name="vm-launch-orchestrator"),
         require_nats=params["require_nats"],
         legacy_poll=params["legacy_poll"], nats_grace=params["nats_grace"],
         workers=WorkerOptions(count=params["workers"], az=params["az_path"],
@@ -199,7 +140,7 @@ def deploy(**params: Any) -> None:
         deadline=params["deadline"], confirm=_confirm(params["yes"]))
     display = make_display(json_lines=params["json_out"], quiet=params["quiet"],
                            verbose=params["verbose"] > 0)
-    sys.exit(asyncio.run(deployment.deploy(plan, options, display)))
+    return asyncio.run(deployment.deploy(plan, options, display))
 
 
 @cli.command("plan")
@@ -211,7 +152,7 @@ def plan_command(**params: Any) -> None:
     Exit 2 with every problem listed when the plan is invalid. The location shows as
     "(resource group's)" when deploy would look it up.
     """
-    plan = _plan(params)
+    plan = plan_from(params)
     if params["json_out"]:
         click.echo(json.dumps(plan.to_dict(), indent=2))
         return
@@ -232,7 +173,7 @@ def plan_command(**params: Any) -> None:
               help="Also ask Azure (one az vm list -d) and the workers (micro stats).")
 @click.option("-g", "--resource-group",
               help="Resource group for --live. [default: config.resource_group in the file]")
-@click.option("--az", "az_path", envvar="AZ_CLI", help="The az executable. [env: AZ_CLI]")
+@cliopts.az_option()
 def status(**params: Any) -> None:
     """Show the deployment as the state file has it.
 
@@ -240,18 +181,18 @@ def status(**params: Any) -> None:
     there is no state file. A truncated state file is shown as rebuilt from the events log.
     """
     sys.exit(asyncio.run(operations.status(
-        state_file=params["state_file"], events_file=_events_file(params),
+        state_file=params["state_file"], events_file=cliopts.events_file(params),
         json_out=params["json_out"], live=params["live"],
         resource_group=params["resource_group"], az=params["az_path"],
-        nats=cliopts.nats_settings(params, name="vm-launch-status"))))
+        nats=natsoptions.nats_settings(params, name="vm-launch-status"))))
 
 
 @cli.command()
 @plan_options
 @file_options
-@click.option("--az", "az_path", envvar="AZ_CLI", help="The az executable. [env: AZ_CLI]")
+@cliopts.az_option()
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
-def reset(**params: Any) -> None:
+def reset(**params: Any) -> int:
     """Delete the plan's VMs (with their NICs, disks and public IPs), in parallel.
 
     Only VMs tagged with this deployment are deleted: an untagged or another deployment's
@@ -261,24 +202,24 @@ def reset(**params: Any) -> None:
     that a live deploy is using exit 3, before any delete. Asks for confirmation unless
     --yes; without a terminal --yes is required.
     """
-    plan = _plan(params)
+    plan = plan_from(params)
     question = f"Delete {len(plan.vms)} VMs in Azure (resource group {plan.resource_group})?"
     if not params["yes"]:
         if not sys.stdin.isatty():
             click.echo("error: reset deletes VMs; without a terminal give --yes", err=True)
-            sys.exit(deployment.EXIT_BAD_INPUT)
+            return ExitCode.BAD_INPUT
         if not click.confirm(question, default=False):
-            sys.exit(deployment.EXIT_FAILED)
-    sys.exit(asyncio.run(operations.reset(plan, az=params["az_path"],
-                                          state_file=params["state_file"],
-                                          events_file=_events_file(params))))
+            return ExitCode.FAILED
+    return asyncio.run(operations.reset(plan, az=params["az_path"],
+                                        state_file=params["state_file"],
+                                        events_file=cliopts.events_file(params)))
 
 
 @cli.command()
 @nats_options
-@click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path),
-              default=DEFAULT_STATE_FILE, show_default=True,
-              help="Its deployment id is the default filter; the embedded store is beside it.")
+@cliopts.state_file_option(
+    "Its deployment id is the default filter; the embedded store is beside it.",
+    default=DEFAULT_STATE_FILE)
 @click.option("--deployment-id", help="Only this deployment. [default: the state file's]")
 @click.option("--all-deployments", is_flag=True, help="Every deployment's events.")
 @click.option("--vm", "vms", multiple=True, help="Only this VM (repeatable).")
@@ -286,7 +227,7 @@ def reset(**params: Any) -> None:
 @click.option("-f", "--follow", is_flag=True,
               help="Keep printing new events (Ctrl-C, SIGTERM or SIGHUP ends).")
 @click.option("--json", "json_out", is_flag=True, help="Print each event as a JSON line.")
-def events(**params: Any) -> None:
+def events(**params: Any) -> int:
     """Print the audit trail from the events stream (7 days are kept).
 
     Without --nats-url it reads the embedded mode's store (state/nats/), through the
@@ -299,11 +240,11 @@ def events(**params: Any) -> None:
                                  param_hint="--since") from None
     deployment_id = None if params["all_deployments"] else (
         params["deployment_id"] or _state_deployment(params["state_file"]))
-    sys.exit(asyncio.run(operations.events(
-        nats=cliopts.nats_settings(params, name="vm-launch-events"),
+    return asyncio.run(operations.events(
+        nats=natsoptions.nats_settings(params, name="vm-launch-events"),
         store=params["state_file"].parent / "nats",
         deployment_id=deployment_id, vms=params["vms"], since=since,
-        follow=params["follow"], json_out=params["json_out"])))
+        follow=params["follow"], json_out=params["json_out"]))
 
 
 @cli.command()
@@ -311,14 +252,10 @@ def events(**params: Any) -> None:
 def streams(**params: Any) -> None:
     """As an admin: create the streams and the workers' consumer (exit 3 if impossible),
     for users that may not manage them and run with --no-manage-streams."""
-    settings = cliopts.nats_settings(params, name="vm-launch-admin")
+    settings = natsoptions.nats_settings(params, name="vm-launch-admin")
     if settings is None:
         raise click.BadParameter("no NATS server URL given", param_hint="--nats-url")
-    try:
-        asyncio.run(provision_streams(settings))
-    except NatsUnavailable as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(deployment.EXIT_CANNOT_RUN)
+    asyncio.run(provision_streams(settings))  # NatsUnavailable: exit 3
     click.echo(f"streams and the workers' consumer are ready (replicas {settings.replicas})")
 
 

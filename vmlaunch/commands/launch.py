@@ -26,6 +26,7 @@ from vmlaunch.bus.connection import (
 from vmlaunch.bus.publish import Publisher, progress_line
 from vmlaunch.bus.streams import StreamMismatch, prepare_streams
 from vmlaunch.display.views import terminal_safe
+from vmlaunch.errors import ExitCode
 from vmlaunch.host import atomicfile, customdata
 from vmlaunch.host.stopsignals import Stopped, unless_stopped
 from vmlaunch.lifecycle.launch import Launch, Outcome
@@ -40,7 +41,6 @@ log = logging.getLogger("manual_launch")
 
 # How long one event may wait for NATS before the launch stops publishing.
 PUBLISH_PATIENCE = 5.0
-EXIT_CANNOT_RUN = 3
 
 
 def warn(text: str) -> None:
@@ -86,8 +86,8 @@ async def _connect(settings: NatsSettings, stack: contextlib.AsyncExitStack) -> 
 
 
 async def launch(spec: VMSpec, *, deployment_id: str, az: str, private_key: str | None,
-                 nats: NatsSettings | None, json_lines: bool, state_file: str | None,
-                 events_file: str | None, adopt_untagged: bool = False) -> int:
+                 nats: NatsSettings | None, json_lines: bool,
+                 files: tuple[Path, Path] | None, adopt_untagged: bool = False) -> int:
     """Create and verify one VM whose spec passed `spec_problems`. 0 ready, 1 failed or
     stopped by SIGINT/SIGTERM/SIGHUP, 2 a malformed state or events file (or another
     deployment's), 3 one that cannot be written or that a live run holds, or NATS rejected
@@ -95,7 +95,6 @@ async def launch(spec: VMSpec, *, deployment_id: str, az: str, private_key: str 
     customdata.prepare()
     spec = spec.with_file_contents()
     outputs = _Outputs(spec, deployment_id=deployment_id, json_lines=json_lines)
-    files = _state_files(state_file, events_file)
     if files is not None and (code := _check_files(*files, deployment_id=deployment_id)):
         return code
     try:
@@ -107,14 +106,7 @@ async def launch(spec: VMSpec, *, deployment_id: str, az: str, private_key: str 
                                  json_lines=json_lines, adopt_untagged=adopt_untagged)
     except (WriteFailed, atomicfile.InUse) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_CANNOT_RUN
-
-
-def _state_files(state_file: str | None, events_file: str | None) -> tuple[Path, Path] | None:
-    if state_file is None:
-        return None
-    return Path(state_file), Path(events_file or Path(state_file).parent
-                                  / "deployment-events.yaml")
+        return ExitCode.CANNOT_RUN
 
 
 def _check_files(state_file: Path, events_file: Path, *, deployment_id: str) -> int:
@@ -124,13 +116,13 @@ def _check_files(state_file: Path, events_file: Path, *, deployment_id: str) -> 
                             deployment_id=deployment_id)
     except StateFileError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 2
+        return ExitCode.BAD_INPUT
     except OSError as exc:
         print(f"error: cannot use the state files: {exc}", file=sys.stderr, flush=True)
-        return EXIT_CANNOT_RUN
+        return ExitCode.CANNOT_RUN
     if loaded.rebuilt:
         warn(loaded.rebuilt)
-    return 0
+    return ExitCode.OK
 
 
 async def _launch(spec: VMSpec, outputs: _Outputs, *, deployment_id: str, az: str,
@@ -143,7 +135,7 @@ async def _launch(spec: VMSpec, outputs: _Outputs, *, deployment_id: str, az: st
                 outputs.publisher = await _connect(nats, stack)
             except NatsUnavailable as exc:
                 print(f"error: {exc}", file=sys.stderr, flush=True)
-                return EXIT_CANNOT_RUN
+                return ExitCode.CANNOT_RUN
         if files is not None:
             outputs.writer = await stack.enter_async_context(
                 StateWriter(*files, deployment_id=deployment_id))
@@ -157,11 +149,11 @@ async def _launch(spec: VMSpec, outputs: _Outputs, *, deployment_id: str, az: st
         except Stopped as stopped:
             warn(f"{spec.name}: interrupted by {stopped.signal.name}; its az processes were "
                  "stopped (run again to resume)")
-            return 1
+            return ExitCode.FAILED
     if not json_lines:
         vm = outputs.view.vms[spec.name]
         print(f"{spec.name}: ready ({vm.public_ip or 'no public IP'}) after {result.attempts} "
               f"attempt(s)" if result.outcome is Outcome.READY else
               f"{spec.name}: failed after {result.attempts} attempt(s): {vm.last_error}",
               flush=True)
-    return 0 if result.outcome is Outcome.READY else 1
+    return ExitCode.OK if result.outcome is Outcome.READY else ExitCode.FAILED

@@ -30,6 +30,7 @@ from vmlaunch.bus.feed import EventFeed
 from vmlaunch.bus.publish import NATS_ERRORS, describe
 from vmlaunch.bus.streams import StreamMismatch, prepare_streams
 from vmlaunch.display.views import format_table, terminal_safe
+from vmlaunch.errors import ExitCode
 from vmlaunch.host import atomicfile
 from vmlaunch.host.stopsignals import on_stop_signals
 from vmlaunch.plans.plan import Plan
@@ -39,7 +40,6 @@ from vmlaunch.state.reducer import DELETED, DELETING
 from vmlaunch.state.statefile import LoadedState, StateFileError, load_state
 from vmlaunch.state.writer import StateWriter, WriteFailed
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_RUN = 0, 1, 2, 3
 STATS_SUBJECT = "$SRV.STATS.vm-launcher"
 STATS_WAIT = 0.5
 RESET_TIMEOUT = 300.0  # the legacy reset waits up to 5 minutes
@@ -65,10 +65,10 @@ def _load(state_file: Path, events_file: Path, *, writable: bool = False,
                             deployment_id=deployment_id)
     except StateFileError as exc:
         _err(f"error: {exc}")
-        return EXIT_BAD_INPUT
+        return ExitCode.BAD_INPUT
     except OSError as exc:
         _err(f"error: cannot use the state files: {exc}")
-        return EXIT_CANNOT_RUN
+        return ExitCode.CANNOT_RUN
     if loaded.rebuilt:
         _err(f"warning: {loaded.rebuilt}")
     return loaded
@@ -81,7 +81,7 @@ async def status(*, state_file: Path, events_file: Path, json_out: bool, live: b
     state = loaded.data
     if not state:
         _err(f"error: no state file at {state_file}")
-        return EXIT_CANNOT_RUN
+        return ExitCode.CANNOT_RUN
     vms: dict[str, Any] = state.get("vm_states") or {}
     group = resource_group or (state.get("config") or {}).get("resource_group")
     azure: dict[str, dict[str, Any]] | None = None
@@ -89,10 +89,10 @@ async def status(*, state_file: Path, events_file: Path, json_out: bool, live: b
     if live:
         if not group:
             _err("error: --live needs --resource-group (the state file names none)")
-            return EXIT_BAD_INPUT
+            return ExitCode.BAD_INPUT
         if (why := field_problem("resource_group", str(group))) is not None:
             _err(f"error: resource group {show(str(group))} {why}")  # it goes to az's argv
-            return EXIT_BAD_INPUT
+            return ExitCode.BAD_INPUT
         azure = await _azure_view(AzCli(az), group)
         store = state_file.parent / "nats"
         if nats is None and (url := running_embedded_url(store)):  # a deploy running
@@ -103,11 +103,11 @@ async def status(*, state_file: Path, events_file: Path, json_out: bool, live: b
                            state.get("phase"), "last_updated": state.get("last_updated"),
                            "vm_states": vms, "azure": azure, "workers": workers}, indent=2,
                           default=str), flush=True)
-        return EXIT_OK
+        return ExitCode.OK
     _print_state(state, vms, azure)
     if live:
         _print_workers(workers, nats)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _print_state(state: dict[str, Any], vms: dict[str, Any],
@@ -191,7 +191,7 @@ async def reset(plan: Plan, *, az: str | None, state_file: Path, events_file: Pa
             return await _reset(plan, az=az, state_file=state_file, events_file=events_file)
     except (WriteFailed, atomicfile.InUse) as exc:
         _err(f"error: {exc}")
-        return EXIT_CANNOT_RUN
+        return ExitCode.CANNOT_RUN
 
 
 async def _reset(plan: Plan, *, az: str | None, state_file: Path, events_file: Path) -> int:
@@ -209,7 +209,7 @@ async def _reset(plan: Plan, *, az: str | None, state_file: Path, events_file: P
         writer.append_event("vm_reset_complete", f"Reset: {sum(results)} of {len(plan.vms)} "
                             "VMs deleted" + (f"; still present: {', '.join(still)}"
                                              if still else ""))
-    return EXIT_OK if all(results) and not still else EXIT_FAILED
+    return ExitCode.OK if all(results) and not still else ExitCode.FAILED
 
 
 async def _reset_one(cli: AzCli, writer: StateWriter, plan: Plan, name: str) -> bool:
@@ -312,14 +312,14 @@ async def events(*, nats: NatsSettings | None, store: Path, deployment_id: str |
         nats = nats or await _embedded_settings(stack, store)
         if nats is None:
             _err(f"error: no --nats-url and no embedded store at {store}")
-            return EXIT_CANNOT_RUN
+            return ExitCode.CANNOT_RUN
         try:
             nc: Client = await connect(nats)
             stack.push_async_callback(close_quietly, nc)
             await prepare_streams(nc.jetstream(), nats)
         except (NatsUnavailable, StreamMismatch) as exc:
             _err(f"error: {exc}")
-            return EXIT_CANNOT_RUN
+            return ExitCode.CANNOT_RUN
 
         async def show(message: Message) -> None:
             if not vms or message.vm_name in vms:
@@ -338,4 +338,4 @@ async def events(*, nats: NatsSettings | None, store: Path, deployment_id: str |
             finally:
                 waiter.cancel()
                 await feed.stop(reader)
-    return EXIT_OK
+    return ExitCode.OK

@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from vmlaunch.errors import ExitCode, HostError
+
 NEW_FILE_MODE = 0o600
 
 
@@ -46,7 +48,7 @@ def locked(path: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the flock
 
 
-class InUse(OSError):
+class InUse(HostError, OSError, exit_code=ExitCode.CANNOT_RUN):
     """Another live run holds the file's run lock."""
 
 

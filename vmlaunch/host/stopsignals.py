@@ -13,11 +13,13 @@ import signal
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
+from vmlaunch.errors import ExitCode, HostError
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 T = TypeVar("T")
 
 
-class Stopped(Exception):
+class Stopped(HostError, exit_code=ExitCode.INTERRUPTED):
     """A stop signal ended the work; `signal` says which."""
 
     def __init__(self, sig: signal.Signals) -> None:

@@ -16,8 +16,10 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from vmlaunch.errors import LifecycleError
 
-class Fenced(Exception):
+
+class Fenced(LifecycleError):
     """This launcher no longer owns the VM: it must neither create nor delete it."""
 
 

@@ -43,10 +43,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from vmlaunch.plans.plan import PlanDraft, PlanError
+from vmlaunch.plans.plan import DEFAULT_DEADLINE, PlanDraft, PlanError
 from vmlaunch.plans.planfile import read_yaml
 
 ROLES = (("controller", "controllers"), ("worker", "workers"))
@@ -145,18 +146,16 @@ def draft_from_k0rdent(path: Path, *, cluster_id: str | None, cwd: Path) -> Plan
     if not problems and not isinstance(config, dict):
         problems.append(f"k0rdent config {str(path)!r} must be a mapping")
     cid = read_cluster_id(cluster_id, cwd, problems)
-    draft = PlanDraft(deployment_id=cid, resource_group=f"{cid}-resgrp", entries=[],
+    draft = PlanDraft(deployment_id=cid, resource_group=f"{cid}-resgrp",
                       origin=f"k0rdent config {path}", problems=problems)
     if not isinstance(config, dict):
         return draft
     read = _Reader(config, problems)
     minutes = read.number("timeouts.vm_creation_minutes", 15)
     priority = read.text("azure.vm_priority", "Regular")
-    draft.location = read.text("azure.location")
-    draft.deadline = minutes * 60
-    draft.poll_interval = read.number("timeouts.vm_wait_check_interval", 30)
-    draft.ssh_private_key = str(cwd / "azure-resources" / f"{cid}-ssh-key")
-    draft.defaults = {
+    location = read.text("azure.location")
+    poll_interval = read.number("timeouts.vm_wait_check_interval", 30)
+    defaults = {
         **LEGACY_FIXED, "image": read.text("azure.vm_image"), "priority": priority,
         "admin_username": read.text("ssh.username", "azureuser"),
         "ssh_key_name": f"{cid}-admin", "vnet_name": f"{cid}-vnet",
@@ -164,7 +163,16 @@ def draft_from_k0rdent(path: Path, *, cluster_id: str | None, cwd: Path) -> Plan
         "ssh_connect_timeout": read.number("timeouts.ssh_connect", 30),
     }
     if priority == "Spot" and (policy := read.text("azure.eviction_policy", "")):
-        draft.defaults["eviction_policy"] = policy
+        defaults["eviction_policy"] = policy
+    return replace(draft, location=location, deadline=minutes * 60,
+                   poll_interval=poll_interval, defaults=defaults,
+                   ssh_private_key=str(cwd / "azure-resources" / f"{cid}-ssh-key"),
+                   entries=_k0rdent_entries(read, cwd))
+
+
+def _k0rdent_entries(read: _Reader, cwd: Path) -> list[dict[str, Any]]:
+    """The controllers then the workers, each role's zones taken in turn."""
+    entries = []
     for role, section in ROLES:
         count = read.count(f"cluster.{section}.count")
         if count == 0:
@@ -173,11 +181,11 @@ def draft_from_k0rdent(path: Path, *, cluster_id: str | None, cwd: Path) -> Plan
         size = read.text(f"vm_sizing.{role}.size")
         for i in range(count):
             host = f"k0s-{role}-{i + 1}"
-            draft.entries.append({
+            entries.append({
                 "name": host, "zone": zones[i % len(zones)], "size": size,
                 "custom_data": cloud_init_path(Path("cloud-init-yaml"), host, cwd),
             })
-    return draft
+    return entries
 
 
 # --- environment ------------------------------------------------------------------------------
@@ -222,11 +230,7 @@ def draft_from_env(env: Mapping[str, str] | None = None, *, cwd: Path) -> PlanDr
     if not deployment and (cwd / ".clusterid").is_file():
         deployment = read_cluster_id(None, cwd, problems)
     minutes = _env_number(env, "VM_CREATION_TIMEOUT_MINUTES", problems)
-    draft = PlanDraft(deployment_id=deployment or group, resource_group=group, entries=[],
-                      origin="environment (--from-env)", problems=problems,
-                      location=env.get("AZURE_LOCATION") or None,
-                      poll_interval=_env_number(env, "VM_WAIT_CHECK_INTERVAL", problems),
-                      ssh_private_key=env.get("SSH_PRIVATE_KEY") or None)
+    poll_interval = _env_number(env, "VM_WAIT_CHECK_INTERVAL", problems)
     priority = env.get("AZURE_VM_PRIORITY") or "Regular"
     optional = {
         "image": env.get("AZURE_VM_IMAGE"), "priority": priority,
@@ -237,11 +241,13 @@ def draft_from_env(env: Mapping[str, str] | None = None, *, cwd: Path) -> PlanDr
         "ssh_connect_timeout": _env_number(env, "SSH_CONNECT_TIMEOUT", problems),
         "create_timeout": minutes * 60 if minutes else None,
     }
-    draft.defaults = {**LEGACY_FIXED, **{k: v for k, v in optional.items() if v}}
-    if minutes:
-        draft.deadline = minutes * 60
-    draft.entries = [_env_entry(env, host, cwd) for host in hosts]
-    return draft
+    return PlanDraft(deployment_id=deployment or group, resource_group=group,
+                     origin="environment (--from-env)", problems=problems,
+                     location=env.get("AZURE_LOCATION") or None, poll_interval=poll_interval,
+                     ssh_private_key=env.get("SSH_PRIVATE_KEY") or None,
+                     defaults={**LEGACY_FIXED, **{k: v for k, v in optional.items() if v}},
+                     entries=[_env_entry(env, host, cwd) for host in hosts],
+                     deadline=minutes * 60 if minutes else DEFAULT_DEADLINE)
 
 
 def _env_entry(env: Mapping[str, str], host: str, cwd: Path) -> dict[str, Any]:

@@ -21,9 +21,10 @@ Every problem of a plan is collected and raised at once as one `PlanError`.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from vmlaunch.errors import ExitCode, PlansError
 from vmlaunch.schema import speccheck, typedfields
 from vmlaunch.schema.vmspec import VMSpec, spec_problems
 
@@ -33,7 +34,7 @@ PLAN_KEYS = ("deployment_id", "resource_group", "location", "deadline", "ssh_pri
 PER_PLAN_FIELDS = frozenset({"name", "resource_group"})
 
 
-class PlanError(ValueError):
+class PlanError(PlansError, ValueError, exit_code=ExitCode.BAD_INPUT):
     """A plan that cannot be used; `problems` lists every reason, one sentence each."""
 
     def __init__(self, problems: list[str], *, source: str = "") -> None:
@@ -45,19 +46,29 @@ class PlanError(ValueError):
         super().__init__(f"Invalid plan{where}: {count} problem{'s' * (count != 1)}:\n{lines}")
 
 
-@dataclass(frozen=True)
-class Plan:
-    """A validated plan. VM specs hold file paths (custom_data, ssh_public_key)."""
+@dataclass(frozen=True, kw_only=True)
+class PlanFields:
+    """What a plan says besides its VMs, the same before and after validation."""
 
     deployment_id: str
     resource_group: str
-    vms: list[VMSpec]
+    location: str | None = None
     deadline: float = DEFAULT_DEADLINE
     origin: str = ""
-    location: str | None = None
     # From a k0rdent config or the environment; the command line wins over both.
     poll_interval: float | None = None
     ssh_private_key: str | None = None
+
+    def plan_fields(self) -> dict[str, Any]:
+        """The fields in this order (that of `plan --json`)."""
+        return {f.name: getattr(self, f.name) for f in fields(PlanFields)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan(PlanFields):
+    """A validated plan. VM specs hold file paths (custom_data, ssh_public_key)."""
+
+    vms: list[VMSpec]
 
     def spec(self, name: str) -> VMSpec:
         return next(vm for vm in self.vms if vm.name == name)
@@ -72,27 +83,15 @@ class Plan:
         return replace(self, vms=vms, location=self.location or location)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "deployment_id": self.deployment_id, "resource_group": self.resource_group,
-            "location": self.location, "deadline": self.deadline, "origin": self.origin,
-            "poll_interval": self.poll_interval, "ssh_private_key": self.ssh_private_key,
-            "vms": [vm.to_dict() for vm in self.vms],
-        }
+        return {**self.plan_fields(), "vms": [vm.to_dict() for vm in self.vms]}
 
 
-@dataclass
-class PlanDraft:
+@dataclass(frozen=True, kw_only=True)
+class PlanDraft(PlanFields):
     """A plan before validation: what a source found, plus the problems it met."""
 
-    deployment_id: str
-    resource_group: str
-    entries: list[dict[str, Any]]
+    entries: list[dict[str, Any]] = field(default_factory=list)
     defaults: dict[str, Any] = field(default_factory=dict)
-    deadline: float = DEFAULT_DEADLINE
-    origin: str = ""
-    location: str | None = None
-    poll_interval: float | None = None
-    ssh_private_key: str | None = None
     problems: list[str] = field(default_factory=list)
 
     def build(self, overrides: dict[str, Any] | None = None) -> Plan:
@@ -111,11 +110,7 @@ class PlanDraft:
             problems += spec_problems_found
             if spec is not None:
                 specs.append(spec)
-        plan = Plan(
-            deployment_id=self.deployment_id, resource_group=self.resource_group, vms=specs,
-            deadline=self.deadline, origin=self.origin, location=self.location,
-            poll_interval=self.poll_interval, ssh_private_key=self.ssh_private_key,
-        )
+        plan = Plan(**self.plan_fields(), vms=specs)
         found = validate(plan, entries=len(self.entries))
         if any(p.startswith("no cluster id") for p in problems):  # said already
             found = [p for p in found if p != "deployment_id is required"]

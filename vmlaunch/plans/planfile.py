@@ -3,7 +3,8 @@
 A plan file has `deployment_id`, `resource_group`, optional `location`, `deadline` (seconds)
 and `ssh_private_key`, `defaults:` (any VM spec field) and `vms:` (entries with `name` and
 per-VM fields, or just a name); see docs/example-plan.yaml. Relative paths in it are
-relative to the file's directory. Every problem of its shape is collected, not raised.
+relative to the file's directory, as in a VM spec file (`read_spec_file`, read here too).
+Every problem of its shape is collected, not raised.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def read_yaml(path: Path, what: str) -> tuple[Any, list[str]]:
 
 
 def _relative_to(base: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with its file paths (custom_data, ssh_public_key) made relative to `base`."""
     out = dict(data)
     for name in _PATH_FIELDS:
         if isinstance(out.get(name), str):
@@ -37,29 +39,41 @@ def _relative_to(base: Path, data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_spec_file(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """A VM spec file (`vm_launcher.py launch --spec`): a YAML mapping of VMSpec fields,
+    its file paths relative to its directory as in a plan file; the problems otherwise."""
+    data, problems = read_yaml(path, "spec file")
+    if problems or data is None:
+        return {}, problems
+    if not isinstance(data, dict):
+        return {}, [f"spec file {str(path)!r} must hold a mapping of VM spec fields"]
+    return _relative_to(path.parent, data), []
+
+
 def draft_from_file(path: Path) -> PlanDraft:
     """A draft from a plan file, with every problem of its shape collected."""
     data, problems = read_yaml(path, "plan file")
-    draft = PlanDraft(deployment_id="", resource_group="", entries=[], origin=f"plan {path}",
+    empty = PlanDraft(deployment_id="", resource_group="", origin=f"plan {path}",
                       problems=problems)
     if problems:
-        return draft
+        return empty
     if not isinstance(data, dict):
-        draft.problems.append(f"plan file {str(path)!r} must be a mapping with the keys "
-                              f"{', '.join(PLAN_KEYS)}")
-        return draft
-    draft.problems += [f"{key}: unknown top-level key (expected one of {', '.join(PLAN_KEYS)})"
-                       for key in data if key not in PLAN_KEYS]
-    draft.deployment_id = _text(data, "deployment_id", draft.problems)
-    draft.resource_group = _text(data, "resource_group", draft.problems)
-    draft.location = _text(data, "location", draft.problems) or None
-    draft.deadline = _seconds(data, "deadline", draft.problems, DEFAULT_DEADLINE)
-    key = _text(data, "ssh_private_key", draft.problems)
-    draft.ssh_private_key = str(path.parent / Path(key).expanduser()) if key else None
-    draft.defaults = _relative_to(path.parent, _defaults(data.get("defaults"), draft.problems))
-    draft.entries = [_relative_to(path.parent, e) for e in _entries(data.get("vms"),
-                                                                     draft.problems)]
-    return draft
+        problems.append(f"plan file {str(path)!r} must be a mapping with the keys "
+                        f"{', '.join(PLAN_KEYS)}")
+        return empty
+    problems += [f"{key}: unknown top-level key (expected one of {', '.join(PLAN_KEYS)})"
+                 for key in data if key not in PLAN_KEYS]
+    deployment_id = _text(data, "deployment_id", problems)
+    resource_group = _text(data, "resource_group", problems)
+    location = _text(data, "location", problems) or None
+    deadline = _seconds(data, "deadline", problems, DEFAULT_DEADLINE)
+    key = _text(data, "ssh_private_key", problems)
+    defaults = _relative_to(path.parent, _defaults(data.get("defaults"), problems))
+    entries = [_relative_to(path.parent, e) for e in _entries(data.get("vms"), problems)]
+    return PlanDraft(deployment_id=deployment_id, resource_group=resource_group,
+                     location=location, deadline=deadline, origin=f"plan {path}",
+                     ssh_private_key=str(path.parent / Path(key).expanduser()) if key else None,
+                     defaults=defaults, entries=entries, problems=problems)
 
 
 def _text(data: dict[str, Any], key: str, problems: list[str]) -> str:

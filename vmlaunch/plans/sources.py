@@ -3,7 +3,7 @@ or the bash scripts' variables (`--from-env`); the sources build on `plan`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +46,7 @@ class PlanSource:
             config = self.k0rdent_config or frombash.find_k0rdent_config(cwd)
             draft = frombash.draft_from_k0rdent(config, cluster_id=self.cluster_id, cwd=cwd)
         draft.problems[:0] = problems
-        if self.deployment_id:
-            draft.deployment_id = self.deployment_id
-        return draft
+        return replace(draft, deployment_id=self.deployment_id) if self.deployment_id else draft
 
 
 def load_plan(source: PlanSource, *, overrides: dict[str, Any] | None = None,

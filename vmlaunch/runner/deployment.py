@@ -35,6 +35,7 @@ from vmlaunch.bus.connection import (
 from vmlaunch.bus.embedded import EmbeddedRuntime, WorkerOptions
 from vmlaunch.bus.streams import StreamMismatch, prepare_streams
 from vmlaunch.display.views import Display
+from vmlaunch.errors import ExitCode, RunnerError
 from vmlaunch.host import atomicfile, customdata
 from vmlaunch.host.stopsignals import STOP_SIGNALS
 from vmlaunch.lifecycle.lease import POLLER
@@ -45,15 +46,14 @@ from vmlaunch.runner.tracker import Ticket, Tracker, decide
 from vmlaunch.state.statefile import StateFileError, load_state
 from vmlaunch.state.writer import StateWriter, WriteFailed
 
-EXIT_READY, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 DEFAULT_POLL_INTERVAL = 30.0
 
 
-class CannotRun(Exception):
+class CannotRun(RunnerError, exit_code=ExitCode.CANNOT_RUN):
     """Exit 3: a prerequisite is missing (NATS required but unreachable, no resource group)."""
 
 
-class BadInput(Exception):
+class BadInput(RunnerError, exit_code=ExitCode.BAD_INPUT):
     """Exit 2: the input cannot be used (e.g. a state file of another deployment)."""
 
 
@@ -84,7 +84,7 @@ async def deploy(plan: Plan, options: DeployOptions, display: Display) -> int:
             return await Deployment(plan, options, display, stack).run()
     except (CannotRun, BadInput, StreamMismatch, WriteFailed) as exc:
         display.fatal(str(exc))
-        return EXIT_BAD_INPUT if isinstance(exc, BadInput) else EXIT_CANNOT_RUN
+        return exc.exit_code
     finally:
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
@@ -117,7 +117,7 @@ class Deployment:
                 f" ({len(done)} already ready)" if done else "")
             if not self.options.confirm(question):
                 self.display.note("Nothing launched.")
-                return EXIT_FAILED
+                return ExitCode.FAILED
         self.deadline = self.loop.time() + (self.options.deadline or self.plan.deadline)
         # From here on a Ctrl-C is an orderly stop (not during the question above).
         for sig in STOP_SIGNALS:
@@ -266,7 +266,7 @@ class Deployment:
                             "s reached", runtime=self.runtime)
         outcome = await nats_run.run(tickets)
         if outcome != "lost":
-            return EXIT_INTERRUPTED if outcome == "stopped" else None
+            return ExitCode.INTERRUPTED if outcome == "stopped" else None
         return await self._run_legacy(await self._switch_to_legacy(nats_run))
 
     async def _switch_to_legacy(self, nats_run: NatsRun) -> float:
@@ -303,7 +303,7 @@ class Deployment:
             await _end_tasks([poller, stopper, ticker])
         if self.stop.is_set() and tracker.unfinished():
             tracker.note("vm_launch_interrupted", "Interrupted; run again to resume")
-            return EXIT_INTERRUPTED
+            return ExitCode.INTERRUPTED
         for name in tracker.unfinished():
             await tracker.fail(name, "DeadlineExceeded", "not finished by the legacy poller "
                                "before the deadline")
@@ -326,7 +326,7 @@ class Deployment:
         if not failed:
             self.tracker.writer.set_phase("vms_ready")
         self.display.finish(view)
-        return EXIT_FAILED if failed else EXIT_READY
+        return ExitCode.FAILED if failed else ExitCode.OK
 
 
 async def _end_tasks(tasks: list[asyncio.Task[Any]], *, patience: float = 10.0) -> None:

@@ -12,8 +12,10 @@ import reprlib
 import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from vmlaunch.errors import ExitCode, SchemaError
 
-class FieldErrors(ValueError):
+
+class FieldErrors(SchemaError, ValueError, exit_code=ExitCode.BAD_INPUT):
     """One or more fields are missing, unknown or of the wrong type."""
 
     def __init__(self, problems: list[str]) -> None:

@@ -12,10 +12,12 @@ import json
 import math
 from typing import Any
 
+from vmlaunch.errors import ExitCode, SchemaError
+
 MAX_MESSAGE_BYTES = 256 * 1024
 
 
-class MessageError(ValueError):
+class MessageError(SchemaError, ValueError, exit_code=ExitCode.BAD_INPUT):
     """A message that cannot be accepted; `field` names where the problem is."""
 
     def __init__(self, reason: str, *, field: str = "") -> None:

@@ -24,6 +24,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from vmlaunch.errors import ExitCode, StateError
 from vmlaunch.host import atomicfile
 from vmlaunch.schema.typedfields import INT_LIMIT
 from vmlaunch.state import yamledit
@@ -42,7 +43,7 @@ NEW_FILE_MODE = atomicfile.NEW_FILE_MODE
 MAX_GENERATION = INT_LIMIT - 2  # the next one must still fit in a request's 64 bits
 
 
-class StateFileError(Exception):
+class StateFileError(StateError, exit_code=ExitCode.BAD_INPUT):
     """A state or events file exists but cannot be used (bad YAML or wrong shape)."""
 
     def __init__(self, path: Path, reason: str) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmlaunch.errors import ExitCode, StateError
 from vmlaunch.state.statefile import (
     EventsFile,
     StateFile,
@@ -46,7 +47,7 @@ class _Pending:
         self.events.extend(newer.events)
 
 
-class WriteFailed(Exception):
+class WriteFailed(StateError, exit_code=ExitCode.CANNOT_RUN):
     """A state or events file could not be written (an OS error or a file made unusable)."""
 
     def __init__(self, path: os.PathLike[str], cause: Exception) -> None:

@@ -20,6 +20,8 @@ from ruamel.yaml.error import CommentMark
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 from ruamel.yaml.tokens import CommentToken
 
+from vmlaunch.errors import ExitCode, StateError
+
 # Strings that read back as themselves when plain, for YAML 1.1 and 1.2 readers alike.
 _PLAIN_SAFE = re.compile(r"[A-Za-z][A-Za-z0-9_ .,/()+=-]*(?<! )")
 _YAML_WORDS = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null"})
@@ -57,7 +59,7 @@ events:
 """
 
 
-class NotAMappingError(ValueError):
+class NotAMappingError(StateError, ValueError, exit_code=ExitCode.BAD_INPUT):
     """The YAML parses, but its top level is not a mapping, so it cannot be edited here."""
 
 

@@ -14,6 +14,7 @@ import signal
 from collections.abc import Coroutine
 from typing import Any
 
+from vmlaunch.errors import ExitCode
 from vmlaunch.host.stopsignals import on_stop_signals
 from vmlaunch.worker.worker import Worker, WorkerSettings
 
@@ -25,7 +26,7 @@ async def serve(settings: WorkerSettings) -> int:
     once). 0 after a graceful stop, 3 if it cannot start or cannot go on."""
     if shutil.which(settings.az) is None:
         log.error("cannot serve: the az executable %r was not found", settings.az)
-        return 3
+        return ExitCode.CANNOT_RUN
     stop = asyncio.Event()
     worker = Worker(settings)
 
@@ -42,7 +43,7 @@ async def serve(settings: WorkerSettings) -> int:
         except Exception as exc:  # NatsUnavailable, no JetStream, not authorised, ...
             log.error("cannot serve: %s", exc or type(exc).__name__)
             await worker.stop()
-            return 3
+            return ExitCode.CANNOT_RUN
         try:
             await _first(stop.wait(), worker.broken.wait())
             if worker.broken.is_set():
@@ -51,7 +52,7 @@ async def serve(settings: WorkerSettings) -> int:
                 log.info("stop requested; fetching nothing more")
         finally:
             await worker.stop()
-    return 3 if worker.broken.is_set() else 0
+    return ExitCode.CANNOT_RUN if worker.broken.is_set() else ExitCode.OK
 
 
 async def _first(*waits: Coroutine[Any, Any, Any]) -> None:

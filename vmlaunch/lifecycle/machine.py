@@ -112,7 +112,9 @@ class Lifecycle:
     async def run(self) -> LaunchResult:
         """Raises Fenced, having neither created nor deleted, once the fence says no."""
         while not self.finished:
-            self.step = await self.handlers[self.step]()
+            step = await self.handlers[self.step]()
+            log.debug("%s: %s -> %s", self.name, self.step.value, step.value)
+            self.step = step
         outcome = Outcome.READY if self.step is Step.READY else Outcome.FAILED
         return LaunchResult(outcome, self.attempt, self.error)
 

@@ -115,8 +115,9 @@ class Lifecycle:
             step = await self.handlers[self.step]()
             log.debug("%s: %s -> %s", self.name, self.step.value, step.value)
             self.step = step
-        outcome = Outcome.READY if self.step is Step.READY else Outcome.FAILED
-        return LaunchResult(outcome, self.attempt, self.error)
+        if self.step is Step.READY:
+            return LaunchResult(Outcome.READY, self.attempt)
+        return LaunchResult(Outcome.FAILED, self.attempt, self.error)
 
     async def abandon(self, error: AzError) -> None:
         """End it from outside (the deadline, a bug): a final failure, nothing touched."""

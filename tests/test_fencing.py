@@ -19,8 +19,8 @@ from vmlaunch.azure.azcli import TAG_DEPLOYMENT, AzCli
 from vmlaunch.bus.feed import DuplicateRequest, EventFeed, Generations, publish_request
 from vmlaunch.bus.publish import dead_letter
 from vmlaunch.bus.streams import ensure_streams
-from vmlaunch.lifecycle.launch import Launch
 from vmlaunch.lifecycle.lease import Fenced, Lease
+from vmlaunch.lifecycle.machine import Lifecycle
 from vmlaunch.lifecycle.report import Reporter
 from vmlaunch.plans.plan import Plan
 from vmlaunch.runner.pollmode import run_legacy
@@ -154,7 +154,7 @@ async def fenced_launch(sim: AzSim) -> list[Message]:
                       id_seed="seed", generation=4)
     lapsed = Lease(0.0)
     with pytest.raises(Fenced):
-        await Launch(vm_spec(), az=AzCli(), report=report, fence=lapsed).run()
+        await Lifecycle(vm_spec(), az=AzCli(), report=report, fence=lapsed).run()
     return events
 
 

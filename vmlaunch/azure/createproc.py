@@ -2,25 +2,22 @@
 
 The bash loop kept a PID per host in memory and trusted it. Here a process is known by its
 PID *and* its create time (psutil), so a reused PID is never taken for ours, and a kill
-takes its whole tree (`procs.terminate_tree`). Custom data goes to a private file
-(`customdata`) that lives exactly as long as the process.
+takes its whole tree (`procs.stop_process`). Custom data goes to a private file
+(`argv.vm_create_command`) that lives exactly as long as the process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 
 import psutil
 
-from vmlaunch.azure.azcli import AzCli, AzError, classify, vm_create_args
-from vmlaunch.host.customdata import custom_data_file
-from vmlaunch.host.procs import terminate_tree
+from vmlaunch.azure.argv import vm_create_command
+from vmlaunch.azure.azcli import AzCli
+from vmlaunch.azure.failures import AzError, classify
+from vmlaunch.host.procs import KILL_GRACE, stop_process
 from vmlaunch.schema.vmspec import VMSpec
-
-KILL_GRACE = 2.0
 
 
 class CreateProcess:
@@ -41,8 +38,7 @@ class CreateProcess:
         """`spec.custom_data` is content: it goes to a private file, removed at the end."""
         files = contextlib.ExitStack()
         try:
-            path = files.enter_context(custom_data_file(spec.custom_data))
-            args = vm_create_args(spec, deployment_id=deployment_id, custom_data_path=path)
+            args = files.enter_context(vm_create_command(spec, deployment_id=deployment_id))
             return cls(await az.start(args, capture=True), files)
         except BaseException:
             files.close()
@@ -75,12 +71,5 @@ class CreateProcess:
 
     async def stop(self) -> None:
         """Kill the tree if it still runs, reap it, remove the custom-data file. Repeatable."""
-        if self.proc.returncode is None:
-            await asyncio.shield(asyncio.to_thread(
-                terminate_tree, self.proc.pid, grace=KILL_GRACE, create_time=self.create_time))
-            # Stragglers whose parent already exited are still in the session's process group.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.proc.wait(), KILL_GRACE + 5)
+        await stop_process(self.proc, grace=KILL_GRACE, create_time=self.create_time)
         self.files.close()

@@ -36,6 +36,7 @@ class Seen:
     state: str | None = None  # provisioningState; None when absent or unknown
     data: dict[str, Any] = field(default_factory=dict)  # the VM as `az vm show -d` prints it
     error: AzError | None = None  # the last failed read, when the state is unknown
+    how: str = ""  # how the observer came by it, when that matters to a status text
 
     @property
     def absent(self) -> bool:
@@ -62,6 +63,12 @@ def _seen(result: AzResult) -> Seen:
     return Seen(error=result.error or AzError(
         "Unknown", f"{result.command} printed no VM with a provisioning state",
         FailureKind.TRANSIENT))
+
+
+def listed(item: dict[str, Any] | None) -> Seen:
+    """A VM as one line of a successful `az vm list -d` shows it: absent when not listed."""
+    state = (item or {}).get("provisioningState")
+    return Seen(state, item or {}) if isinstance(state, str) and state else Seen()
 
 
 async def look(az: AzCli, spec: VMSpec, deadline: float) -> Seen:

@@ -1,7 +1,7 @@
 """Checks that a created VM is usable: SSH answers, and cloud-init has finished.
 
-Shared by the worker pipeline and the legacy poller. A check returns a result; it never
-raises for a failed check.
+Run by the VM lifecycle (lifecycle/machine.py), in every mode. A check returns a result; it
+never raises for a failed check.
 """
 
 from __future__ import annotations

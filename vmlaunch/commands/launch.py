@@ -29,7 +29,7 @@ from vmlaunch.display.views import terminal_safe
 from vmlaunch.errors import ExitCode
 from vmlaunch.host import atomicfile, customdata
 from vmlaunch.host.stopsignals import Stopped, unless_stopped
-from vmlaunch.lifecycle.launch import Launch, Outcome
+from vmlaunch.lifecycle.machine import Lifecycle, Outcome
 from vmlaunch.lifecycle.report import Reporter
 from vmlaunch.schema.messages import Message, encode, new_event_id
 from vmlaunch.schema.vmspec import VMSpec
@@ -144,8 +144,8 @@ async def _launch(spec: VMSpec, outputs: _Outputs, *, deployment_id: str, az: st
                           id_seed=f"{deployment_id}/{spec.name}/{new_event_id()}")
         try:
             result = await unless_stopped(
-                Launch(spec, az=AzCli(az), report=report, private_key=private_key,
-                       adopt_untagged=adopt_untagged).run())
+                Lifecycle(spec, az=AzCli(az), report=report, private_key=private_key,
+                          adopt_untagged=adopt_untagged).run())
         except Stopped as stopped:
             warn(f"{spec.name}: interrupted by {stopped.signal.name}; its az processes were "
                  "stopped (run again to resume)")

@@ -1,22 +1,21 @@
-"""The end of a failed attempt: report it, remove what it left, plan the next one.
+"""The pieces of an attempt's end the lifecycle (machine.py) uses: the next zone or size, and
+removing what a failed attempt left.
 
-Shared by the worker's pipeline and the legacy poller. Removal follows "never destroy on
-doubt": a VM is deleted only when a read says it exists and carries this deployment's tag.
+Removal follows "never destroy on doubt": a VM is deleted only when a read says it exists
+and carries this deployment's tag.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from dataclasses import dataclass
+from typing import Any
 
 from vmlaunch.azure.azcli import TAG_DEPLOYMENT, AzCli, AzError, AzResult, FailureKind
-from vmlaunch.azure.look import HANDS_OFF, backoff_delay, look, owner
+from vmlaunch.azure.look import look, owner
 from vmlaunch.lifecycle.lease import OPEN, Fence
 from vmlaunch.lifecycle.report import Reporter
 from vmlaunch.schema.vmspec import VMSpec
-
-log = logging.getLogger("attempts")
+from vmlaunch.schema.vocabulary import Phase
 
 
 def next_spec(spec: VMSpec, original: VMSpec, error: AzError) -> VMSpec:
@@ -47,34 +46,6 @@ async def remove_vm(az: AzCli, spec: VMSpec, *, fence: Fence = OPEN) -> AzResult
     return await az.delete_public_ip(spec.resource_group, spec.name)
 
 
-@dataclass(frozen=True)
-class Retry:
-    spec: VMSpec  # for the next attempt: the zone or size may have moved
-    delay: float  # seconds to wait before it
-
-
-async def after_failure(error: AzError, *, az: AzCli, report: Reporter, spec: VMSpec,
-                        original: VMSpec, attempt: int, fence: Fence = OPEN) -> Retry | None:
-    """Report a failed attempt, remove what it left, plan the next one; None when final.
-
-    A HANDS_OFF failure (not our VM, its state unreadable) is final and touches nothing."""
-    hands_off = error.code in HANDS_OFF
-    final = error.kind is FailureKind.PERMANENT or attempt >= spec.max_attempts or hands_off
-    await report.failed(error, attempt=attempt, final=final, spec=spec)
-    kept = None if hands_off else await clean_up(az, report, spec, attempt=attempt,
-                                                      fence=fence)
-    if kept is not None:
-        log.warning("%s", kept)
-    if final:
-        return None
-    spec = next_spec(spec, original, error)
-    delay = backoff_delay(spec, attempt, error)
-    await report.status("retrying", f"{error.code}: attempt {attempt + 1} of "
-                        f"{spec.max_attempts} in {delay:.1f} s" + (f"; {kept}" if kept else ""),
-                        attempt=attempt + 1, spec=spec)
-    return Retry(spec, delay)
-
-
 async def clean_up(az: AzCli, report: Reporter, spec: VMSpec, *, attempt: int,
                    fence: Fence = OPEN) -> str | None:
     """Delete a failed attempt's VM and public IP (waits until gone) only when a read says the
@@ -91,8 +62,16 @@ async def clean_up(az: AzCli, report: Reporter, spec: VMSpec, *, attempt: int,
     if owner(seen.data) != report.deployment_id:
         return (f"{spec.name} left in place, not deleted: it does not carry "
                 f"{TAG_DEPLOYMENT}={report.deployment_id}")
-    await report.status("deleting", f"deleting {spec.name} and its public IP",
+    await report.status(Phase.DELETING, f"deleting {spec.name} and its public IP",
                         attempt=attempt, spec=spec)
     await remove_vm(az, spec, fence=fence)
     return None
 
+
+
+def as_found(spec: VMSpec, seen: dict[str, Any]) -> VMSpec:
+    """The spec with the zone and size a found VM really has (an earlier owner may have
+    moved them)."""
+    zones = seen.get("zones") or []
+    size = (seen.get("hardwareProfile") or {}).get("vmSize")
+    return spec.replace(zone=zones[0] if zones else spec.zone, size=size or spec.size)

@@ -1,6 +1,6 @@
 """One owner per VM: whether a launcher may still create or delete the VM it drives.
 
-The pipeline awaits `fence.allow(action, vm)` before every `az vm create` and every delete;
+The lifecycle awaits `fence.allow(action, vm)` before every `az vm create` and every delete;
 that call is the only ownership check. A worker's fence is its `Lease` on the request: the
 request's AckWait from delivery, renewed only by in-progress heartbeats the server
 confirmed (a flush), and void for good once it has lapsed or a cancel (e.g. one naming a

@@ -24,6 +24,7 @@ from vmlaunch.schema.messages import (
     stable_event_id,
 )
 from vmlaunch.schema.vmspec import VMSpec
+from vmlaunch.schema.vocabulary import Phase
 
 Emit = Callable[[Message], Awaitable[None]]
 # Base pause between SSH tries; a request with a shorter retry_backoff uses that instead.
@@ -51,9 +52,10 @@ class Reporter:
             event_id=stable_event_id(self._id_seed, next(self._seq)),
         ))
 
-    async def status(self, state: StatusState, detail: str, *, attempt: int,
+    async def status(self, state: Phase | StatusState, detail: str, *, attempt: int,
                      spec: VMSpec | None = None) -> None:
-        await self.send(Status(state=state, detail=detail, zone=spec.zone if spec else None,
+        await self.send(Status(state=Phase(state).value, detail=detail,
+                               zone=spec.zone if spec else None,
                                size=spec.size if spec else None), attempt=attempt)
 
     async def failed(self, error: AzError, *, attempt: int, final: bool, spec: VMSpec) -> None:
@@ -68,7 +70,7 @@ async def verify_vm(spec: VMSpec, *, ip: str, az: AzCli, report: Reporter, attem
                     private_key: str | None) -> AzError | None:
     """Run the requested checks, emitting their events; the error of the first failure."""
     if spec.verify_ssh or spec.verify_cloud_init:
-        await report.status("verifying", f"checking {ip}", attempt=attempt, spec=spec)
+        await report.status(Phase.VERIFYING, f"checking {ip}", attempt=attempt, spec=spec)
     if spec.verify_ssh:
         ssh = await check_ssh(spec, ip=ip, private_key=private_key,
                               backoff=min(SSH_BACKOFF, spec.retry_backoff))

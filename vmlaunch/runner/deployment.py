@@ -39,6 +39,7 @@ from vmlaunch.errors import ExitCode, RunnerError
 from vmlaunch.host import atomicfile, customdata
 from vmlaunch.host.stopsignals import STOP_SIGNALS
 from vmlaunch.lifecycle.lease import POLLER
+from vmlaunch.lifecycle.machine import deadline_error
 from vmlaunch.plans.plan import Plan
 from vmlaunch.runner import pollmode
 from vmlaunch.runner.natsmode import Link, NatsRun
@@ -304,9 +305,9 @@ class Deployment:
         if self.stop.is_set() and tracker.unfinished():
             tracker.note("vm_launch_interrupted", "Interrupted; run again to resume")
             return ExitCode.INTERRUPTED
+        expired = deadline_error("not finished by the legacy poller before the deadline")
         for name in tracker.unfinished():
-            await tracker.fail(name, "DeadlineExceeded", "not finished by the legacy poller "
-                               "before the deadline")
+            await tracker.fail(name, expired.code, expired.message)
         return None
 
     async def _tick_until(self, task: asyncio.Task[Any]) -> None:

@@ -30,6 +30,7 @@ from vmlaunch.bus.feed import (
 )
 from vmlaunch.bus.publish import NATS_ERRORS
 from vmlaunch.display.views import Display
+from vmlaunch.lifecycle.machine import deadline_error
 from vmlaunch.plans.plan import Plan
 from vmlaunch.runner.tracker import Ticket, Tracker, epoch
 from vmlaunch.schema.messages import Message
@@ -183,8 +184,9 @@ class NatsRun:
             self.tracker.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.tracker.changed.wait(), 0.2)
+        expired = deadline_error(reason)
         for name in self.tracker.unfinished():
-            await self.tracker.fail(name, "DeadlineExceeded", reason)
+            await self.tracker.fail(name, expired.code, expired.message)
         for name in left if reachable else []:  # untaken requests must not outlive the run
             if name in self.request_seqs:
                 with contextlib.suppress(Exception):

@@ -25,8 +25,8 @@ from nats.js.kv import KeyValue
 
 from vmlaunch.azure.azcli import AzCli, AzError, FailureKind
 from vmlaunch.bus.publish import NATS_ERRORS, CancelMemory, Publisher, dead_letter, describe
-from vmlaunch.lifecycle.launch import Launch, Outcome
 from vmlaunch.lifecycle.lease import Fenced, Lease
+from vmlaunch.lifecycle.machine import Lifecycle, Outcome
 from vmlaunch.lifecycle.report import Reporter
 from vmlaunch.schema.messages import CreateRequest, Message, MessageError, Subject, decode
 from vmlaunch.schema.speccheck import deployment_id_problem, show
@@ -166,8 +166,8 @@ class JobRunner:
         assert job.report is not None and job.request is not None
         request = job.request
         job.lease = Lease(self.ack_wait, cancelled=lambda: self.cancels.match(request))
-        launch = Launch(spec, az=self.az, report=job.report, private_key=self.private_key,
-                        adopt_untagged=self.adopt_untagged, fence=job.lease)
+        launch = Lifecycle(spec, az=self.az, report=job.report, private_key=self.private_key,
+                           adopt_untagged=self.adopt_untagged, fence=job.lease)
         heartbeat = asyncio.create_task(self._heartbeat(job))
         job.launching = True
         try:

@@ -1,0 +1,244 @@
+"""The one VM lifecycle's transitions, state by state, against the az simulator.
+
+Most cases run with both observers: the blocking one (worker, manual launch) and polling
+mode's shared listing. The path a VM takes through the states must be the same: the
+observer changes how Azure is read, never what is decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import AzSim
+
+from vmlaunch.azure.azcli import TAG_DEPLOYMENT, AzCli
+from vmlaunch.lifecycle.lease import OPEN, Fence, Handover
+from vmlaunch.lifecycle.machine import LaunchResult, Lifecycle, Outcome, Step
+from vmlaunch.lifecycle.observe import Blocking, Observer
+from vmlaunch.lifecycle.report import Reporter
+from vmlaunch.lifecycle.sharedpoll import SharedPoll
+from vmlaunch.schema.messages import Failed, Message, Status
+from vmlaunch.schema.vmspec import VMSpec
+
+pytestmark = pytest.mark.timeout(60)
+
+DEPLOYMENT = "dep-life"
+RG = "rg-life"
+OURS = f"{TAG_DEPLOYMENT}={DEPLOYMENT}"
+L, A, RP, C, W, V = Step.LOOK, Step.ADOPT, Step.REPLACE, Step.CREATE, Step.WAIT, Step.VERIFY
+CU, RT, G, OK, NO = Step.CLEAN_UP, Step.RETRY, Step.GIVE_UP, Step.READY, Step.FAILED
+
+
+@pytest.fixture
+def sim(az_sim: AzSim, monkeypatch: pytest.MonkeyPatch) -> AzSim:
+    for key in ("AZ_CLI", "AZ_SIM_STATE", "AZ_SIM_SCENARIO"):
+        monkeypatch.setenv(key, az_sim.env[key])
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    az_sim.scenario({"time_scale": 0.01, "location": "westus2"})
+    return az_sim
+
+
+def rules(sim: AzSim, *vms: dict[str, Any], **extra: Any) -> None:
+    sim.scenario({"time_scale": 0.01, "location": "westus2", "vms": list(vms), **extra})
+
+
+def vm_spec(**overrides: Any) -> VMSpec:
+    fields: dict[str, Any] = {
+        "name": "vm-1", "resource_group": RG, "image": "Debian12", "location": "westus2",
+        "zone": "1", "verify_ssh": False, "verify_cloud_init": False, "retry_backoff": 0.05,
+        "create_timeout": 20.0, **overrides}
+    return VMSpec(**fields)
+
+
+@dataclass
+class Run:
+    result: LaunchResult
+    path: list[Step]
+    events: list[Message]
+
+    def failures(self) -> list[tuple[str, bool]]:
+        return [(e.payload.error_code, e.payload.final) for e in self.events
+                if isinstance(e.payload, Failed)]
+
+    def statuses(self, state: str) -> list[str]:
+        return [e.payload.detail for e in self.events
+                if isinstance(e.payload, Status) and e.payload.state == state]
+
+
+Launcher = Callable[..., Any]
+
+
+@pytest.fixture(params=["blocking", "shared-poll"])
+async def launch(request: pytest.FixtureRequest, sim: AzSim,
+                 caplog: pytest.LogCaptureFixture) -> AsyncIterator[Launcher]:
+    """Runs one lifecycle with the parametrised observer; what it did and the states it
+    passed through (from the lifecycle's debug log of each transition)."""
+    az = AzCli()
+    poll = SharedPoll(az, interval=0.2, concurrency=2, deadline=time.monotonic() + 60)
+    observer: Observer = Blocking(az) if request.param == "blocking" else poll
+
+    async def run(spec: VMSpec | None = None, *, start: Step = Step.LOOK, fence: Fence = OPEN,
+                  used: int = 0) -> Run:
+        events: list[Message] = []
+
+        async def emit(message: Message) -> None:
+            events.append(message)
+
+        report = Reporter(emit, deployment_id=DEPLOYMENT, vm_name="vm-1", source="test",
+                          id_seed="seed")
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="lifecycle"):
+            result = await Lifecycle(spec or vm_spec(), az=az, report=report,
+                                     observer=observer, fence=fence, used=used,
+                                     start=start).run()
+        moves = [r.args for r in caplog.records if r.name == "lifecycle" and
+                 r.levelno == logging.DEBUG and isinstance(r.args, tuple)]
+        path = [Step(moves[0][1]), *(Step(move[2]) for move in moves)] if moves else []
+        return Run(result, path, events)
+
+    yield run
+    await poll.close()
+
+
+async def test_an_absent_vm_is_created_then_verified(sim: AzSim, launch: Launcher):
+    run = await launch()
+
+    assert run.path == [L, C, V, OK]
+    assert (run.result.outcome, run.result.attempts) == (Outcome.READY, 1)
+    assert sim.state()["create_counts"] == {"vm-1": 1}
+
+
+async def test_a_vm_in_flight_is_adopted_and_waited_for_never_created_again(
+        sim: AzSim, launch: Launcher):
+    sim.az("vm", "create", "-g", RG, "-n", "vm-1", "--image", "Debian12", "--zone", "1",
+           "--tags", OURS, "--no-wait")
+
+    run = await launch()
+
+    assert run.path == [L, A, W, V, OK]
+    assert len(run.statuses("provisioning")) == 1
+    assert sim.state()["create_counts"] == {"vm-1": 1}
+
+
+async def test_a_failed_vm_of_ours_is_replaced_before_the_create(sim: AzSim, launch: Launcher):
+    rules(sim, {"match": "vm-1", "attempts": [1], "fail": "InternalServerError"})
+    sim.az("vm", "create", "-g", RG, "-n", "vm-1", "--image", "Debian12", "--zone", "1",
+           "--tags", OURS, "--nic-delete-option", "Delete", check=False)
+
+    run = await launch()
+
+    assert run.path == [L, A, RP, C, V, OK]
+    azure = sim.state()
+    assert (azure["calls"]["vm delete"], azure["create_counts"]) == (1, {"vm-1": 2})
+    assert run.failures() == []  # the VM found Failed was no attempt of ours
+
+
+async def test_a_vm_being_deleted_is_waited_for_then_created(sim: AzSim, launch: Launcher):
+    rules(sim, defaults={"delete_seconds": 150})
+    sim.az("vm", "create", "-g", RG, "-n", "vm-1", "--image", "Debian12", "--zone", "1")
+    sim.az("vm", "delete", "-g", RG, "-n", "vm-1", "--yes", "--no-wait")
+
+    run = await launch()
+
+    assert run.path == [L, A, W, C, V, OK]
+    assert sim.state()["calls"]["vm delete"] == 1  # only the one above
+
+
+async def test_a_transient_failure_is_cleaned_up_and_retried_from_a_fresh_look(
+        sim: AzSim, launch: Launcher):
+    rules(sim, {"match": "vm-1", "attempts": [1], "fail": "InternalServerError"})
+
+    run = await launch()
+
+    assert run.path == [L, C, CU, RT, L, C, V, OK]
+    assert run.failures() == [("InternalServerError", False)]
+    assert run.result.attempts == 2
+    assert sim.state()["calls"]["vm delete"] == 1  # the Failed VM of attempt 1
+
+
+async def test_a_hung_create_times_out_and_is_retried(sim: AzSim, launch: Launcher):
+    rules(sim, {"match": "vm-1", "attempts": [1], "hang": True})
+
+    run = await launch(vm_spec(create_timeout=1.5))
+
+    assert run.path == [L, C, CU, RT, L, C, V, OK]
+    assert run.failures() == [("Timeout", False)]
+    assert run.result.outcome is Outcome.READY
+
+
+async def test_a_permanent_failure_gives_up_after_its_clean_up(sim: AzSim, launch: Launcher):
+    rules(sim, {"match": "vm-1", "fail": "QuotaExceeded", "fail_phase": "preflight"})
+
+    run = await launch()
+
+    assert run.path == [L, C, CU, G, NO]
+    assert run.failures() == [("QuotaExceeded", True)]
+    assert sim.state()["create_attempts"] == {"vm-1": 1}
+
+
+async def test_someone_elses_vm_is_neither_adopted_nor_deleted(sim: AzSim, launch: Launcher):
+    sim.az("vm", "create", "-g", RG, "-n", "vm-1", "--image", "Debian12", "--zone", "1",
+           "--tags", f"{TAG_DEPLOYMENT}=other")
+
+    run = await launch()
+
+    assert run.path == [L, A, G, NO]
+    assert run.failures() == [("NotOurs", True)]
+    assert "vm delete" not in sim.state()["calls"]
+
+
+async def test_attempts_used_elsewhere_count_and_the_last_one_is_not_exceeded(
+        sim: AzSim, launch: Launcher):
+    run = await launch(vm_spec(max_attempts=2), used=2)
+
+    assert run.path == [L, C, G, NO]
+    assert run.failures() == [("RetriesExhausted", True)]
+    assert "vm create" not in sim.state()["calls"]
+
+
+async def test_a_fence_that_makes_the_create_wait_is_followed_by_a_fresh_look(
+        sim: AzSim, launch: Launcher):
+    loop = asyncio.get_running_loop()
+    opens = loop.time() + 1.0
+
+    run = await launch(fence=Handover(opens))
+
+    assert run.path == [L, C, L, C, V, OK]
+    assert sim.state()["vms"]["vm-1"]["created_at"] >= time.time() - (loop.time() - opens)
+
+
+async def test_an_unreadable_vm_is_neither_created_nor_deleted(sim: AzSim, caplog):
+    rules(sim, throttle={"first_calls": 1000, "code": "TooManyRequests",
+                         "commands": ["vm show"]})
+    events: list[Message] = []
+
+    async def emit(message: Message) -> None:
+        events.append(message)
+
+    report = Reporter(emit, deployment_id=DEPLOYMENT, vm_name="vm-1", source="test",
+                      id_seed="seed")
+    life = Lifecycle(vm_spec(create_timeout=1.0), az=AzCli(), report=report, start=Step.LOOK)
+
+    result = await life.run()
+
+    assert (result.outcome, life.step) == (Outcome.FAILED, Step.FAILED)
+    assert result.error is not None and result.error.code == "VmStateUnknown"
+    calls = sim.state()["calls"]
+    assert "vm create" not in calls and "vm delete" not in calls
+
+
+async def test_a_bad_request_is_refused_at_accept_without_an_az_call(sim: AzSim, launch: Launcher):
+    run = await launch(vm_spec(name="bad_name"), start=Step.ACCEPT)
+
+    assert run.path == [Step.ACCEPT, G, NO]
+    assert run.failures() == [("InvalidRequest", True)]
+    assert sim.state().get("calls", {}) == {}

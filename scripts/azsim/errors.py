@@ -199,6 +199,22 @@ def throttle_error(command: str, throttle: dict, rg: str | None = None) -> AzErr
     return http_error(code, message)
 
 
+SDK_DEBUG = "DEBUG: cli.azure.cli.core.sdk.policies: "
+
+
+def put_vm_throttled(op: str, retry_after: int, remaining: str, *, debug: bool) -> AzError:
+    """The Compute RP's 429 on a VM PUT. Its Retry-After is a response header, which azure-cli
+    shows only in the --debug log of the response, never in the error text."""
+    message = THROTTLE_MESSAGES["TooManyRequests"].format(op=op)
+    error = traceback_error("TooManyRequests", message)
+    if debug:
+        error.text = (f"{SDK_DEBUG}Response status: 429\n{SDK_DEBUG}Response headers:\n"
+                      f"{SDK_DEBUG}    'Retry-After': '{retry_after}'\n"
+                      f"{SDK_DEBUG}    'x-ms-ratelimit-remaining-resource': '{remaining}'\n"
+                      + error.text)
+    return error
+
+
 CONFLICT = ("Run command extension execution is in progress. Please wait for completion "
             "before invoking a run command.")
 PREEMPTED = "Operation execution has been preempted by a more recent operation."

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 
+from .budget import budget_view
 from .cli import Opt, parse_args
 from .context import Ctx
 from .errors import AzError, UsageError, throttle_error
@@ -27,7 +28,14 @@ from .resource_commands import (
 )
 from .scenario import Scenario, ScenarioError, load_scenario
 from .state import StateStore, bump, empty_state, materialize, power_state, provisioning_state
-from .vm_commands import cmd_run_command, cmd_vm_delete, cmd_vm_list, cmd_vm_show, cmd_vm_wait
+from .vm_commands import (
+    cmd_run_command,
+    cmd_vm_delete,
+    cmd_vm_get_instance_view,
+    cmd_vm_list,
+    cmd_vm_show,
+    cmd_vm_wait,
+)
 from .vm_create import cmd_vm_create
 
 
@@ -54,6 +62,7 @@ DETAILS = Opt("--show-details", "-d", kind="flag")
 COMMANDS = {
     "vm create": (CREATE_OPTS, cmd_vm_create),
     "vm show": ([*_ref_opts(), DETAILS], cmd_vm_show),
+    "vm get-instance-view": (_ref_opts(), cmd_vm_get_instance_view),
     "vm list": ([Opt("--resource-group", "-g"), DETAILS], cmd_vm_list),
     "vm delete": ([*_ref_opts(), Opt("--yes", "-y", kind="flag"), Opt("--no-wait", kind="bool"),
                    Opt("--force-deletion", kind="bool")], cmd_vm_delete),
@@ -169,7 +178,7 @@ def run_az(argv: list[str]) -> int:
     return 0
 
 
-def sim_state(store: StateStore) -> dict:
+def sim_state(store: StateStore, scn: Scenario) -> dict:
     """The inspection view: raw records plus the states computed for now."""
     t = time.time()
     st = materialize(store.read(), t)
@@ -182,13 +191,14 @@ def sim_state(store: StateStore) -> dict:
             "nics": st["nics"], "public_ips": st["public_ips"], "disks": st["disks"],
             "throttled_calls_seen": st["throttle_seen"],
             "fault_calls_seen": st["fault_calls_seen"], "faults_injected": st["faults_injected"],
-            "now": t}
+            "put_vm_budget": budget_view(st, scn, t), "now": t}
 
 
 def run_sim(argv: list[str]) -> int:
     store = StateStore(state_path())
     if argv == ["state"]:
-        sys.stdout.write(json.dumps(sim_state(store), indent=2, sort_keys=True) + "\n")
+        scn = load_scenario(os.environ.get("AZ_SIM_SCENARIO"))
+        sys.stdout.write(json.dumps(sim_state(store, scn), indent=2, sort_keys=True) + "\n")
         return 0
     if argv == ["reset"]:
         with store.transaction() as st:

@@ -86,7 +86,7 @@ def vm_resource(vm: dict, now: float, *, details: bool = False) -> dict:
            "provisioningState": provisioning_state(vm, now),
            "securityProfile": {"securityType": "TrustedLaunch",
                                "uefiSettings": {"secureBootEnabled": True, "vTpmEnabled": True}},
-           "storageProfile": _storage_profile(vm), "timeCreated": _iso(vm["time_created"]),
+           "storageProfile": _storage_profile(vm), "timeCreated": iso(vm["time_created"]),
            "type": "Microsoft.Compute/virtualMachines", "vmId": guid(vm["vm_hex"])}
     if vm["priority"]:
         res["priority"] = vm["priority"]
@@ -107,7 +107,7 @@ def vm_resource(vm: dict, now: float, *, details: bool = False) -> dict:
     return res
 
 
-def _iso(epoch: float) -> str:
+def iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat()
 
 
@@ -173,7 +173,7 @@ def disk_resource(disk: dict) -> dict:
            "id": disk_id(rg, disk["name"]), "location": disk["location"], "name": disk["name"],
            "osType": "Linux", "provisioningState": "Succeeded",
            "sku": {"name": disk["sku"], "tier": disk["sku"].split("_")[0]},
-           "timeCreated": _iso(disk["time_created"]), "type": "Microsoft.Compute/disks"}
+           "timeCreated": iso(disk["time_created"]), "type": "Microsoft.Compute/disks"}
     if disk["vm"]:
         res["managedBy"] = f"{ARM}/{rg.upper()}/providers/Microsoft.Compute/virtualMachines/" \
                            f"{disk['vm']}"

@@ -14,9 +14,15 @@ DEFAULTS = {"create_seconds": 60.0, "delete_seconds": 20.0, "run_command_seconds
 RULE_KEYS = {"match", "attempts", "fail", "fail_phase", "fail_message", "left_failed", "hang",
              "cloud_init", *DEFAULTS}
 TOP_KEYS = {"time_scale", "location", "resource_groups", "logged_in", "public_ip",
-            "public_ip_early", "nic_reservation_seconds", "defaults", "throttle", "faults", "vms"}
+            "public_ip_early", "nic_reservation_seconds", "lro_poll_seconds", "put_vm_budget",
+            "defaults", "throttle", "faults", "vms"}
 FAULT_KEYS = {"rate", "seed", "codes", "commands", "retry_after"}
 CLOUD_INIT_MODES = ("done", "degraded", "error", "never")
+LRO_POLL_SECONDS = 30.0  # azure-core's polling interval when ARM sends no Retry-After
+# The Compute RP's per-subscription VM write limits (azure-cli.md section 6): operation type ->
+# at most `calls` VM creates or updates in any `seconds` (simulated) window.
+PUT_VM_BUDGET = {"PutVM3Min": {"calls": 240, "seconds": 180},
+                 "PutVM30Min": {"calls": 1200, "seconds": 1800}}
 
 
 class ScenarioError(ValueError):
@@ -86,6 +92,20 @@ def _check_defaults(problems: list[str], defaults) -> None:
         _check_number(problems, f"defaults.{key}", value)
 
 
+def _check_budget(problems: list[str], budget) -> None:
+    if not isinstance(budget, dict):
+        problems.append("put_vm_budget must be a mapping such as {PutVM3Min: {calls: 240, "
+                        "seconds: 180}}, or {} for none")
+        return
+    for name, bucket in budget.items():
+        where = f"put_vm_budget.{name}"
+        if not isinstance(bucket, dict) or set(bucket) != {"calls", "seconds"}:
+            problems.append(f"{where} must be a mapping of calls and seconds")
+            continue
+        _check_number(problems, f"{where}.calls", bucket["calls"], minimum=1)
+        _check_number(problems, f"{where}.seconds", bucket["seconds"], minimum=1e-6)
+
+
 def _check_throttle(problems: list[str], throttle) -> None:
     if not isinstance(throttle, dict) or set(throttle) - {"first_calls", "after_calls", "code",
                                                           "commands", "message"}:
@@ -103,6 +123,8 @@ def _check_scenario(data: dict) -> list[str]:
     problems = [f"unknown top-level key {k!r}" for k in sorted(set(data) - TOP_KEYS)]
     _check_number(problems, "time_scale", data.get("time_scale", 1.0), minimum=1e-6)
     _check_number(problems, "nic_reservation_seconds", data.get("nic_reservation_seconds", 0))
+    _check_number(problems, "lro_poll_seconds", data.get("lro_poll_seconds", LRO_POLL_SECONDS))
+    _check_budget(problems, data.get("put_vm_budget", {}))
     for key in ("logged_in", "public_ip_early"):
         if not isinstance(data.get(key, False), bool):
             problems.append(f"{key} must be true or false")
@@ -137,6 +159,8 @@ class Scenario:
         self.public_ip = data.get("public_ip")
         self.public_ip_early = data.get("public_ip_early", False)
         self.nic_reservation_raw = float(data.get("nic_reservation_seconds", 0))
+        self.lro_poll = float(data.get("lro_poll_seconds", LRO_POLL_SECONDS)) * self.scale
+        self.put_vm_budget = data.get("put_vm_budget", PUT_VM_BUDGET)
         self.defaults = {**DEFAULTS, **data.get("defaults", {})}
         self.throttle = data.get("throttle") or {}
         self.faults = data.get("faults") or {}

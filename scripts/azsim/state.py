@@ -27,7 +27,8 @@ def bump(counter: dict, key: str) -> int:
 def empty_state() -> dict:
     return {"vms": {}, "nics": {}, "public_ips": {}, "disks": {}, "create_counts": {},
             "create_attempts": {}, "succeeded_at": {}, "calls": {}, "throttle_seen": 0,
-            "fault_calls_seen": 0, "faults_injected": {},
+            "fault_calls_seen": 0, "faults_injected": {}, "put_vm_times": [],
+            "put_vm_throttled": {},
             "private_counter": 0, "public_counter": 0}
 
 

@@ -10,7 +10,7 @@ from .context import Ctx, target
 from .errors import CONFLICT, NO_TTY, AzError, http_error, not_found
 from .output import add_resource_group
 from .query import search
-from .resources import vm_resource
+from .resources import iso, vm_resource
 from .state import FOREVER, find, power_state, provisioning_state
 
 CI_ERROR = ("('scripts_user', RuntimeError('Runparts: 1 failures (part-001) in 1 attempted "
@@ -18,14 +18,23 @@ CI_ERROR = ("('scripts_user', RuntimeError('Runparts: 1 failures (part-001) in 1
 CI_RECOVERABLE = "Failed at merging in cloud config part from part-001: empty cloud config"
 
 
-def cmd_vm_show(ctx: Ctx, a: dict):
+def _existing_vm(ctx: Ctx, a: dict) -> tuple[dict, float]:
     rg, name = target(a)
     ctx.require_rg(rg)
     st, t = ctx.view()
     vm = find(st, "vms", rg, name)
     if vm is None:
         raise not_found("Microsoft.Compute/virtualMachines", rg, name)
+    return vm, t
+
+
+def cmd_vm_show(ctx: Ctx, a: dict):
+    vm, t = _existing_vm(ctx, a)
     return vm_resource(vm, t, details=a["show_details"])
+
+
+def cmd_vm_get_instance_view(ctx: Ctx, a: dict):
+    return instance_view(*_existing_vm(ctx, a))
 
 
 def cmd_vm_list(ctx: Ctx, a: dict):
@@ -68,16 +77,29 @@ def _start_delete(ctx: Ctx, st: dict, vm: dict, t: float) -> None:
             vm[key] = None
 
 
-def instance_view(vm: dict, t: float) -> dict:
-    """What `vm wait --custom` queries: the VM with instanceView.statuses."""
-    res = vm_resource(vm, t)
+def _provisioning_status(vm: dict, t: float) -> dict:
+    """The ProvisioningState status; a failed one carries the Azure error code (§7)."""
     state = provisioning_state(vm, t)
-    statuses = [{"code": f"ProvisioningState/{state.lower()}", "level": "Info",
-                 "displayStatus": f"Provisioning {state.lower()}"}]
-    if power_state(vm, t):
-        code = power_state(vm, t).split()[-1]
-        statuses.append({"code": f"PowerState/{code}", "level": "Info",
-                         "displayStatus": power_state(vm, t)})
+    if state == "Failed":
+        return {"code": f"ProvisioningState/failed/{vm['fail_code']}", "level": "Error",
+                "displayStatus": "Provisioning failed", "message": vm["fail_message"],
+                "time": iso(vm["ready_at"])}
+    status = {"code": f"ProvisioningState/{state.lower()}", "level": "Info",
+              "displayStatus": f"Provisioning {state.lower()}"}
+    if state == "Succeeded":
+        status["time"] = iso(vm["ready_at"])
+    return status
+
+
+def instance_view(vm: dict, t: float) -> dict:
+    """`vm get-instance-view`, which `vm wait --custom` queries: the VM with
+    instanceView.statuses. A failed VM never ran, so it shows as deallocated."""
+    res = vm_resource(vm, t)
+    statuses = [_provisioning_status(vm, t)]
+    power = power_state(vm, t) or ("VM deallocated" if statuses[0]["level"] == "Error" else "")
+    if power:
+        statuses.append({"code": f"PowerState/{power.split()[-1]}", "level": "Info",
+                         "displayStatus": power})
     res["instanceView"] = {"statuses": statuses}
     add_resource_group(res)
     return res

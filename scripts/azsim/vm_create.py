@@ -1,24 +1,27 @@
-"""`az vm create`: plan the deployment under the lock, then wait for it as azure-cli does."""
+"""`az vm create`: plan the deployment under the lock, then poll for its end as azure-cli does."""
 
 from __future__ import annotations
 
 import os
-import time
 
+from .budget import remaining_header, spend_put_vm
 from .context import Ctx
 from .errors import (
     MARKED_FOR_DELETION,
-    PREEMPTED,
     AzError,
     deployment_error,
     failure_message,
     nic_reserved_message,
     preflight_error,
+    put_vm_throttled,
 )
-from .resources import create_output, image_reference, random_hex
-from .state import FOREVER, bump, nic_reserved, provisioning_state
+from .lro import await_deployment, poll_after
+from .resources import image_reference, random_hex
+from .scenario import Scenario
+from .state import bump, nic_reserved, provisioning_state
 
 QUICK_SECONDS = 2.0  # re-deploys and rejected PUTs, before scaling
+ACCEPT_SECONDS = 1.0  # validation and the deployment PUT's round trip, before scaling
 PLACEHOLDER_KEY = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ example"
 
 
@@ -62,17 +65,45 @@ def cmd_vm_create(ctx: Ctx, a: dict):
     ctx.require_rg(a["resource_group"])
     spec = _vm_spec(ctx, a)
     with ctx.tx() as (st, t):
-        attempt = bump(st["create_attempts"], spec["name"])
-        plan = _plan_deployment(ctx, st, t, spec, attempt)
+        plan = _admit(ctx, st, t, spec)
     if plan["kind"] == "preflight":
         raise preflight_error(plan["code"], plan["message"])
+    if plan["kind"] == "throttled":
+        raise put_vm_throttled(plan["op"], plan["retry_after"], plan["remaining"],
+                               debug=a["debug"])
+    accepted = t + ACCEPT_SECONDS * ctx.scn.scale
     if a["no_wait"]:  # the deployment was accepted; how it ends is not this client's business
+        ctx.sleep_until(accepted)
         return None
     if plan["kind"] == "rejected":
-        time.sleep(QUICK_SECONDS * ctx.scn.scale)
+        ctx.sleep_until(poll_after(ctx, accepted, t + QUICK_SECONDS * ctx.scn.scale))
         raise deployment_error(spec["resource_group"], spec["name"], plan["code"],
                                plan["message"], nested=False)
-    return _await_deployment(ctx, spec, plan)
+    return await_deployment(ctx, spec, plan, accepted)
+
+
+def _admit(ctx: Ctx, st: dict, t: float, spec: dict) -> dict:
+    """Preflight validation, then the VM PUT, which spends one call of the PutVM budget."""
+    name, scn = spec["name"], ctx.scn
+    attempt = st["create_attempts"].get(name, 0) + 1
+    plan = _preflight(scn, spec, attempt)
+    if plan is None:
+        throttled = spend_put_vm(st, scn, t)
+        if throttled is not None:  # a 429 on the PUT is not an attempt
+            bump(st["put_vm_throttled"], throttled["op"])
+            return {"kind": "throttled", **throttled, "remaining": remaining_header(st, scn, t)}
+    st["create_attempts"][name] = attempt
+    return plan or _plan_deployment(ctx, st, t, spec, attempt)
+
+
+def _preflight(scn: Scenario, spec: dict, attempt: int) -> dict | None:
+    """A rule's preflight failure: the deployment is invalid, so nothing is PUT."""
+    name = spec["name"]
+    fail = scn.setting(name, attempt, "fail")
+    if fail and scn.setting(name, attempt, "fail_phase", "async") == "preflight":
+        message = scn.setting(name, attempt, "fail_message") or failure_message(fail, spec)
+        return {"kind": "preflight", "code": fail, "message": message}
+    return None
 
 
 def _rejected(code: str, message: str) -> dict:
@@ -85,12 +116,8 @@ def _plan_of(vm: dict) -> dict:
 
 
 def _plan_deployment(ctx: Ctx, st: dict, t: float, spec: dict, attempt: int) -> dict:
-    """Decide, under the lock, what this create does: fail preflight, get rejected, deploy."""
-    name, scn = spec["name"], ctx.scn
-    fail = scn.setting(name, attempt, "fail")
-    if fail and scn.setting(name, attempt, "fail_phase", "async") == "preflight":
-        message = scn.setting(name, attempt, "fail_message") or failure_message(fail, spec)
-        return {"kind": "preflight", "code": fail, "message": message}
+    """Decide, under the lock, what this create's PUT does: get rejected, or deploy."""
+    name = spec["name"]
     vm = st["vms"].get(name)
     if vm is not None and vm["resource_group"].lower() != spec["resource_group"].lower():
         return _rejected("InvalidParameter", f"az-sim keeps one namespace of VM names: '{name}' "
@@ -212,25 +239,3 @@ def _redeploy(ctx: Ctx, st: dict, t: float, vm: dict, spec: dict, attempt: int) 
                                 hang=scn.setting(name, attempt, "hang", False), redeploy=True)
     return _start_operation(ctx, st, vm, t, attempt, seconds=QUICK_SECONDS * scn.scale,
                             fail=None, hang=False, redeploy=True)
-
-
-def _await_deployment(ctx: Ctx, spec: dict, plan: dict) -> dict:
-    """Sleep until the operation's end; a delete in between preempts it."""
-    rg, name, ready = spec["resource_group"], spec["name"], plan["ready_at"]
-
-    def preempted(vm: dict | None) -> bool:
-        return vm is None or vm["op"] != plan["op"] or vm.get("deleting_since") is not None
-
-    def check() -> None:
-        st, t = ctx.view()
-        if (ready is None or t < ready) and preempted(st["vms"].get(name)):
-            raise deployment_error(rg, name, "OperationPreempted", PREEMPTED, nested=False)
-
-    ctx.sleep_until(FOREVER if ready is None else ready, check)
-    if plan["outcome"] == "Failed":
-        raise deployment_error(rg, name, plan["code"], plan["message"], nested=True)
-    st, _ = ctx.view()
-    vm = st["vms"].get(name)
-    if preempted(vm):
-        raise deployment_error(rg, name, "OperationPreempted", PREEMPTED, nested=False)
-    return create_output(vm)

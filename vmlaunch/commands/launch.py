@@ -25,6 +25,7 @@ from vmlaunch.bus.connection import (
 )
 from vmlaunch.bus.publish import Publisher, progress_line
 from vmlaunch.bus.streams import StreamMismatch, prepare_streams
+from vmlaunch.commands.common import EXIT_CANNOT_RUN, load_files
 from vmlaunch.display.views import terminal_safe
 from vmlaunch.host import atomicfile, customdata
 from vmlaunch.host.stopsignals import Stopped, unless_stopped
@@ -33,14 +34,12 @@ from vmlaunch.lifecycle.report import Reporter
 from vmlaunch.schema.messages import Message, encode, new_event_id
 from vmlaunch.schema.vmspec import VMSpec
 from vmlaunch.state.reducer import DeploymentView
-from vmlaunch.state.statefile import StateFileError, load_state
-from vmlaunch.state.writer import StateWriter, WriteFailed
+from vmlaunch.state.writer import Recorder, StateWriter, WriteFailed
 
 log = logging.getLogger("manual_launch")
 
 # How long one event may wait for NATS before the launch stops publishing.
 PUBLISH_PATIENCE = 5.0
-EXIT_CANNOT_RUN = 3
 
 
 def warn(text: str) -> None:
@@ -55,15 +54,12 @@ class _Outputs:
             (lambda m: encode(m).decode()) if json_lines
             else (lambda m: terminal_safe(progress_line(m))))
         self.publisher: Publisher | None = None
-        self.writer: StateWriter | None = None
         self.view = DeploymentView(deployment_id, [spec])
+        self.recorder = Recorder(self.view, None)  # given a writer with --state-file
 
     async def emit(self, message: Message) -> None:
         print(self.show(message), flush=True)
-        change = self.view.apply(message)
-        if self.writer is not None and change is not None:
-            self.writer.record(message.vm_name, change.vm_fields, change.log,
-                               event_id=message.event_id)
+        self.recorder.apply(message)
         if self.publisher is not None and not await self.publisher.publish(message):
             warn("NATS stopped answering; continuing without publishing events")
             self.publisher = None
@@ -96,8 +92,9 @@ async def launch(spec: VMSpec, *, deployment_id: str, az: str, private_key: str 
     spec = spec.with_file_contents()
     outputs = _Outputs(spec, deployment_id=deployment_id, json_lines=json_lines)
     files = _state_files(state_file, events_file)
-    if files is not None and (code := _check_files(*files, deployment_id=deployment_id)):
-        return code
+    if files is not None and isinstance(code := load_files(
+            *files, writable=True, deployment_id=deployment_id), int):
+        return code  # before any az call
     try:
         with contextlib.ExitStack() as held:
             if files is not None:  # not while a deploy (or reset) drives these VMs
@@ -117,22 +114,6 @@ def _state_files(state_file: str | None, events_file: str | None) -> tuple[Path,
                                   / "deployment-events.yaml")
 
 
-def _check_files(state_file: Path, events_file: Path, *, deployment_id: str) -> int:
-    """0, or the exit code for files that cannot be used (said why), before any az call."""
-    try:
-        loaded = load_state(state_file, events_file, writable=True,
-                            deployment_id=deployment_id)
-    except StateFileError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    except OSError as exc:
-        print(f"error: cannot use the state files: {exc}", file=sys.stderr, flush=True)
-        return EXIT_CANNOT_RUN
-    if loaded.rebuilt:
-        warn(loaded.rebuilt)
-    return 0
-
-
 async def _launch(spec: VMSpec, outputs: _Outputs, *, deployment_id: str, az: str,
                   private_key: str | None, nats: NatsSettings | None,
                   files: tuple[Path, Path] | None, json_lines: bool,
@@ -145,7 +126,7 @@ async def _launch(spec: VMSpec, outputs: _Outputs, *, deployment_id: str, az: st
                 print(f"error: {exc}", file=sys.stderr, flush=True)
                 return EXIT_CANNOT_RUN
         if files is not None:
-            outputs.writer = await stack.enter_async_context(
+            outputs.recorder.writer = await stack.enter_async_context(
                 StateWriter(*files, deployment_id=deployment_id))
         report = Reporter(outputs.emit, deployment_id=deployment_id, vm_name=spec.name,
                           source=f"manual@{socket.gethostname()}",

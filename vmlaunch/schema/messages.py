@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from vmlaunch.schema import typedfields
 from vmlaunch.schema.vmspec import VMSpec
+from vmlaunch.schema.vocabulary import STATUS_PHASES
 from vmlaunch.schema.wirejson import MessageError, parse_json
 
 SCHEMA_NAME = "azure-vm-launch"
@@ -50,9 +51,8 @@ class Subject(StrEnum):
 # Everything but requests is an event: kept in the events stream as the audit trail.
 EVENT_SUBJECTS = [s for s in Subject if s is not Subject.REQUEST]
 
-StatusState = Literal[
-    "accepted", "creating", "provisioning", "verifying", "retrying", "deleting", "cancelled"
-]
+# The vocabulary's status phases, as the Literal the strict decoder and the JSON Schema read.
+StatusState = Literal[tuple(phase.value for phase in STATUS_PHASES)]  # type: ignore[valid-type]
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from vmlaunch.commands.common import EXIT_CANNOT_RUN, EXIT_FAILED, EXIT_OK, err,
 from vmlaunch.commands.status import azure_view
 from vmlaunch.host import atomicfile
 from vmlaunch.plans.plan import Plan
+from vmlaunch.schema.vocabulary import VmState
 from vmlaunch.state.reducer import DeploymentView, ResetStep
 from vmlaunch.state.writer import Recorder, StateWriter, WriteFailed
 
@@ -62,22 +63,22 @@ async def _reset(plan: Plan, *, az: str | None, state_file: Path, events_file: P
 async def _reset_one(cli: AzCli, recorder: Recorder, plan: Plan, name: str) -> bool:
     """Delete one VM of the plan, only when a read says it is gone or this deployment's."""
     if (why := await _not_ours_to_delete(cli, plan, name)) is not None:
-        recorder.apply(ResetStep(name, "kept", f"left in place: {why}",
+        recorder.apply(ResetStep(name, None, f"left in place: {why}",
                                  ("vm_reset_failed", f"Not deleting VM: {name}: {why}")))
         err(f"error: not deleting {name}: {why}")
         return False
-    recorder.apply(ResetStep(name, "deleting",
+    recorder.apply(ResetStep(name, VmState.DELETING,
                              log=("vm_reset_deletion", f"Deleting VM: {name} (reset)")))
     say(f"deleting {name}")
     gone = await cli.delete_vm(plan.resource_group, name, timeout=RESET_TIMEOUT)
     if gone.ok:
         await cli.delete_public_ip(plan.resource_group, name)
-        recorder.apply(ResetStep(name, "deleted",
+        recorder.apply(ResetStep(name, VmState.DELETED,
                                  log=("vm_reset_deleted", f"Deleted VM: {name} (reset)")))
         say(f"deleted {name}")
         return True
     error = gone.error.message if gone.error else "unknown error"
-    recorder.apply(ResetStep(name, "kept", error,
+    recorder.apply(ResetStep(name, None, error,
                              ("vm_reset_failed", f"Could not delete VM: {name}: {error}")))
     err(f"error: could not delete {name}: {error}")
     return False

@@ -235,10 +235,8 @@ def plan_command(**params: Any) -> None:
 @click.option("-g", "--resource-group",
               help="Resource group for --live. [default: config.resource_group in the file]")
 @click.option("--az", "az_path", envvar="AZ_CLI", help="The az executable. [env: AZ_CLI]")
-@click.option("--rebuild", is_flag=True,
-              help="First rewrite the state file's vm_states from the events log alone "
-                   "(every VM change is logged with its event), e.g. after the state file "
-                   "was lost; makes a missing state file anew.")
+@click.option("--rebuild", is_flag=True, help="First rewrite the state file's vm_states from "
+              "the events log alone (e.g. a lost state file: made anew).")
 def status(**params: Any) -> None:
     """Show the deployment as the state file has it.
 

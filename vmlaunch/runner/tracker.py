@@ -90,8 +90,8 @@ class Tracker:
 
     def mark_done(self, name: str, entry: Mapping[str, Any]) -> None:
         """A VM finished by an earlier run: ready, and deaf to old events."""
-        self.view.apply(ReadyBefore(name, str(entry.get("public_ip") or ""),
-                                    str(entry.get("private_ip") or "")))
+        self.recorder.apply(ReadyBefore(name, str(entry.get("public_ip") or ""),
+                                        str(entry.get("private_ip") or "")))  # writes nothing
 
     def launch(self, name: str, ticket: Ticket) -> dict[str, Any]:
         """Follow this generation's events only; a new generation starts a clean entry:

@@ -85,8 +85,9 @@ def _status(vm: VMProgress, message: Message, spec: VMSpec) -> Step:
     status: Status = message.payload  # type: ignore[assignment]
     if vm.finished:  # e.g. the clean-up after a final failure: logged, state kept
         vm = replace(vm, detail=status.detail)
-        return vm, Change(log=[("vm_deletion_started", f"Deleting VM: {vm.name} "
-                                f"({status.detail})")] if status.state == Phase.DELETING else [])
+        deleting = status.state == Phase.DELETING
+        return vm, Change(log=[_STATUS_STEPS[Phase.DELETING](vm, message, status)[1:]]
+                          if deleting else [])
     vm = replace(vm, phase=status.state, detail=status.detail, zone=status.zone or vm.zone,
                  size=status.size or vm.size)
     if status.state not in _STATUS_STEPS:

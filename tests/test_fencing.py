@@ -88,7 +88,7 @@ def test_a_negative_generation_is_refused():
 
 def test_events_of_another_generation_change_nothing_whatever_their_time():
     view = DeploymentView(DEPLOYMENT, [vm_spec()])
-    view.vms["vm-1"].generation = 2
+    view.follow("vm-1", 2)
     old = Message(deployment_id=DEPLOYMENT, vm_name="vm-1", payload=DONE, attempt=1,
                   generation=1, source="w1", time="2999-01-01T00:00:00.000Z")
     assert view.apply(old) is None
@@ -100,7 +100,7 @@ def test_events_of_another_generation_change_nothing_whatever_their_time():
 
 def test_after_a_handover_only_the_new_owners_events_count():
     view = DeploymentView(DEPLOYMENT, [vm_spec()])
-    view.vms["vm-1"].generation = 1
+    view.follow("vm-1", 1)
     change = view.apply(event(Cancel(reason="NATS lost", owner="legacy-poller"), generation=1,
                               source="orchestrator"))
     assert change is not None and change.log[0][0] == "vm_owner_changed"
@@ -270,7 +270,7 @@ async def test_a_cancel_sent_on_an_event_subject_changes_no_owner(nats_server):
         await nc.close()
     assert [m.event_id for m in seen] == [genuine.event_id]
     view = DeploymentView(DEPLOYMENT, [vm_spec()])
-    view.vms["vm-1"].generation = 1
+    view.follow("vm-1", 1)
     for message in seen:
         view.apply(message)
     assert view.vms["vm-1"].owner in (None, "")
@@ -285,7 +285,7 @@ def test_a_dead_letter_names_its_requests_generation_and_spares_the_next():
                        source="w1", seq=7)
     assert dead.generation == 1
     view = DeploymentView(DEPLOYMENT, [vm_spec()])
-    view.vms["vm-1"].generation = 2
+    view.follow("vm-1", 2)
     view.apply(dead)
     assert not view.vms["vm-1"].failed
 

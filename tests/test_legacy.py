@@ -25,6 +25,7 @@ from vmlaunch.plans.plan import Plan
 from vmlaunch.runner.pollmode import SOURCE, calls_summary, run_legacy
 from vmlaunch.schema import messages as m
 from vmlaunch.schema.vmspec import VMSpec
+from vmlaunch.state import writer as state_writer
 from vmlaunch.state.reducer import DeploymentView
 from vmlaunch.state.statefile import read_events, read_state
 from vmlaunch.state.writer import StateWriter
@@ -74,18 +75,12 @@ class Recorder:
 
     def __init__(self, plan: Plan, writer: StateWriter) -> None:
         self.view = DeploymentView(plan.deployment_id, plan.vms)
-        self.writer = writer
+        self.files = state_writer.Recorder(self.view, writer)  # the one writer
         self.events: list[tuple[float, m.Message]] = []
 
     async def __call__(self, message: m.Message) -> None:
         self.events.append((time.monotonic(), message))
-        change = self.view.apply(message)
-        if change is None:
-            return
-        if change.vm_fields:
-            self.writer.update_vm(message.vm_name, **change.vm_fields)
-        for action, text in change.log:
-            self.writer.append_event(action, text)
+        self.files.apply(message)
 
     def of(self, vm: str, kind: type) -> list[tuple[float, m.Message]]:
         return [(t, e) for t, e in self.events if e.vm_name == vm and isinstance(e.payload, kind)]

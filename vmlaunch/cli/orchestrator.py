@@ -23,7 +23,9 @@ from vmlaunch.bus.streams import provision_streams
 from vmlaunch.cli import natsoptions
 from vmlaunch.cli import options as cliopts
 from vmlaunch.cli.planoptions import POSITIVE, plan_from, plan_options
-from vmlaunch.commands import operations
+from vmlaunch.commands import events as events_command
+from vmlaunch.commands import reset as reset_command
+from vmlaunch.commands import status as status_command
 from vmlaunch.display.views import format_table, make_display
 from vmlaunch.errors import ExitCode
 from vmlaunch.runner import deployment
@@ -174,17 +176,21 @@ def plan_command(**params: Any) -> None:
 @click.option("-g", "--resource-group",
               help="Resource group for --live. [default: config.resource_group in the file]")
 @cliopts.az_option()
-def status(**params: Any) -> None:
+@click.option("--rebuild", is_flag=True, help="First rewrite the state file's vm_states from "
+              "the events log alone (e.g. a lost state file: made anew).")
+def status(**params: Any) -> int:
     """Show the deployment as the state file has it.
 
     Exit 2 when the state or events file is malformed (named, with the problem), 3 when
-    there is no state file. A truncated state file is shown as rebuilt from the events log.
+    there is no state file (with --rebuild: no events log, or a deploy using the files). A
+    truncated state file is shown as rebuilt from the events log.
     """
-    sys.exit(asyncio.run(operations.status(
+    return asyncio.run(status_command.status(
         state_file=params["state_file"], events_file=cliopts.events_file(params),
         json_out=params["json_out"], live=params["live"],
         resource_group=params["resource_group"], az=params["az_path"],
-        nats=natsoptions.nats_settings(params, name="vm-launch-status"))))
+        nats=natsoptions.nats_settings(params, name="vm-launch-status"),
+        rebuild=params["rebuild"]))
 
 
 @cli.command()
@@ -210,9 +216,9 @@ def reset(**params: Any) -> int:
             return ExitCode.BAD_INPUT
         if not click.confirm(question, default=False):
             return ExitCode.FAILED
-    return asyncio.run(operations.reset(plan, az=params["az_path"],
-                                        state_file=params["state_file"],
-                                        events_file=cliopts.events_file(params)))
+    return asyncio.run(reset_command.reset(plan, az=params["az_path"],
+                                           state_file=params["state_file"],
+                                           events_file=cliopts.events_file(params)))
 
 
 @cli.command()
@@ -234,13 +240,13 @@ def events(**params: Any) -> int:
     running deploy's server if there is one.
     """
     try:
-        since = operations.parse_since(params["since"]) if params["since"] else None
+        since = events_command.parse_since(params["since"]) if params["since"] else None
     except ValueError:
         raise click.BadParameter("expected 90s, 10m, 2h, 1d or an ISO time",
                                  param_hint="--since") from None
     deployment_id = None if params["all_deployments"] else (
         params["deployment_id"] or _state_deployment(params["state_file"]))
-    return asyncio.run(operations.events(
+    return asyncio.run(events_command.events(
         nats=natsoptions.nats_settings(params, name="vm-launch-events"),
         store=params["state_file"].parent / "nats",
         deployment_id=deployment_id, vms=params["vms"], since=since,

@@ -25,6 +25,7 @@ from vmlaunch.bus.connection import (
 )
 from vmlaunch.bus.publish import Publisher, progress_line
 from vmlaunch.bus.streams import StreamMismatch, prepare_streams
+from vmlaunch.commands.common import load_files
 from vmlaunch.display.views import terminal_safe
 from vmlaunch.errors import ExitCode
 from vmlaunch.host import atomicfile, customdata
@@ -34,8 +35,7 @@ from vmlaunch.lifecycle.report import Reporter
 from vmlaunch.schema.messages import Message, encode, new_event_id
 from vmlaunch.schema.vmspec import VMSpec
 from vmlaunch.state.reducer import DeploymentView
-from vmlaunch.state.statefile import StateFileError, load_state
-from vmlaunch.state.writer import StateWriter, WriteFailed
+from vmlaunch.state.writer import Recorder, StateWriter, WriteFailed
 
 log = logging.getLogger("manual_launch")
 
@@ -55,15 +55,12 @@ class _Outputs:
             (lambda m: encode(m).decode()) if json_lines
             else (lambda m: terminal_safe(progress_line(m))))
         self.publisher: Publisher | None = None
-        self.writer: StateWriter | None = None
         self.view = DeploymentView(deployment_id, [spec])
+        self.recorder = Recorder(self.view, None)  # given a writer with --state-file
 
     async def emit(self, message: Message) -> None:
         print(self.show(message), flush=True)
-        change = self.view.apply(message)
-        if self.writer is not None and change is not None:
-            self.writer.record(message.vm_name, change.vm_fields, change.log,
-                               event_id=message.event_id)
+        self.recorder.apply(message)
         if self.publisher is not None and not await self.publisher.publish(message):
             warn("NATS stopped answering; continuing without publishing events")
             self.publisher = None
@@ -95,8 +92,9 @@ async def launch(spec: VMSpec, *, deployment_id: str, az: str, private_key: str 
     customdata.prepare()
     spec = spec.with_file_contents()
     outputs = _Outputs(spec, deployment_id=deployment_id, json_lines=json_lines)
-    if files is not None and (code := _check_files(*files, deployment_id=deployment_id)):
-        return code
+    if files is not None and isinstance(code := load_files(
+            *files, writable=True, deployment_id=deployment_id), int):
+        return code  # before any az call
     try:
         with contextlib.ExitStack() as held:
             if files is not None:  # not while a deploy (or reset) drives these VMs
@@ -107,22 +105,6 @@ async def launch(spec: VMSpec, *, deployment_id: str, az: str, private_key: str 
     except (WriteFailed, atomicfile.InUse) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return ExitCode.CANNOT_RUN
-
-
-def _check_files(state_file: Path, events_file: Path, *, deployment_id: str) -> int:
-    """0, or the exit code for files that cannot be used (said why), before any az call."""
-    try:
-        loaded = load_state(state_file, events_file, writable=True,
-                            deployment_id=deployment_id)
-    except StateFileError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return ExitCode.BAD_INPUT
-    except OSError as exc:
-        print(f"error: cannot use the state files: {exc}", file=sys.stderr, flush=True)
-        return ExitCode.CANNOT_RUN
-    if loaded.rebuilt:
-        warn(loaded.rebuilt)
-    return ExitCode.OK
 
 
 async def _launch(spec: VMSpec, outputs: _Outputs, *, deployment_id: str, az: str,
@@ -137,7 +119,7 @@ async def _launch(spec: VMSpec, outputs: _Outputs, *, deployment_id: str, az: st
                 print(f"error: {exc}", file=sys.stderr, flush=True)
                 return ExitCode.CANNOT_RUN
         if files is not None:
-            outputs.writer = await stack.enter_async_context(
+            outputs.recorder.writer = await stack.enter_async_context(
                 StateWriter(*files, deployment_id=deployment_id))
         report = Reporter(outputs.emit, deployment_id=deployment_id, vm_name=spec.name,
                           source=f"manual@{socket.gethostname()}",

@@ -16,6 +16,7 @@ from typing import TextIO
 
 from vmlaunch.bus.publish import describe
 from vmlaunch.schema.messages import Message, encode
+from vmlaunch.schema.vocabulary import Phase
 from vmlaunch.state.reducer import Change, DeploymentView, VMProgress
 
 COLUMNS = ("VM", "STATE", "ATTEMPT", "ELAPSED", "PUBLIC IP", "PRIVATE IP", "DETAIL")
@@ -37,10 +38,10 @@ def now_text() -> str:
 
 def vm_state(vm: VMProgress) -> str:
     if vm.ready:
-        return "ready"
+        return Phase.READY
     if vm.failed:
-        return "failed"
-    return vm.phase if vm.phase != "created" else "verifying"
+        return Phase.FAILED
+    return vm.phase if vm.phase != Phase.CREATED else Phase.VERIFYING
 
 
 def _detail(vm: VMProgress) -> str:

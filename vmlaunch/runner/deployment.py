@@ -323,9 +323,7 @@ class Deployment:
         failed = [vm.name for vm in view.vms.values() if not vm.ready]
         text = f"{ready} of {len(view.vms)} VMs ready" + (
             f"; failed: {', '.join(failed)}" if failed else "")
-        self.tracker.writer.append_event("vm_launch_finished", text)
-        if not failed:
-            self.tracker.writer.set_phase("vms_ready")
+        self.tracker.end(text, all_ready=not failed)
         self.display.finish(view)
         return ExitCode.FAILED if failed else ExitCode.OK
 

@@ -20,10 +20,11 @@ from typing import Any
 from vmlaunch.display.views import Display
 from vmlaunch.plans.plan import Plan
 from vmlaunch.schema.messages import Cancel, Failed, Message, utc_now_ms
-from vmlaunch.state.reducer import ORCHESTRATOR, SUCCEEDED, DeploymentView, VMProgress
-from vmlaunch.state.writer import StateWriter
+from vmlaunch.schema.vocabulary import VmState
+from vmlaunch.state.reducer import ORCHESTRATOR, DeploymentView, Launched, ReadyBefore
+from vmlaunch.state.writer import Recorder, StateWriter
 
-IN_FLIGHT_STATES = ("Creating", "Deleting", "Succeeded")
+IN_FLIGHT_STATES = (VmState.CREATING, VmState.DELETING, VmState.SUCCEEDED)
 
 
 def epoch(iso: str) -> float:
@@ -56,8 +57,8 @@ def decide(plan: Plan, vm_states: Mapping[str, Any],
         generation = entry.get("generation")
         generation = generation if isinstance(generation, int) else 0
         state, requested = entry.get("state"), entry.get("requested_at")
-        verified = state == SUCCEEDED and entry.get("verified") is True
-        if verified and azure.get(name) == SUCCEEDED:
+        verified = state == VmState.SUCCEEDED and entry.get("verified") is True
+        if verified and azure.get(name) == VmState.SUCCEEDED:
             done.append(name)
         elif generation and state in IN_FLIGHT_STATES and not verified and _is_time(requested):
             tickets[name] = Ticket(generation, requested, fresh=False)
@@ -75,61 +76,43 @@ def _is_time(value: Any) -> bool:
 
 
 class Tracker:
-    """Folds events into the view and writes what changes; `changed` is set on each."""
+    """Folds events into the reducer and writes what changes (`Recorder`); `changed` is set
+    on each change."""
 
     def __init__(self, plan: Plan, *, writer: StateWriter, display: Display,
                  written: set[str]) -> None:
         self.plan = plan
         self.view = DeploymentView(plan.deployment_id, plan.vms)
+        self.recorder = Recorder(self.view, writer, written)
         self.writer = writer
         self.display = display
-        self.written = written
-        self.closed: set[str] = set()  # finished by an earlier run: deaf to every event
         self.changed = asyncio.Event()
 
     def mark_done(self, name: str, entry: Mapping[str, Any]) -> None:
         """A VM finished by an earlier run: ready, and deaf to old events."""
-        vm = self.view.vms[name]
-        vm.state, vm.phase, vm.ready = SUCCEEDED, "ready", True
-        vm.public_ip = str(entry.get("public_ip") or "")
-        vm.private_ip = str(entry.get("private_ip") or "")
-        vm.detail = "ready (earlier run)"
-        self.closed.add(name)
+        self.recorder.apply(ReadyBefore(name, str(entry.get("public_ip") or ""),
+                                        str(entry.get("private_ip") or "")))  # writes nothing
 
     def launch(self, name: str, ticket: Ticket) -> dict[str, Any]:
         """Follow this generation's events only; a new generation starts a clean entry:
         its fields are returned, for the caller to write with its launch event."""
-        if not ticket.fresh:
-            self.view.vms[name].generation = ticket.generation
-            return {}
-        self.view.vms[name] = VMProgress(name, generation=ticket.generation)
-        return {"public_ip": "", "private_ip": "", "state": "Creating",
-                "generation": ticket.generation, "requested_at": ticket.requested_at,
-                "verified": False, "last_error": ""}
+        change = self.recorder.apply(Launched(name, ticket.generation, ticket.requested_at,
+                                              fresh=ticket.fresh), write=False)
+        return dict(change.vm_fields) if change is not None else {}
 
     def renumber(self, name: str, ticket: Ticket) -> None:
         """A fresh ticket moved to a generation never used before: follow and record it."""
-        self.writer.record(name, self.launch(name, ticket), [(
-            "vm_generation_changed", f"VM {name}: request generation {ticket.generation} "
-            "(the earlier ones were already used)")])
+        self.recorder.apply(Launched(
+            name, ticket.generation, ticket.requested_at, fresh=True,
+            note=("vm_generation_changed", f"VM {name}: request generation "
+                  f"{ticket.generation} (the earlier ones were already used)")))
 
     async def sink(self, message: Message) -> None:
         """The one entry of events: the NATS feed, the legacy poller, the deadline."""
-        if message.vm_name in self.closed:
-            return
-        change = self.view.apply(message)
+        replayed = self.recorder.replayed(message)
+        change = self.recorder.apply(message)
         if change is None:
             return
-        replayed = message.event_id in self.written
-        # Fields are written even for a replayed event: the events file is written first,
-        # so after a kill the state file may be behind it (rewriting a value is harmless).
-        fields = change.vm_fields if message.vm_name in self.view.vms else {}
-        if replayed:
-            if fields:
-                self.writer.update_vm(message.vm_name, **fields)
-        else:
-            self.writer.record(message.vm_name, fields, change.log, event_id=message.event_id)
-            self.written.add(message.event_id)
         self.display.event(message, change, self.view, replayed=replayed)
         self.changed.set()
 
@@ -160,3 +143,9 @@ class Tracker:
         self.writer.append_event(action, text, vm_states=vm_states)
         if show:
             self.display.note(text)
+
+    def end(self, text: str, *, all_ready: bool) -> None:
+        """The run's last line in the events file, and the phase `vms_ready` if all are."""
+        self.writer.append_event("vm_launch_finished", text)
+        if all_ready:
+            self.writer.set_phase("vms_ready")

@@ -38,11 +38,11 @@ from vmlaunch.schema.envelope import (  # noqa: F401  (re-exported: the schema's
     utc_now_ms,
 )
 from vmlaunch.schema.vmspec import VMSpec
+from vmlaunch.schema.vocabulary import STATUS_PHASES
 from vmlaunch.schema.wirejson import MessageError, parse_json
 
-StatusState = Literal[
-    "accepted", "creating", "provisioning", "verifying", "retrying", "deleting", "cancelled"
-]
+# The vocabulary's status phases, as the Literal the strict decoder and the JSON Schema read.
+StatusState = Literal[tuple(phase.value for phase in STATUS_PHASES)]  # type: ignore[valid-type]
 
 
 @dataclass(frozen=True)

@@ -39,3 +39,6 @@ STATUS_PHASES = (Phase.ACCEPTED, Phase.CREATING, Phase.PROVISIONING, Phase.VERIF
                  Phase.RETRYING, Phase.DELETING, Phase.CANCELLED)
 # Azure is still working on the VM: wait, never delete or recreate.
 AZURE_IN_FLIGHT = (VmState.CREATING, VmState.UPDATING)
+# What the tool writes to `vm_states.<vm>.state` (never Azure's Updating).
+FILE_STATES = (VmState.CREATING, VmState.SUCCEEDED, VmState.FAILED, VmState.DELETING,
+               VmState.DELETED)

@@ -1,254 +1,236 @@
-"""The reducer: events in, VM progress and state-file changes out.
+"""The reducer: `reduce(state, event) -> state`, pure; events in, VM progress and the files'
+changes out.
 
 One place decides what an event means for a VM, for the state file and for the events
-file, whichever path produced it (NATS worker, manual launch, legacy poller). It is
-pure: `apply` returns what to write, the caller writes it. Duplicates (same event_id)
-and events of other deployments change nothing, so replaying the events stream
-rebuilds the same state. Once a VM has a generation (the request being served), events of
-another generation change nothing either, whatever their clock says; once a cancel named a
-new owner, only that owner's (and the orchestrator's) events count.
+file, whichever path produced it (NATS worker, manual launch, legacy poller). `reduce` does
+no I/O and never changes its input: the state it returns says what the event changed
+(`state.change`), and one writer (`writer.Recorder`) writes that to the files and the
+display. Duplicates (same event_id) and events of other deployments change nothing. Once
+a VM has a generation (the request being served), events of another generation change
+nothing either, whatever their clock says; once a cancel named a new owner, only that
+owner's (and the orchestrator's) events count. A VM's progress is the fold of its current
+request's events in the sender's order (time, attempt, the natural order of the steps), so a
+delivery's events give the same VM whatever order, and however often, they arrive in.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
-from vmlaunch.schema.messages import (
-    Cancel,
-    CloudInitComplete,
-    Complete,
-    CreateRequest,
-    DeadLetter,
-    Failed,
-    Message,
-    SshVerified,
-    Status,
-)
+from vmlaunch.schema.messages import Cancel, DeadLetter, Message, Status, Subject
 from vmlaunch.schema.vmspec import VMSpec
+from vmlaunch.schema.vocabulary import Phase, VmState
+from vmlaunch.state.transitions import Change, VMProgress, fields, step, where_and_time
+
+__all__ = ["ORCHESTRATOR", "Change", "DeploymentState", "DeploymentView", "Event", "Launched",
+           "ReadyBefore", "ResetStep", "VMProgress", "initial", "reduce", "where_and_time"]
 
 ORCHESTRATOR = "orchestrator"  # the source of the orchestrator's own events
-# Values of `vm_states.<vm>.state`, as the bash scripts know them.
-CREATING, SUCCEEDED, FAILED, DELETING, DELETED = (
-    "Creating", "Succeeded", "Failed", "Deleting", "Deleted")
 
 
-@dataclass
-class VMProgress:
-    """What is known of one VM; `phase` is finer than the legacy `state`."""
+@dataclass(frozen=True, slots=True)
+class DeploymentState:
+    """The reducer's output: every VM's progress, the events it was folded from, and what
+    the last event changed (None: nothing, a duplicate or someone else's event)."""
 
-    name: str
-    state: str = ""
-    phase: str = "pending"
-    attempt: int = 0
-    public_ip: str = ""
-    private_ip: str = ""
-    zone: str | None = None
-    size: str | None = None
-    detail: str = ""
-    last_error: str = ""
-    ssh_verified: bool = False
-    cloud_init: str = ""
-    ready: bool = False
-    failed: bool = False
-    worker: str = ""
-    generation: int = 0  # of the current request; 0: any (no request made by this view)
-    owner: str = ""  # set by a cancel that hands the VM over (e.g. to the legacy poller)
-
-    @property
-    def finished(self) -> bool:
-        return self.ready or self.failed
-
-
-@dataclass(frozen=True)
-class Change:
-    """What one event means for the files: VM fields to merge, events to append."""
-
-    vm_fields: dict[str, object] = field(default_factory=dict)
-    log: list[tuple[str, str]] = field(default_factory=list)
-
-
-class DeploymentView:
-    """Folds this deployment's events into per-VM progress."""
-
-    def __init__(self, deployment_id: str, specs: list[VMSpec]) -> None:
-        self.deployment_id = deployment_id
-        self.specs = {s.name: s for s in specs}
-        self.vms = {s.name: VMProgress(s.name) for s in specs}
-        self.seen: set[str] = set()
+    deployment_id: str
+    specs: Mapping[str, VMSpec]
+    vms: Mapping[str, VMProgress]
+    bases: Mapping[str, VMProgress]  # each VM before its current request's events
+    folded: Mapping[str, tuple[Message, ...]]  # those events, in the order they are folded
+    seen: frozenset[str] = frozenset()  # ids of deployment-wide events
+    change: Change | None = None
 
     @property
     def finished(self) -> bool:
         return all(vm.finished for vm in self.vms.values())
 
-    def apply(self, message: Message) -> Change | None:
+
+def initial(deployment_id: str, specs: list[VMSpec]) -> DeploymentState:
+    vms = {s.name: VMProgress(s.name) for s in specs}
+    return DeploymentState(deployment_id, {s.name: s for s in specs}, vms, vms,
+                           dict.fromkeys(vms, ()))
+
+
+def reduce(state: DeploymentState, event: Event) -> DeploymentState:
+    """The state after one event; `change` says what it means for the files."""
+    if not isinstance(event, Message):
+        return _LOCAL[type(event)](state, event)  # type: ignore[operator]
+    return _message(state, event)
+
+
+def _message(state: DeploymentState, message: Message) -> DeploymentState:
+    if message.deployment_id != state.deployment_id:
+        return replace(state, change=None)
+    if not message.vm_name:
+        return _deployment_wide(state, message)
+    vm = state.vms.get(message.vm_name)
+    events = state.folded.get(message.vm_name, ())
+    if vm is None or vm.closed or not _current(vm, message) or any(
+            e.event_id == message.event_id for e in events):
+        return replace(state, change=None)
+    spec = state.specs[vm.name]
+    if not events or _order(message) > _order(events[-1]):  # in order, as usual: one step
+        events, (progress, change) = (*events, message), step(vm, message, spec)
+    else:
+        events = tuple(sorted((*events, message), key=_order))
+        progress, change = _fold(state.bases[vm.name], events, message, spec)
+    if progress == vm:  # nothing new (e.g. a redelivery saying it again): no transition
+        change = Change()
+    return replace(state, vms={**state.vms, vm.name: progress},
+                   folded={**state.folded, vm.name: events}, change=change)
+
+
+@dataclass(frozen=True, slots=True)
+class Launched:
+    """The orchestrator follows this generation of the VM's request only; a fresh one
+    starts a clean VM (its entry reset in the state file, with `note` if given)."""
+
+    vm_name: str
+    generation: int
+    requested_at: str = ""
+    fresh: bool = False
+    note: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyBefore:
+    """A VM finished by an earlier run: ready, and deaf to every event from now on."""
+
+    vm_name: str
+    public_ip: str
+    private_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResetStep:
+    """`reset` at work on one VM: now `Deleting` or `Deleted`, or (`state` None) left in
+    place, `error` saying why."""
+
+    vm_name: str
+    state: VmState | None
+    error: str = ""
+    log: tuple[str, str] = ("", "")
+
+
+Event = Message | Launched | ReadyBefore | ResetStep
+
+
+def _launched(state: DeploymentState, event: Launched) -> DeploymentState:
+    name = event.vm_name
+    if not event.fresh:
+        return _rebased(state, replace(state.vms[name], generation=event.generation),
+                        state.folded[name])
+    entry = {"public_ip": "", "private_ip": "", "state": VmState.CREATING,
+             "generation": event.generation, "requested_at": event.requested_at,
+             "verified": False, "last_error": ""}
+    rebased = _rebased(state, VMProgress(name, generation=event.generation), ())
+    return replace(rebased, change=Change(entry, [event.note] if event.note else []))
+
+
+def _ready_before(state: DeploymentState, event: ReadyBefore) -> DeploymentState:
+    vm = replace(state.vms[event.vm_name], state=VmState.SUCCEEDED, phase=Phase.READY,
+                 ready=True, public_ip=event.public_ip, private_ip=event.private_ip,
+                 detail="ready (earlier run)", closed=True)
+    return _rebased(state, vm, ())
+
+
+def _reset(state: DeploymentState, event: ResetStep) -> DeploymentState:
+    """Only what reset knows is written: the rest of the VM's entry stays as it is."""
+    entry: dict[str, object] = (
+        {"last_error": f"reset: {event.error}"} if event.state is None else
+        {"state": event.state, "public_ip": "", "private_ip": "", "verified": False}
+        if event.state == VmState.DELETED else {"state": event.state})
+    vm = state.vms.get(event.vm_name) or VMProgress(event.vm_name)
+    vm = replace(vm, state=str(entry.get("state", vm.state)), ready=False, closed=True)
+    return replace(_rebased(state, vm, ()), change=Change(entry, [event.log]))
+
+
+def _rebased(state: DeploymentState, vm: VMProgress,
+             events: tuple[Message, ...]) -> DeploymentState:
+    return replace(state, vms={**state.vms, vm.name: vm}, bases={**state.bases, vm.name: vm},
+                   folded={**state.folded, vm.name: events}, change=None)
+
+
+def _current(vm: VMProgress, message: Message) -> bool:
+    """Of the VM's generation (0 on either side: a 1.0 writer, or no request known) and,
+    after a handover, from its new owner. Decided when the event arrives."""
+    if vm.generation and message.generation and message.generation != vm.generation:
+        return False
+    return not vm.owner or message.source in (vm.owner, ORCHESTRATOR)
+
+
+def _fold(base: VMProgress, events: tuple[Message, ...], new: Message,
+          spec: VMSpec) -> tuple[VMProgress, Change]:
+    """The VM after all its events, and what the new one changed where it falls in order."""
+    vm, change = base, Change()
+    for message in events:
+        vm, changed = step(vm, message, spec)
+        if message is new:
+            change = changed
+    # The fields of the VM as it is now: a late event must not turn the file back.
+    return vm, Change(fields(vm) if change.vm_fields else {}, change.log)
+
+
+def _deployment_wide(state: DeploymentState, message: Message) -> DeploymentState:
+    if message.event_id in state.seen:
+        return replace(state, change=None)
+    payload, change = message.payload, None
+    if isinstance(payload, Cancel):
+        change = Change(log=[("deployment_cancel_requested", payload.reason)])
+    elif isinstance(payload, DeadLetter):
+        change = Change(log=[("vm_request_deadlettered", payload.reason)])
+    return replace(state, seen=state.seen | {message.event_id}, change=change)
+
+
+def _order(message: Message) -> tuple[str, int, int, str]:
+    """The sender's order: its clock, then (within one millisecond) the attempt and the
+    steps' natural order in an attempt."""
+    return message.time, message.attempt, _rank(message), message.event_id
+
+
+def _rank(message: Message) -> int:
+    payload = message.payload
+    if isinstance(payload, Status):
+        return _STATUS_RANK.get(payload.state, 0)
+    return _PAYLOAD_RANK.get(message.type, 9)
+
+
+# A failed attempt is reported, then cleaned up (deleting), then retried; a create is
+# reported, then completed, then verified.
+_STATUS_RANK = {Phase.ACCEPTED: 0, Phase.DELETING: 2, Phase.RETRYING: 3, Phase.CREATING: 4,
+                Phase.PROVISIONING: 4, Phase.VERIFYING: 6, Phase.CANCELLED: 9}
+_PAYLOAD_RANK = {Subject.FAILED: 1, Subject.COMPLETE: 5, Subject.SSH_VERIFIED: 7,
+                 Subject.CLOUDINIT_COMPLETE: 8}
+
+
+_LOCAL = {Launched: _launched, ReadyBefore: _ready_before, ResetStep: _reset}
+
+
+class DeploymentView:
+    """The reducer's latest output, for a caller that follows one deployment."""
+
+    def __init__(self, deployment_id: str, specs: list[VMSpec]) -> None:
+        self.state = initial(deployment_id, specs)
+
+    @property
+    def deployment_id(self) -> str:
+        return self.state.deployment_id
+
+    @property
+    def vms(self) -> Mapping[str, VMProgress]:
+        return self.state.vms
+
+    @property
+    def finished(self) -> bool:
+        return self.state.finished
+
+    def apply(self, event: Event) -> Change | None:
         """The change this event makes, or None for a duplicate or someone else's event."""
-        if message.deployment_id != self.deployment_id or message.event_id in self.seen:
-            return None
-        self.seen.add(message.event_id)
-        if not message.vm_name:
-            return self._deployment_wide(message)
-        vm = self.vms.get(message.vm_name)
-        if vm is None or not self._current(vm, message):
-            return None
-        if message.source:
-            vm.worker = message.source
-        vm.attempt = max(vm.attempt, message.attempt)
-        if vm.ready and isinstance(message.payload, _READY_AGAIN):
-            # A redelivered request re-adopts a ready VM and says so again: no transition.
-            return Change()
-        return _REDUCERS[type(message.payload)](self, vm, message)
+        self.state = reduce(self.state, event)
+        return self.state.change
 
-    @staticmethod
-    def _current(vm: VMProgress, message: Message) -> bool:
-        """Of the VM's generation (0 on either side: a 1.0 writer, or no request known) and,
-        after a handover, from its new owner."""
-        if vm.generation and message.generation and message.generation != vm.generation:
-            return False
-        return not vm.owner or message.source in (vm.owner, ORCHESTRATOR)
-
-    def _deployment_wide(self, message: Message) -> Change | None:
-        payload = message.payload
-        if isinstance(payload, Cancel):
-            return Change(log=[("deployment_cancel_requested", payload.reason)])
-        if isinstance(payload, DeadLetter):
-            return Change(log=[("vm_request_deadlettered", payload.reason)])
-        return None
-
-    def _status(self, vm: VMProgress, message: Message) -> Change:
-        status: Status = message.payload  # type: ignore[assignment]
-        if vm.finished:  # e.g. the clean-up after a final failure: logged, state kept
-            vm.detail = status.detail
-            if status.state == "deleting":
-                return Change(log=[("vm_deletion_started",
-                                    f"Deleting VM: {vm.name} ({status.detail})")])
-            return Change()
-        vm.phase, vm.detail = status.state, status.detail
-        vm.zone, vm.size = status.zone or vm.zone, status.size or vm.size
-        where = _where(vm)
-        if status.state == "creating":
-            vm.state = CREATING
-            return Change(self._fields(vm), [("vm_creation_started", (
-                f"Started creating VM: {vm.name} ({where}, attempt {message.attempt}, "
-                f"by {message.source or 'unknown'})"))])
-        if status.state == "provisioning":
-            vm.state = CREATING
-            return Change(self._fields(vm), [("vm_creation_adopted", (
-                f"VM {vm.name} is already being created; waiting for it "
-                f"(attempt {message.attempt})"))])
-        if status.state == "deleting":
-            vm.state = DELETING
-            return Change(self._fields(vm), [("vm_deletion_started",
-                                              f"Deleting VM: {vm.name} ({status.detail})")])
-        if status.state == "retrying":
-            vm.state, vm.public_ip, vm.private_ip = CREATING, "", ""
-            return Change(self._fields(vm), [("vm_creation_retry",
-                                              f"Retrying VM {vm.name}: {status.detail}")])
-        if status.state == "cancelled":
-            detail = status.detail.removeprefix("cancelled: ")
-            vm.state, vm.failed, vm.last_error = FAILED, True, f"cancelled: {detail}"
-            return Change(self._fields(vm), [("vm_creation_cancelled",
-                                              f"VM {vm.name} cancelled: {detail}")])
-        return Change()
-
-    def _complete(self, vm: VMProgress, message: Message) -> Change:
-        done: Complete = message.payload  # type: ignore[assignment]
-        vm.state, vm.phase = SUCCEEDED, "created"
-        vm.public_ip, vm.private_ip = done.public_ip, done.private_ip
-        vm.zone, vm.size = done.zone or vm.zone, done.size or vm.size
-        log = [("vm_creation_succeeded", (
-            f"VM {vm.name} created: public IP {done.public_ip or 'none'}, private IP "
-            f"{done.private_ip or 'none'} ({where_and_time(vm, done.duration_seconds)})"))]
-        log += self._ready_log(vm)  # first: it may make the VM ready (and `verified`)
-        return Change(self._fields(vm), log)
-
-    def _ssh(self, vm: VMProgress, message: Message) -> Change:
-        ssh: SshVerified = message.payload  # type: ignore[assignment]
-        vm.ssh_verified = True
-        log = [("vm_ssh_verified", f"SSH to {vm.name} verified ({ssh.user}@{ssh.ip}:{ssh.port})")]
-        log += self._ready_log(vm)  # first: it may make the VM ready (and `verified`)
-        return Change(self._fields(vm), log)
-
-    def _cloud_init(self, vm: VMProgress, message: Message) -> Change:
-        cloud: CloudInitComplete = message.payload  # type: ignore[assignment]
-        vm.cloud_init = cloud.result
-        action = "vm_cloudinit_failed" if cloud.result == "error" else "vm_cloudinit_complete"
-        log = [(action, f"cloud-init on {vm.name}: {cloud.result} ({cloud.detail})")]
-        log += self._ready_log(vm)  # first: it may make the VM ready (and `verified`)
-        return Change(self._fields(vm), log)
-
-    def _failed(self, vm: VMProgress, message: Message) -> Change:
-        failed: Failed = message.payload  # type: ignore[assignment]
-        vm.last_error = f"{failed.error_code}: {failed.message}"
-        if not failed.final:
-            return Change(self._fields(vm), [("vm_attempt_failed", (
-                f"VM {vm.name} attempt {failed.attempts} failed: {vm.last_error}"))])
-        vm.state, vm.phase, vm.failed, vm.ready = FAILED, "failed", True, False
-        return Change(self._fields(vm), [("vm_creation_failed", (
-            f"VM {vm.name} failed after {failed.attempts} attempt(s): {vm.last_error}"))])
-
-    def _dead_letter(self, vm: VMProgress, message: Message) -> Change:
-        # No worker will take this request again: the VM will not come without a rerun.
-        dead: DeadLetter = message.payload  # type: ignore[assignment]
-        vm.state, vm.phase, vm.failed, vm.ready = FAILED, "failed", True, False
-        vm.last_error = f"DeadLettered: {dead.reason}"
-        message_text = f"Request for VM {vm.name} dead-lettered: {dead.reason}"
-        return Change(self._fields(vm), [("vm_request_deadlettered", message_text)])
-
-    def _ignore(self, vm: VMProgress, message: Message) -> Change:
-        return Change()
-
-    def _cancel(self, vm: VMProgress, message: Message) -> Change:
-        cancel: Cancel = message.payload  # type: ignore[assignment]
-        if not cancel.owner:
-            return Change()  # the worker's `cancelled` status follows
-        vm.owner = cancel.owner
-        return Change(log=[("vm_owner_changed",
-                            f"VM {vm.name} is driven by {cancel.owner} now: {cancel.reason}")])
-
-    def _ready_log(self, vm: VMProgress) -> list[tuple[str, str]]:
-        spec = self.specs[vm.name]
-        if vm.ready or vm.failed or vm.state != SUCCEEDED:
-            return []
-        if spec.verify_ssh and not vm.ssh_verified:
-            return []
-        if spec.verify_cloud_init and vm.cloud_init not in ("done", "degraded"):
-            return []
-        vm.ready, vm.phase = True, "ready"
-        return [("vm_ready", f"VM {vm.name} is ready ({vm.public_ip or 'no public IP'})")]
-
-    @staticmethod
-    def _fields(vm: VMProgress) -> dict[str, object]:
-        fields: dict[str, object] = {
-            "public_ip": vm.public_ip, "private_ip": vm.private_ip, "state": vm.state,
-            "attempt": vm.attempt,
-        }
-        if vm.zone:
-            fields["zone"] = vm.zone
-        if vm.size:
-            fields["size"] = vm.size
-        if vm.last_error:
-            fields["last_error"] = vm.last_error
-        if vm.ready:
-            fields["verified"] = True
-        return fields
-
-
-def _where(vm: VMProgress) -> str:
-    return ", ".join(x for x in (vm.size, f"zone {vm.zone}" if vm.zone else "") if x)
-
-
-def where_and_time(vm: VMProgress, seconds: float) -> str:
-    return f"{_where(vm) or 'default size'}, {seconds:.1f} s"
-
-
-_READY_AGAIN = (Complete, SshVerified, CloudInitComplete)
-_REDUCERS = {
-    Status: DeploymentView._status,
-    Complete: DeploymentView._complete,
-    SshVerified: DeploymentView._ssh,
-    CloudInitComplete: DeploymentView._cloud_init,
-    Failed: DeploymentView._failed,
-    CreateRequest: DeploymentView._ignore,
-    DeadLetter: DeploymentView._dead_letter,
-    Cancel: DeploymentView._cancel,
-}
+    def follow(self, name: str, generation: int) -> None:
+        """Follow only the events of this generation of the VM's request."""
+        self.apply(Launched(name, generation))

@@ -2,11 +2,11 @@
 
 The files are shared with the legacy bash scripts, so edits go through ``yamledit``, which
 keeps comments, blank lines, unknown keys, key order and quoting; ``atomicfile`` makes each
-read-modify-write locked and atomic. ``statewriter.StateWriter`` coalesces bursts of
-changes into few rewrites. The shape of both files is checked here (``check_state``,
-``check_events``) and nowhere else. A truncated state file (``lost_content``) is rebuilt from
-the events log: the tool's events carry the ``vm_states`` changes written with them, and
-``statereplay.replay`` folds those back.
+read-modify-write locked and atomic. ``writer.StateWriter`` coalesces bursts of changes into
+few rewrites. The shape of both files is checked in ``shape`` and nowhere else. A truncated
+state file (``lost_content``) is rebuilt from the events log: the tool's events carry the
+``vm_states`` changes written with them, and ``replay.replay`` folds those back; ``rebuild``
+does the same for a state file that is lost (``status --rebuild``).
 """
 
 from __future__ import annotations
@@ -17,18 +17,31 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from vmlaunch.errors import ExitCode, StateError
 from vmlaunch.host import atomicfile
-from vmlaunch.schema.typedfields import INT_LIMIT
 from vmlaunch.state import yamledit
 from vmlaunch.state.replay import lost_content, rebuild_note, replay
+from vmlaunch.state.shape import (
+    MAX_GENERATION,
+    TIME_FORMAT,
+    VM_STATES,
+    StateFileError,
+    check_events,
+    check_state,
+    make_event,
+    utc_now_str,
+    vm_fields,
+)
+
+# Readers and writers of the files take these from here; `shape` owns them.
+__all__ = ["MAX_GENERATION", "TIME_FORMAT", "VM_STATES", "EventsFile", "LoadedState",
+           "StateFile", "StateFileError", "check_events", "check_state", "load_state",
+           "make_event", "read_events", "read_state", "rebuild", "utc_now_str", "vm_fields"]
 
 log = logging.getLogger("statefile")
 
@@ -37,24 +50,7 @@ _round_trip_yaml = yamledit.round_trip_yaml
 _apply_events = yamledit.apply_events
 _append_events_text = yamledit.append_events_text
 
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-VM_STATES = ("Creating", "Succeeded", "Failed", "Deleting", "Deleted")
 NEW_FILE_MODE = atomicfile.NEW_FILE_MODE
-MAX_GENERATION = INT_LIMIT - 2  # the next one must still fit in a request's 64 bits
-
-
-class StateFileError(StateError, exit_code=ExitCode.BAD_INPUT):
-    """A state or events file exists but cannot be used (bad YAML or wrong shape)."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"Cannot use {path}: {reason}.")
-        self.path = path
-        self.reason = reason
-
-
-def utc_now_str() -> str:
-    """Return the current UTC time as ``%Y-%m-%dT%H:%M:%SZ``, the files' timestamp format."""
-    return datetime.now(UTC).strftime(TIME_FORMAT)
 
 
 def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -75,45 +71,6 @@ def read_events(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     check_events(path, data)
     events = (data or {}).get("events") or []
     return [e for e in events if isinstance(e, dict)]
-
-
-def check_state(path: Path, data: Any) -> None:
-    """The one shape check of a state file's content (parsed); StateFileError lists all."""
-    if data is None:
-        return  # empty: see ``lost_content``
-    if not isinstance(data, dict):
-        raise StateFileError(path, "its top level is not a mapping")
-    vms = data.get("vm_states")
-    if vms is None:
-        return
-    if not isinstance(vms, dict):
-        raise StateFileError(path, f"vm_states is a {_kind(vms)}, not a mapping of VM names")
-    bad = [f"vm_states.{name} is a {_kind(v)}, not a mapping"
-           for name, v in vms.items() if not isinstance(v, dict)]
-    # A generation goes into requests as it is: one a worker refuses would be dead-lettered.
-    bad += [f"vm_states.{name}.generation is {v['generation']!r}, not an integer from 0 to "
-            f"{MAX_GENERATION}" for name, v in vms.items()
-            if isinstance(v, dict) and "generation" in v and not _is_generation(v["generation"])]
-    if bad:
-        raise StateFileError(path, "; ".join(bad))
-
-
-def _is_generation(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_GENERATION
-
-
-def check_events(path: Path, data: Any) -> None:
-    """The shape check of an events file's content (parsed)."""
-    if data is None:
-        return
-    if not isinstance(data, dict):
-        raise StateFileError(path, "its top level is not a mapping")
-    if not isinstance(data.get("events") or [], list):
-        raise StateFileError(path, f"events is a {_kind(data['events'])}, not a list")
-
-
-def _kind(value: Any) -> str:
-    return {list: "list", dict: "mapping", str: "string"}.get(type(value), type(value).__name__)
 
 
 @dataclass(frozen=True)
@@ -152,6 +109,18 @@ def load_state(state_path: Path, events_path: Path, *, writable: bool = False,
                        rebuild_note(state_path, reason, events_path, len(replayed)))
 
 
+def rebuild(state_path: Path, events_path: Path) -> int:
+    """Rewrite the state file's ``vm_states`` from the events log alone (a missing state
+    file is made anew); how many VMs it holds. FileNotFoundError without an events log."""
+    if not events_path.exists():
+        raise FileNotFoundError(f"no events log at {events_path}")
+    vms = replay(read_events(events_path))
+    read_state(state_path)  # a malformed state file is refused, not overwritten
+    owner = read_state(events_path).get("deployment_id")
+    StateFile(state_path, deployment_id=owner).replace_vms(vms)
+    return len(vms)
+
+
 def _read_plain(path: Path) -> Any:
     # No lock needed: writers replace the file atomically. A missing file loads as None.
     with _parsing(path):
@@ -169,24 +138,6 @@ def _parsing(path: Path) -> Iterator[None]:
         raise StateFileError(path, f"it is not UTF-8 text ({exc})") from exc
     except yamledit.NotAMappingError as exc:
         raise StateFileError(path, "its top level is not a mapping") from exc
-
-
-def make_event(
-    action: str, message: str, *, timestamp: str | None = None, event_id: str | None = None
-) -> dict[str, str]:
-    """Build one event mapping; ``timestamp`` defaults to now."""
-    event = {"timestamp": timestamp or utc_now_str(), "action": action, "message": message}
-    if event_id is not None:
-        event["event_id"] = event_id
-    return event
-
-
-def vm_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """Check a VM update and stamp ``last_checked`` (now) unless given; raise ValueError."""
-    state = fields.get("state")
-    if state is not None and state not in VM_STATES:
-        raise ValueError(f"VM state {state!r} is not one of {', '.join(VM_STATES)}.")
-    return {**fields, "last_checked": fields.get("last_checked") or utc_now_str()}
 
 
 # --- locking and atomic replace -------------------------------------------------------------
@@ -294,6 +245,18 @@ class StateFile(_YamlFile):
 
     def set_phase(self, phase: str) -> None:
         self.update(phase=phase)
+
+    def replace_vms(self, vms: Mapping[str, Mapping[str, Any]]) -> None:
+        """Make ``vm_states`` exactly ``vms`` (each entry as given, ``last_checked`` too)."""
+        checked = {name: vm_fields(fields) for name, fields in vms.items()}
+
+        def mutate(doc: Any, _blank: bool) -> None:
+            check_state(self.path, doc)
+            if isinstance(doc.get("vm_states"), dict):
+                doc["vm_states"].clear()
+            yamledit.apply_state(doc, checked, None, utc_now_str())
+
+        self._update(yamledit.STATE_TEMPLATE, mutate)
 
 
 class EventsFile(_YamlFile):

@@ -1,4 +1,7 @@
-"""The coalescing writer of the state and events files, for long-running commands.
+"""The one writer of the state and events files: the reducer's output, coalesced.
+
+`Recorder` is the only way an event reaches the files: reduced (`reducer.reduce`), then its
+change queued on the `StateWriter`; the display reads the same reducer output.
 
 Many events a second become a bounded number of locked rewrites (``statefile``), yet no
 change waits more than ``delay`` (50 ms) to reach the disk. A failed write is retried with
@@ -17,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmlaunch.errors import ExitCode, StateError
+from vmlaunch.schema.messages import Message
+from vmlaunch.state.reducer import Change, DeploymentView, Event
 from vmlaunch.state.statefile import (
     EventsFile,
     StateFile,
@@ -221,3 +226,37 @@ class StateWriter:
                 self.state_file.update(pending.vms, phase=pending.phase)
             except Exception as exc:
                 raise WriteFailed(self.state_file.path, exc) from exc
+
+
+class Recorder:
+    """Reduces each event and writes what it changed: its log lines once (an event the
+    events file already holds, `written`, only rewrites its VM's fields), the fields with
+    the last of them, so the events log can rebuild the state file. Without a writer it
+    only reduces (e.g. `launch` without `--state-file`)."""
+
+    def __init__(self, view: DeploymentView, writer: StateWriter | None,
+                 written: set[str] | None = None) -> None:
+        self.view = view
+        self.writer = writer
+        self.written = written if written is not None else set()
+
+    def apply(self, event: Event, *, write: bool = True) -> Change | None:
+        """The event's change (None: it changes nothing), queued for the files unless
+        `write` is False (the caller writes it with an event of its own)."""
+        change = self.view.apply(event)
+        if change is None or self.writer is None or not write:
+            return change
+        event_id = event.event_id if isinstance(event, Message) else None
+        if event_id in self.written:
+            # Fields are written even for a replayed event: the events file is written
+            # first, so after a kill the state file may be behind it.
+            if change.vm_fields:
+                self.writer.update_vm(event.vm_name, **change.vm_fields)
+            return change
+        self.writer.record(event.vm_name, change.vm_fields, change.log, event_id=event_id)
+        if event_id is not None:
+            self.written.add(event_id)
+        return change
+
+    def replayed(self, event: Event) -> bool:
+        return isinstance(event, Message) and event.event_id in self.written

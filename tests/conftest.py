@@ -23,6 +23,7 @@ import yaml
 from vmlaunch.bus.embedded import EmbeddedNats
 
 REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "tests" / "data"  # sample files shared by the tests
 AZ_SIM = REPO / "scripts" / "az-sim"
 PYTHON = sys.executable
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from conftest import PYTHON, REPO, AzSim
-from test_orchestrator import FAST, orchestrate, vm_args
+from orchestratorkit import FAST, orchestrate, vm_args
 from workerkit import RG, Bus, launch_env, running, spec
 
 from vmlaunch.azure.look import refusal

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 pytestmark = pytest.mark.timeout(60)
 
-REPO = Path(__file__).resolve().parents[1]
 AZ_SIM = REPO / "scripts" / "az-sim"
 REFERENCE = Path("/work/shared/reference/az-samples")  # real az 2.91.0 texts, when present
 RG = "rg-gpu"

@@ -11,7 +11,7 @@ import nats
 import pytest
 from clusterkit import NatsCluster, Orchestrator
 from conftest import AzSim, async_wait_until
-from test_orchestrator import FAST, assert_no_process_left, assert_ready, events, vm_args
+from orchestratorkit import FAST, assert_no_process_left, assert_ready, events, vm_args
 from workerkit import running
 
 from vmlaunch.bus.connection import EVENTS_STREAM, REQUESTS_STREAM

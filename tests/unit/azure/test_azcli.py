@@ -12,16 +12,17 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import DATA, REPO
 
 from vmlaunch.azure import argv, azcli
 from vmlaunch.azure.azcli import AzCli, AzResult, FailureKind, TokenBucket, classify
 from vmlaunch.host import procs
 from vmlaunch.schema.vmspec import VMSpec
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = REPO
 T, C, L, P = (FailureKind.TRANSIENT, FailureKind.CAPACITY, FailureKind.LOOK,
               FailureKind.PERMANENT)
-ERROR_CASES = json.loads((Path(__file__).parent / "data/azcli/errors.json").read_text())
+ERROR_CASES = json.loads((DATA / "azcli/errors.json").read_text())
 COMMON = ["--output", "json", "--only-show-errors"]
 
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 from conftest import PYTHON, REPO, wait_until
-from test_orchestrator import (
+from orchestratorkit import (
     FAST,
     ORCHESTRATOR,
     assert_no_process_left,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import DATA, REPO
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
@@ -31,9 +32,8 @@ from vmlaunch.state.statefile import (
 )
 from vmlaunch.state.writer import StateWriter, WriteFailed
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parent / "data"
-SHARED_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REPO_ROOT = REPO
+SHARED_REFERENCE = REPO.parent / "shared" / "reference"
 STATE_SAMPLE = "sample-deployment-state.yaml"
 EVENTS_SAMPLE = "sample-deployment-events.yaml"
 

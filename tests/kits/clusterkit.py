@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from conftest import REPO, AzSim, wait_until
-from test_orchestrator import ORCHESTRATOR, env_for
+from orchestratorkit import ORCHESTRATOR, env_for
 
 CLUSTER_SCRIPT = REPO / "scripts" / "nats-cluster.sh"
 

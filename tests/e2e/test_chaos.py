@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from clusterkit import Orchestrator
 from conftest import AzSim, async_wait_until
-from test_orchestrator import FAST, assert_no_process_left, events, state, vm_args
+from orchestratorkit import FAST, assert_no_process_left, events, state, vm_args
 from workerkit import RestartableNats, Workers, no_orphans, running
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(360)]

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import DATA, REPO
 
 from vmlaunch.plans.frombash import host_key
 from vmlaunch.plans.plan import PlanError
 from vmlaunch.plans.sources import PlanSource, load_plan
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parent / "data"
 HOSTS = ("k0s-controller-1", "k0s-controller-2", "k0s-controller-3", "k0s-worker-1",
          "k0s-worker-2")
 

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import async_wait_until
+from conftest import DATA, async_wait_until
 
 from vmlaunch.state.statefile import StateFileError, load_state, read_events, read_state
 from vmlaunch.state.writer import StateWriter, WriteFailed
 
-DATA = Path(__file__).resolve().parent / "data"
 LAUNCH = {"public_ip": "", "private_ip": "", "state": "Creating", "generation": 1,
           "requested_at": "2026-01-01T10:00:00.000Z", "verified": False, "last_error": ""}
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_orchestrator import FAST, orchestrate, vm_args
+from orchestratorkit import FAST, orchestrate, vm_args
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -6,11 +6,11 @@ Read from the source with `ast`, so a new module is checked as soon as it exists
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-PACKAGE = Path(__file__).resolve().parents[1] / "vmlaunch"
+PACKAGE = REPO / "vmlaunch"
 # Bottom to top; a layer may import only layers of a lower rank (and itself).
 RANKS = {"errors": 0, "host": 1, "schema": 1, "azure": 2, "lifecycle": 3, "bus": 3,
          "state": 3, "plans": 3, "display": 4, "worker": 5, "runner": 5, "commands": 6,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PYTHON, REPO, wait_until
-from test_orchestrator import FAST, events, orchestrate, start_orchestrator, state, vm_args
+from orchestratorkit import FAST, events, orchestrate, start_orchestrator, state, vm_args
 from workerkit import launch_env
 
 pytestmark = pytest.mark.timeout(120)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 from conftest import REPO
-from test_orchestrator import FAST, ORCHESTRATOR, env_for, events, orchestrate, state, vm_args
+from orchestratorkit import FAST, ORCHESTRATOR, env_for, events, orchestrate, state, vm_args
 
 pytestmark = pytest.mark.timeout(120)
 

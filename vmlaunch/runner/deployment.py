@@ -23,7 +23,6 @@ from typing import Any
 from nats.aio.client import Client
 
 from vmlaunch.azure.azcli import TAG_DEPLOYMENT, AzCli
-from vmlaunch.azure.look import owner
 from vmlaunch.bus.connection import (
     NatsSettings,
     NatsUnavailable,
@@ -35,7 +34,7 @@ from vmlaunch.bus.connection import (
 from vmlaunch.bus.embedded import EmbeddedRuntime, WorkerOptions
 from vmlaunch.bus.streams import StreamMismatch, prepare_streams
 from vmlaunch.display.views import Display
-from vmlaunch.errors import ExitCode, RunnerError
+from vmlaunch.errors import ExitCode
 from vmlaunch.host import atomicfile, customdata
 from vmlaunch.host.stopsignals import STOP_SIGNALS
 from vmlaunch.lifecycle.lease import POLLER
@@ -43,19 +42,11 @@ from vmlaunch.lifecycle.machine import deadline_error
 from vmlaunch.plans.plan import Plan
 from vmlaunch.runner import pollmode
 from vmlaunch.runner.natsmode import Link, NatsRun
+from vmlaunch.runner.preflight import BadInput, CannotRun, read_files, resolve_location, survey
 from vmlaunch.runner.tracker import Ticket, Tracker, decide
-from vmlaunch.state.statefile import StateFileError, load_state
 from vmlaunch.state.writer import StateWriter, WriteFailed
 
 DEFAULT_POLL_INTERVAL = 30.0
-
-
-class CannotRun(RunnerError, exit_code=ExitCode.CANNOT_RUN):
-    """Exit 3: a prerequisite is missing (NATS required but unreachable, no resource group)."""
-
-
-class BadInput(RunnerError, exit_code=ExitCode.BAD_INPUT):
-    """Exit 2: the input cannot be used (e.g. a state file of another deployment)."""
 
 
 @dataclass(frozen=True)
@@ -109,9 +100,10 @@ class Deployment:
         self.run_locked = False
 
     async def run(self) -> int:
-        state, written = self._read_files()
-        await self._resolve_location()
-        azure = await self._survey()
+        state, written = read_files(self.options.state_file, self.options.events_file,
+                                    plan=self.plan, display=self.display)
+        self.plan = await resolve_location(self.az, self.plan)
+        azure, self.leaks = await survey(self.az, self.plan, self.display)
         done, tickets = decide(self.plan, state.get("vm_states") or {}, azure)
         if tickets and self.options.confirm is not None:
             question = f"Create {len(tickets)} VMs in Azure?" + (
@@ -159,54 +151,6 @@ class Deployment:
         """An unwritable state file stops the run: nothing new is launched unrecorded."""
         self.writer_failure = failure
         self.stop.set()
-
-    # --- before anything is written --------------------------------------------------------
-
-    async def _resolve_location(self) -> None:
-        if all(vm.location for vm in self.plan.vms):
-            return
-        group = self.plan.resource_group
-        result = await self.az.group_show(group)
-        if result.not_found:
-            raise CannotRun(f"resource group {group!r} does not exist; create it first "
-                            "(az group create) or fix the plan")
-        if not result.ok or not isinstance(result.data, dict):
-            message = result.error.message if result.error else "no answer"
-            raise CannotRun(f"cannot read resource group {group!r}: {message}")
-        self.plan = self.plan.with_location(str(result.data.get("location")))
-
-    def _read_files(self) -> tuple[dict[str, Any], set[str]]:
-        """Both files checked (bad: exit 2) and writable (else exit 3), before any az call."""
-        try:
-            loaded = load_state(self.options.state_file, self.options.events_file,
-                                writable=True, deployment_id=self.plan.deployment_id)
-        except StateFileError as exc:
-            raise BadInput(str(exc)) from None
-        except OSError as exc:
-            raise CannotRun(f"cannot use the state files: {exc}") from None
-        if loaded.rebuilt:
-            self.display.note(loaded.rebuilt, warning=True)
-        return loaded.data, loaded.event_ids
-
-    async def _survey(self) -> dict[str, str]:
-        """One `az vm list -d`: provisioning state per VM of ours; possible leaks reported."""
-        result = await self.az.list_vms(self.plan.resource_group)
-        if not result.ok or not isinstance(result.data, list):
-            message = result.error.message if result.error else "unreadable output"
-            self.display.note(f"az vm list failed ({message}); every VM will be looked at by "
-                              "its launcher", warning=True)
-            return {}
-        # Only this deployment's VMs: another one of the same name is never "already ready";
-        # its launcher finds out whose it is.
-        found = {vm.get("name"): vm for vm in result.data
-                 if isinstance(vm, dict) and owner(vm) == self.plan.deployment_id}
-        leaks = sorted(name for name in found if name not in self.plan.names)
-        self.leaks = leaks
-        if leaks:
-            self.display.note(f"possible leak: VMs tagged {TAG_DEPLOYMENT}="
-                              f"{self.plan.deployment_id} that are not in the plan (left "
-                              f"alone): {', '.join(leaks)}", warning=True)
-        return {name: str(vm.get("provisioningState", "")) for name, vm in found.items()}
 
     def _lock_run(self) -> None:
         """One run per state file (else CannotRun): taken where the state directory is

@@ -39,6 +39,7 @@ class DeploymentState:
     vms: Mapping[str, VMProgress]
     bases: Mapping[str, VMProgress]  # each VM before its current request's events
     folded: Mapping[str, tuple[Message, ...]]  # those events, in the order they are folded
+    arrived: Mapping[str, tuple[Message, ...]]  # the same events, in the order they came
     seen: frozenset[str] = frozenset()  # ids of deployment-wide events
     change: Change | None = None
 
@@ -50,7 +51,7 @@ class DeploymentState:
 def initial(deployment_id: str, specs: list[VMSpec]) -> DeploymentState:
     vms = {s.name: VMProgress(s.name) for s in specs}
     return DeploymentState(deployment_id, {s.name: s for s in specs}, vms, vms,
-                           dict.fromkeys(vms, ()))
+                           dict.fromkeys(vms, ()), dict.fromkeys(vms, ()))
 
 
 def reduce(state: DeploymentState, event: Event) -> DeploymentState:
@@ -71,15 +72,19 @@ def _message(state: DeploymentState, message: Message) -> DeploymentState:
             e.event_id == message.event_id for e in events):
         return replace(state, change=None)
     spec = state.specs[vm.name]
-    if not events or _order(message) > _order(events[-1]):  # in order, as usual: one step
+    sources = tuple(dict.fromkeys(e.source for e in state.arrived.get(vm.name, ())))
+    arrived = (*state.arrived.get(vm.name, ()), message)
+    if not events or _order(message, sources) > _order(events[-1], sources):  # as usual
         events, (progress, change) = (*events, message), step(vm, message, spec)
     else:
-        events = tuple(sorted((*events, message), key=_order))
+        sources = tuple(dict.fromkeys(e.source for e in arrived))
+        events = tuple(sorted((*events, message), key=lambda e: _order(e, sources)))
         progress, change = _fold(state.bases[vm.name], events, message, spec)
     if progress == vm:  # nothing new (e.g. a redelivery saying it again): no transition
         change = Change()
     return replace(state, vms={**state.vms, vm.name: progress},
-                   folded={**state.folded, vm.name: events}, change=change)
+                   folded={**state.folded, vm.name: events},
+                   arrived={**state.arrived, vm.name: arrived}, change=change)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +155,8 @@ def _reset(state: DeploymentState, event: ResetStep) -> DeploymentState:
 def _rebased(state: DeploymentState, vm: VMProgress,
              events: tuple[Message, ...]) -> DeploymentState:
     return replace(state, vms={**state.vms, vm.name: vm}, bases={**state.bases, vm.name: vm},
-                   folded={**state.folded, vm.name: events}, change=None)
+                   folded={**state.folded, vm.name: events},
+                   arrived={**state.arrived, vm.name: events}, change=None)
 
 
 def _current(vm: VMProgress, message: Message) -> bool:
@@ -184,10 +190,14 @@ def _deployment_wide(state: DeploymentState, message: Message) -> DeploymentStat
     return replace(state, seen=state.seen | {message.event_id}, change=change)
 
 
-def _order(message: Message) -> tuple[str, int, int, str]:
-    """The sender's order: its clock, then (within one millisecond) the attempt and the
-    steps' natural order in an attempt."""
-    return message.time, message.attempt, _rank(message), message.event_id
+def _order(message: Message, sources: tuple[str, ...]) -> tuple[int, str, int, int, str]:
+    """The senders' order: each sender's events by its own clock (then, within one
+    millisecond, the attempt and the steps' natural order in an attempt), and the senders
+    in the order they were first heard of for this VM. Clocks of two hosts are never
+    compared: a worker whose clock runs ahead cannot put its stale events after those of
+    the one that took the VM over."""
+    heard = sources.index(message.source) if message.source in sources else len(sources)
+    return heard, message.time, message.attempt, _rank(message), message.event_id
 
 
 def _rank(message: Message) -> int:

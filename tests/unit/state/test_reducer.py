@@ -89,3 +89,32 @@ def test_reduce_never_changes_the_state_it_is_given(
         after = reduce(state, event)
         assert (dict(state.vms), dict(state.folded), state.seen) == (vms, folded, seen)
         assert after is not state
+
+
+def test_a_senders_clock_running_ahead_never_puts_its_stale_events_last():
+    # Worker A (its clock 10 s ahead) accepted the request and started a create, then
+    # died; worker B took the redelivery over, adopted the VM and checked cloud-init (done
+    # after A's stale times). A's events arrive first and carry later times: they must not
+    # end up between B's in the fold, or the VM would read Creating when cloud-init is done
+    # and never be ready.
+    spec = VMSpec(name="vm-1", resource_group="rg", image="img", verify_ssh=False,
+                  verify_cloud_init=True)
+
+    def sent(payload: m.Payload, source: str, second: int, seq: int) -> m.Message:
+        return m.Message(deployment_id=DEPLOYMENT, vm_name="vm-1", payload=payload,
+                         attempt=1, generation=1, source=source,
+                         event_id=m.stable_event_id(source, seq),
+                         time=f"2026-12-01T20:00:{second:02d}.000Z")
+
+    events = [sent(status("accepted", "accepted", None), "worker-a", 20, 1),
+              sent(status("creating", "az vm create", "1"), "worker-a", 21, 2),
+              sent(status("accepted", "accepted", None), "worker-b", 12, 1),
+              sent(status("provisioning", "found vm-1 Creating", "1"), "worker-b", 13, 2),
+              sent(m.Complete(public_ip="20.0.0.1", private_ip="10.0.0.4", vm_id="id",
+                              duration_seconds=2.0, zone="1"), "worker-b", 14, 3),
+              sent(m.CloudInitComplete(result="done", detail="done"), "worker-b", 25, 4)]
+    state = initial(DEPLOYMENT, [spec])
+    for event in events:
+        state = reduce(state, event)
+    vm = state.vms["vm-1"]
+    assert (vm.ready, vm.state, vm.public_ip) == (True, "Succeeded", "20.0.0.1")

@@ -1,8 +1,9 @@
 """Read and update state/deployment-state.yaml and state/deployment-events.yaml.
 
 The files are shared with the legacy bash scripts, so edits go through ``yamledit``, which
-keeps comments, blank lines, unknown keys, key order and quoting; ``atomicfile`` makes each
-read-modify-write locked and atomic. ``writer.StateWriter`` coalesces bursts of changes into
+keeps comments, blank lines, unknown keys, key order and quoting (``layout`` does the same
+to one VM's block without parsing the file); ``atomicfile`` makes each read-modify-write
+locked and atomic. ``writer.StateWriter`` coalesces bursts of changes into
 few rewrites. The shape of both files is checked in ``shape`` and nowhere else. A truncated
 state file (``lost_content``) is rebuilt from the events log: the tool's events carry the
 ``vm_states`` changes written with them, and ``replay.replay`` folds those back; ``rebuild``
@@ -25,6 +26,7 @@ from ruamel.yaml.error import YAMLError
 
 from vmlaunch.host import atomicfile
 from vmlaunch.state import yamledit
+from vmlaunch.state.layout import Layout
 from vmlaunch.state.replay import lost_content, rebuild_note, replay
 from vmlaunch.state.shape import (
     MAX_GENERATION,
@@ -214,6 +216,7 @@ class StateFile(_YamlFile):
                  events_path: str | os.PathLike[str] | None = None) -> None:
         super().__init__(path, deployment_id=deployment_id)
         self.events_path = Path(events_path) if events_path is not None else None
+        self._layout: Layout | None = None  # the text this object last wrote, in pieces
 
     def read(self) -> dict[str, Any]:
         return read_state(self.path)
@@ -230,9 +233,23 @@ class StateFile(_YamlFile):
             reason = "it is empty" if blank else lost_content(doc)
             if reason and self.events_path is not None:
                 self._restore(doc, reason, self.events_path)
-            yamledit.apply_state(doc, checked, phase, utc_now_str())
+            yamledit.apply_state(doc, checked, phase, now)
 
-        self._update(yamledit.STATE_TEMPLATE, mutate)
+        now = utc_now_str()
+        self._update(yamledit.STATE_TEMPLATE, mutate,
+                     lambda text: self._edit_in_place(text, checked, phase, now))
+
+    def _edit_in_place(self, text: str, vms: Mapping[str, Mapping[str, Any]],
+                       phase: str | None, now: str) -> str | None:
+        """The new text from the pieces of the last one written; None: round-trip instead.
+        Text that differs from ours (a script's ``yq -i``) is parsed again: both kept."""
+        if self._layout is None or self._layout.text != text:
+            doc = yamledit.load_mapping(text)  # inside _update_file's _parsing
+            check_state(self.path, doc)
+            self._layout = None if lost_content(doc) else Layout.index(text, doc)
+        if self._layout is None or not self._layout.apply(vms, phase, now):
+            return None
+        return self._layout.text
 
     def _restore(self, doc: Any, reason: str, events_path: Path) -> None:
         if not (vms := replay(read_events(events_path))):

@@ -158,7 +158,7 @@ def _update_file(
     the new text directly (a fast path), or None to round-trip.
     """
     def new_text(text: str | None) -> str:
-        blank = text is not None and _is_blank(text)
+        blank = text is not None and yamledit.is_blank(text)
         if text and not blank and edit_text and (edited := edit_text(text)) is not None:
             return edited
         with _parsing(path):
@@ -168,11 +168,6 @@ def _update_file(
 
     with _parsing(path):  # the text is read inside: it may not even be text
         atomicfile.rewrite(path, new_text)
-
-
-def _is_blank(text: str) -> bool:
-    """Nothing but whitespace and comments (what a truncating in-place writer may leave)."""
-    return all(not line.strip() or line.lstrip().startswith("#") for line in text.splitlines())
 
 
 def _read_plain_text(path: Path, text: str) -> Any:

@@ -26,8 +26,11 @@ from vmlaunch.errors import ExitCode, StateError
 # Strings that read back as themselves when plain, for YAML 1.1 and 1.2 readers alike.
 _PLAIN_SAFE = re.compile(r"[A-Za-z][A-Za-z0-9_ .,/()+=-]*(?<! )")
 YAML_WORDS = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null"})
+# The line breaks str.splitlines (and ruamel) see besides \n, for a regex's [] class.
+OTHER_BREAKS = r"\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029"
 # A line of the events list's text that is not indented (or an odd line break before one).
-_NOT_IN_LIST = re.compile(r"[\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]|\n(?!  |\n|$)")
+_NOT_IN_LIST = re.compile(rf"[{OTHER_BREAKS}]|\n(?!  |\n|$)")
+_CONTENT_LINE = re.compile(rf"(?:\A|[\n{OTHER_BREAKS}])\s*[^\s#]")  # not blank, no comment
 _LAST_UPDATED_LINE = re.compile(r'^last_updated: "[^"\n]*"[ \t]*$', re.MULTILINE)
 
 
@@ -64,6 +67,12 @@ events:
 
 class NotAMappingError(StateError, ValueError, exit_code=ExitCode.BAD_INPUT):
     """The YAML parses, but its top level is not a mapping, so it cannot be edited here."""
+
+
+def is_blank(text: str) -> bool:
+    """Nothing but whitespace and comments (what a truncating in-place writer may leave).
+    A regex for any line (as ``str.splitlines`` splits) that starts with neither."""
+    return _CONTENT_LINE.search(text) is None  # splitting a big file would cost milliseconds
 
 
 def round_trip_yaml() -> YAML:

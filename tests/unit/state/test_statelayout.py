@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from conftest import DATA, async_wait_until
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from vmlaunch.state import yamledit
 from vmlaunch.state.statefile import StateFile, read_state, vm_fields
@@ -164,6 +166,30 @@ def test_text_edits_write_what_the_round_trip_writes(
     expected = round_trip(state_path.read_text(), vms, phase)
     StateFile(state_path).update(vms, phase=phase)
     assert state_path.read_text() == stamped(expected, state_path)
+
+
+NAMES = st.sampled_from(["k0s-controller-1", "k0s-controller-2", "vm-a", "vm.b", "x"])
+VALUES = st.one_of(st.integers(-5, 10**12), st.booleans(), st.text(max_size=12),
+                   st.sampled_from(["Creating", "", 'a "q"', "20.0.0.1", "é", "#x", "a: b"]))
+FIELDS = st.dictionaries(st.sampled_from(["public_ip", "attempt", "zone", "last_error", "n"]),
+                         VALUES, max_size=3)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.tuples(st.dictionaries(NAMES, FIELDS, max_size=2),
+                                st.none() | st.sampled_from(["ready", "a b"])),
+                      min_size=1, max_size=4))
+def test_any_sequence_of_updates_writes_what_the_round_trip_writes(
+    state_path: Path, steps: list[tuple[dict, str | None]]
+) -> None:
+    shutil.copy(DATA / "sample-deployment-state.yaml", state_path)
+    ours = StateFile(state_path)
+    for vms, phase in steps:  # each step from the text the step before wrote
+        vms = {name: {**fields, "last_checked": "t"} for name, fields in vms.items()}
+        expected = round_trip(state_path.read_text(), vms, phase)
+        ours.update(vms, phase=phase)
+        assert state_path.read_text() == stamped(expected, state_path)
 
 
 def test_a_value_that_goes_on_below_its_line_is_edited_by_the_round_trip(

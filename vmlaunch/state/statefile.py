@@ -1,8 +1,9 @@
 """Read and update state/deployment-state.yaml and state/deployment-events.yaml.
 
 The files are shared with the legacy bash scripts, so edits go through ``yamledit``, which
-keeps comments, blank lines, unknown keys, key order and quoting; ``atomicfile`` makes each
-read-modify-write locked and atomic. ``writer.StateWriter`` coalesces bursts of changes into
+keeps comments, blank lines, unknown keys, key order and quoting (``layout`` does the same
+to one VM's block without parsing the file); ``atomicfile`` makes each read-modify-write
+locked and atomic. ``writer.StateWriter`` coalesces bursts of changes into
 few rewrites. The shape of both files is checked in ``shape`` and nowhere else. A truncated
 state file (``lost_content``) is rebuilt from the events log: the tool's events carry the
 ``vm_states`` changes written with them, and ``replay.replay`` folds those back; ``rebuild``
@@ -25,6 +26,7 @@ from ruamel.yaml.error import YAMLError
 
 from vmlaunch.host import atomicfile
 from vmlaunch.state import yamledit
+from vmlaunch.state.layout import Layout
 from vmlaunch.state.replay import lost_content, rebuild_note, replay
 from vmlaunch.state.shape import (
     MAX_GENERATION,
@@ -156,7 +158,7 @@ def _update_file(
     the new text directly (a fast path), or None to round-trip.
     """
     def new_text(text: str | None) -> str:
-        blank = text is not None and _is_blank(text)
+        blank = text is not None and yamledit.is_blank(text)
         if text and not blank and edit_text and (edited := edit_text(text)) is not None:
             return edited
         with _parsing(path):
@@ -166,11 +168,6 @@ def _update_file(
 
     with _parsing(path):  # the text is read inside: it may not even be text
         atomicfile.rewrite(path, new_text)
-
-
-def _is_blank(text: str) -> bool:
-    """Nothing but whitespace and comments (what a truncating in-place writer may leave)."""
-    return all(not line.strip() or line.lstrip().startswith("#") for line in text.splitlines())
 
 
 def _read_plain_text(path: Path, text: str) -> Any:
@@ -214,6 +211,7 @@ class StateFile(_YamlFile):
                  events_path: str | os.PathLike[str] | None = None) -> None:
         super().__init__(path, deployment_id=deployment_id)
         self.events_path = Path(events_path) if events_path is not None else None
+        self._layout: Layout | None = None  # the text this object last wrote, in pieces
 
     def read(self) -> dict[str, Any]:
         return read_state(self.path)
@@ -230,9 +228,23 @@ class StateFile(_YamlFile):
             reason = "it is empty" if blank else lost_content(doc)
             if reason and self.events_path is not None:
                 self._restore(doc, reason, self.events_path)
-            yamledit.apply_state(doc, checked, phase, utc_now_str())
+            yamledit.apply_state(doc, checked, phase, now)
 
-        self._update(yamledit.STATE_TEMPLATE, mutate)
+        now = utc_now_str()
+        self._update(yamledit.STATE_TEMPLATE, mutate,
+                     lambda text: self._edit_in_place(text, checked, phase, now))
+
+    def _edit_in_place(self, text: str, vms: Mapping[str, Mapping[str, Any]],
+                       phase: str | None, now: str) -> str | None:
+        """The new text from the pieces of the last one written; None: round-trip instead.
+        Text that differs from ours (a script's ``yq -i``) is parsed again: both kept."""
+        if self._layout is None or self._layout.text != text:
+            doc = yamledit.load_mapping(text)  # inside _update_file's _parsing
+            check_state(self.path, doc)
+            self._layout = None if lost_content(doc) else Layout.index(text, doc)
+        if self._layout is None or not self._layout.apply(vms, phase, now):
+            return None
+        return self._layout.text
 
     def _restore(self, doc: Any, reason: str, events_path: Path) -> None:
         if not (vms := replay(read_events(events_path))):

@@ -3,10 +3,12 @@
 `Recorder` is the only way an event reaches the files: reduced (`reducer.reduce`), then its
 change queued on the `StateWriter`; the display reads the same reducer output.
 
-Many events a second become a bounded number of locked rewrites (``statefile``), yet no
-change waits more than ``delay`` (50 ms) to reach the disk. A failed write is retried with
-backoff; events already appended are never appended again. Failing for ``give_up_after``
-seconds calls ``on_broken`` (the caller stops its work and exits 3).
+Many events a second become a bounded number of locked rewrites (``statefile``): a change
+after a quiet spell is written at once, and during a burst at most one write per ``delay``
+(50 ms) takes everything that arrived meanwhile, so no change waits more than ``delay``.
+A failed write is retried with backoff; events already appended are never appended again.
+Failing for ``give_up_after`` seconds calls ``on_broken`` (the caller stops its work and
+exits 3).
 """
 
 from __future__ import annotations
@@ -64,8 +66,9 @@ class StateWriter:
     """Coalesces state and event changes into few locked rewrites of both files.
 
     Use as ``async with StateWriter(state_path, events_path) as writer:``. The change methods
-    never block; the first pending change arms a ``delay`` timer, then everything pending is
-    written in one read-modify-write per file. ``flush()`` forces a write; ``close()`` (also
+    never block; a change is written at once unless a write began less than ``delay`` ago,
+    then everything pending is written together when that ``delay`` is up, in one
+    read-modify-write per file. ``flush()`` forces a write; ``close()`` (also
     on leaving the ``async with``) writes the rest and may be called twice.
     """
 
@@ -88,7 +91,7 @@ class StateWriter:
         self.on_broken = on_broken  # called once writes have failed for give_up_after s
         self._gave_up = False
         self._pending = _Pending()
-        self._first_pending_at = 0.0
+        self._last_write_at = float("-inf")  # when the last write began (loop time)
         self._dirty = asyncio.Event()
         self._closing = asyncio.Event()
         self._flush_lock = asyncio.Lock()
@@ -147,13 +150,14 @@ class StateWriter:
             self._dirty.clear()
             if not pending:
                 return
+            self._last_write_at = asyncio.get_running_loop().time()
             try:
                 await asyncio.to_thread(self._write, pending)
             except WriteFailed as exc:
                 self.failure = exc
                 pending.absorb(self._pending)  # without the events already appended
                 self._pending = pending
-                self._mark_dirty()
+                self._dirty.set()
                 raise
             self.failure = None
 
@@ -176,12 +180,7 @@ class StateWriter:
         if self._pump_task is None or self._closing.is_set():
             raise RuntimeError("StateWriter accepts changes only inside its async with block.")
         self._pending.absorb(change)
-        self._mark_dirty()
-
-    def _mark_dirty(self) -> None:
-        if not self._dirty.is_set():
-            self._first_pending_at = asyncio.get_running_loop().time()
-            self._dirty.set()
+        self._dirty.set()
 
     async def _pump(self) -> None:
         loop = asyncio.get_running_loop()
@@ -189,12 +188,13 @@ class StateWriter:
         retry = self.delay
         while not self._closing.is_set():
             await self._dirty.wait()
-            # Wait from the first pending change, not from now, so no change waits > delay.
-            wait = self._first_pending_at + self.delay - loop.time()
+            # Idle: at once. In a burst: one write per delay, so changes coalesce.
+            wait = self._last_write_at + self.delay - loop.time()
             if failing_since is not None:  # back off from a failing disk
                 wait, retry = retry, min(retry * 2, RETRY_CAP)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), max(wait, 0))
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), wait)
             try:
                 await self.flush()
             except WriteFailed as exc:  # kept pending, retried

@@ -2,7 +2,8 @@
 
 The files are shared with the legacy bash scripts, so every edit is a ruamel.yaml round trip
 that dumps an untouched document back byte for byte, and new entries look like the lines the
-scripts write. ``append_events_text`` is a text-level fast path for the usual events layout.
+scripts write. ``append_events_text`` is a text-level fast path for the usual events layout;
+``layout`` is the one for the state file, and writes what ``apply_state`` would.
 Nothing here touches the filesystem; ``statefile`` owns locking and replacing the files.
 """
 
@@ -24,7 +25,12 @@ from vmlaunch.errors import ExitCode, StateError
 
 # Strings that read back as themselves when plain, for YAML 1.1 and 1.2 readers alike.
 _PLAIN_SAFE = re.compile(r"[A-Za-z][A-Za-z0-9_ .,/()+=-]*(?<! )")
-_YAML_WORDS = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null"})
+YAML_WORDS = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null"})
+# The line breaks str.splitlines (and ruamel) see besides \n, for a regex's [] class.
+OTHER_BREAKS = r"\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029"
+# A line of the events list's text that is not indented (or an odd line break before one).
+_NOT_IN_LIST = re.compile(rf"[{OTHER_BREAKS}]|\n(?!  |\n|$)")
+_CONTENT_LINE = re.compile(rf"(?:\A|[\n{OTHER_BREAKS}])\s*[^\s#]")  # not blank, no comment
 _LAST_UPDATED_LINE = re.compile(r'^last_updated: "[^"\n]*"[ \t]*$', re.MULTILINE)
 
 
@@ -61,6 +67,12 @@ events:
 
 class NotAMappingError(StateError, ValueError, exit_code=ExitCode.BAD_INPUT):
     """The YAML parses, but its top level is not a mapping, so it cannot be edited here."""
+
+
+def is_blank(text: str) -> bool:
+    """Nothing but whitespace and comments (what a truncating in-place writer may leave).
+    A regex for any line (as ``str.splitlines`` splits) that starts with neither."""
+    return _CONTENT_LINE.search(text) is None  # splitting a big file would cost milliseconds
 
 
 def round_trip_yaml() -> YAML:
@@ -155,30 +167,31 @@ def _child_collection(parent: CommentedMap, key: str, kind: type) -> Any:
 # --- quoting like the bash scripts ----------------------------------------------------------
 
 
-def _dq(value: Any) -> Any:
+def quoted(value: Any) -> Any:
     # New strings are double-quoted like the sample; ints and bools stay what they are.
     return DoubleQuotedScalarString(value) if isinstance(value, str) else value
 
 
 def _plain_or_dq(value: str) -> Any:
     """Plain for simple words (as in the sample events), double-quoted for anything else."""
-    simple = _PLAIN_SAFE.fullmatch(value) and value.lower() not in _YAML_WORDS
+    simple = _PLAIN_SAFE.fullmatch(value) and value.lower() not in YAML_WORDS
     return value if simple else DoubleQuotedScalarString(value)
 
 
 # --- the two documents ----------------------------------------------------------------------
 
 
-def _apply_vm(vms: CommentedMap, name: str, fields: Mapping[str, Any]) -> None:
+def apply_vm(vms: CommentedMap, name: str, fields: Mapping[str, Any]) -> None:
+    """Merge ``fields`` into ``vms[name]``; a new VM gets the lines the scripts start one with."""
     entry = vms.get(name)
     if isinstance(entry, CommentedMap):
         for key, value in fields.items():
-            set_key(entry, key, _dq(value))
+            set_key(entry, key, quoted(value))
         return
-    entry = CommentedMap(public_ip=_dq(""), private_ip=_dq(""))
+    entry = CommentedMap(public_ip=quoted(""), private_ip=quoted(""))
     for key in ("state", "last_checked", *fields):
         if key in fields:
-            entry[key] = _dq(fields[key])
+            entry[key] = quoted(fields[key])
     set_key(vms, name, entry)
 
 
@@ -189,10 +202,10 @@ def apply_state(
     if vms:
         vm_map = _child_collection(doc, "vm_states", CommentedMap)
         for name, fields in vms.items():
-            _apply_vm(vm_map, name, fields)
+            apply_vm(vm_map, name, fields)
     if phase is not None:
-        set_key(doc, "phase", _dq(phase))
-    set_key(doc, "last_updated", _dq(now))
+        set_key(doc, "phase", quoted(phase))
+    set_key(doc, "last_updated", quoted(now))
 
 
 def _event_map(event: Mapping[str, Any]) -> CommentedMap:
@@ -200,14 +213,14 @@ def _event_map(event: Mapping[str, Any]) -> CommentedMap:
     for key, value in event.items():
         plain = key != "timestamp" and isinstance(value, str)
         item[key] = _plain_or_dq(value) if plain else _fields_map(value) if isinstance(
-            value, Mapping) else _dq(value)
+            value, Mapping) else quoted(value)
     return item
 
 
 def _fields_map(fields: Mapping[str, Any]) -> CommentedMap:
     # An event's structured change on one line (`vm_states: {vm-1: {state: "Creating"}}`):
     # one line per key, as the scripts that grep the log expect.
-    item = CommentedMap((key, _fields_map(value) if isinstance(value, Mapping) else _dq(value))
+    item = CommentedMap((key, _fields_map(value) if isinstance(value, Mapping) else quoted(value))
                         for key, value in fields.items())
     item.fa.set_flow_style()
     return item
@@ -219,7 +232,7 @@ def apply_events(doc: CommentedMap, events: Iterable[Mapping[str, Any]], now: st
     if items := [_event_map(event) for event in events]:
         with _appending_to(seq):  # only with new items: reattaching in place drops EOL comments
             seq.extend(items)
-    set_key(doc, "last_updated", _dq(now))
+    set_key(doc, "last_updated", quoted(now))
 
 
 def append_events_text(text: str, events: Iterable[Mapping[str, Any]], now: str) -> str | None:
@@ -231,7 +244,7 @@ def append_events_text(text: str, events: Iterable[Mapping[str, Any]], now: str)
     head, sep, body = text.rpartition("\nevents:\n")
     if not sep or not body.startswith("  - ") or not body.endswith("\n"):
         return None
-    if any(line and not line.startswith("  ") for line in body.splitlines()):
+    if _NOT_IN_LIST.search(body):
         return None  # another top-level key or a column-0 comment follows the list
     head, count = _LAST_UPDATED_LINE.subn(f'last_updated: "{now}"', head)
     if count != 1:

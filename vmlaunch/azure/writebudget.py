@@ -112,8 +112,8 @@ class Ledger:
         times that cannot be true (beyond LONGEST_PAUSE ahead of `now`)."""
         try:
             value = json.loads(data or b"")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"not JSON ({exc})") from None
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            raise ValueError(f"not JSON ({type(exc).__name__})") from None
         if not isinstance(value, dict) or value.get("v") != LEDGER_VERSION:
             raise ValueError("not a version 1 ledger")
         times, not_before = value.get("times"), value.get("not_before")

@@ -22,7 +22,7 @@ import logging
 import time
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from vmlaunch.azure.writebudget import Ledger, LocalBudget, Window
@@ -115,7 +115,7 @@ class SharedBudget:
         bucket = await self._kv()
         try:
             entry = await asyncio.wait_for(bucket.get(KEY), OP_TIMEOUT)
-        except KeyNotFoundError:  # also a deleted or purged key
+        except NotFoundError:  # no key yet, or a deleted or purged one: create() takes both
             return Ledger(), None
         try:
             return Ledger.decode(entry.value, self.now()), entry.revision

@@ -110,6 +110,8 @@ def serve(az_path: str, ssh_private_key: str | None, adopt_untagged: bool, verbo
     work in flight gets --grace seconds (a second signal ends them at once), the rest is
     released for other workers (its az processes are killed). A request that cannot be
     read is dead-lettered at once. A lost consumer is recreated; exit 3 if that fails.
+    Creates keep inside --write-budget together with every other worker on this NATS, and
+    a throttled create holds all of them back for its retry-after.
     Logs go to stderr, one line per request transition; `nats micro stats vm-launcher`
     shows every worker's counts. Exit 3 when NATS cannot be used: unreachable,
     credentials rejected, TLS failed, or (--no-manage-streams) a stream missing.

@@ -18,7 +18,7 @@ from workerkit import Bus, RestartableNats, running, spec
 from vmlaunch.azure.writebudget import Ledger
 from vmlaunch.bus.pacing import KEY
 from vmlaunch.bus.streams import PACING_BUCKET, PACING_STREAM
-from vmlaunch.schema.messages import Complete, Subject
+from vmlaunch.schema.messages import Complete, Failed, Subject
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,6 +35,11 @@ def creates_in_windows(times: list[float], calls: int, seconds: float) -> list[f
     times = sorted(times)
     return [t for i, t in enumerate(times)
             if i + calls < len(times) and times[i + calls] - t < seconds]
+
+
+def finished(bus: Bus, name: str) -> bool:
+    """Ready, or failed for good."""
+    return bool(bus.of(name, Complete)) or any(m.payload.final for m in bus.of(name, Failed))
 
 
 async def shared_pause(bus: Bus, *, after: float, timeout: float = 20.0) -> float:
@@ -59,10 +64,11 @@ async def test_three_workers_keep_thirty_creates_inside_one_shared_budget(
         await bus.wait_for_workers(3)
         for name in names:
             await bus.request(spec(name))
-        await bus.wait_for(lambda: all(bus.of(n, Complete) for n in names), timeout=90,
-                           message="30 VMs complete")
+        await bus.wait_for(lambda: all(finished(bus, n) for n in names), timeout=90,
+                           message="30 VMs finished")
         state = az_sim.state()
     assert state["put_vm_budget"]["PutVM3Min"]["throttled"] == 0
+    assert all(bus.of(n, Complete) for n in names)
     assert state["create_counts"] == dict.fromkeys(names, 1)
     assert {bus.of(n, Complete)[0].source for n in names} == {"w1", "w2", "w3"}
     created = [state["vms"][n]["created_at"] for n in names]

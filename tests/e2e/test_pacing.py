@@ -1,6 +1,7 @@
 """Fleet-wide write pacing (issue 10): every worker's creates share one budget in the KV
 bucket VM_PACING. Real nats-server, real `vm_launcher.py serve` processes, the simulator
-with a small PutVM budget (time_scale 0.01: a create takes 0.6 s).
+with a small PutVM budget (time_scale 0.01: a create takes 0.6 s). AckWait is 10 s where
+many creates run at once, so that a loaded machine does not redeliver requests.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ async def test_three_workers_keep_thirty_creates_inside_one_shared_budget(
     names = [f"vm-{i:02d}" for i in range(30)]
     async with Bus(nats_server.url) as bus, running(nats_server.url, az_sim, tmp_path) as w:
         for worker_id in ("w1", "w2", "w3"):
-            w.start(worker_id, "--concurrency", "5", "--write-budget", BUDGET)
+            w.start(worker_id, "--concurrency", "5", "--write-budget", BUDGET, ack_wait=10.0)
         await bus.wait_for_workers(3)
         for name in names:
             await bus.request(spec(name))
@@ -86,7 +87,7 @@ async def test_a_throttle_met_by_one_worker_holds_every_worker_s_creates_for_its
                    f"'{retry_after}' seconds."}})
     async with Bus(nats_server.url) as bus, running(nats_server.url, az_sim, tmp_path) as w:
         for worker_id in ("w1", "w2", "w3"):
-            w.start(worker_id, "--concurrency", "1")
+            w.start(worker_id, "--concurrency", "1", ack_wait=10.0)
         await bus.wait_for_workers(3)
         published = time.time()  # before the throttle, and so before its pause began
         await bus.request(spec("vm-first"))

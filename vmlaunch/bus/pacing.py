@@ -32,7 +32,7 @@ from vmlaunch.bus.streams import PACING_BUCKET, PACING_STREAM
 log = logging.getLogger("pacing")
 
 KEY = "writes"
-OP_TIMEOUT = 2.0  # the longest one read or write of the ledger may take
+OP_TIMEOUT = 5.0  # the longest one read or write of the ledger may take (nats-py's own)
 CAS_TRIES = 10  # compare-and-set rounds before this admission waits a moment and retries
 CONFLICT_PAUSE = 0.05
 CLOCK_REFRESH = 60.0  # seconds between two estimates of the server's clock

@@ -32,14 +32,16 @@ class AzError:
     retry_after: float | None = None
 
 
+# Azure's "too many requests" codes (azure-cli.md §6): a write budget holds writes back.
+THROTTLE_CODES = ("TooManyRequests", "SubscriptionRequestsThrottled",
+                  "ResourceGroupRequestsThrottled", "TenantRequestsThrottled")
 _T, _C, _L, _P = (FailureKind.TRANSIENT, FailureKind.CAPACITY, FailureKind.LOOK,
                   FailureKind.PERMANENT)
 # The table: (kind, regex the code's message must match or None, codes). First match wins.
 # A code Azure gives that is not here is PERMANENT; no code at all is "Unknown", TRANSIENT.
 _TABLE: tuple[tuple[FailureKind, str | None, tuple[str, ...]], ...] = (
     # Throttling (ARM and Compute; azure-cli.md §6): azure-core has already retried these.
-    (_T, None, ("TooManyRequests", "SubscriptionRequestsThrottled",
-                "ResourceGroupRequestsThrottled", "TenantRequestsThrottled")),
+    (_T, None, THROTTLE_CODES),
     # Server side (5xx) and the service's own "try again".
     (_T, None, ("InternalServerError", "ServiceUnavailable", "GatewayTimeout", "ServerTimeout",
                 "InternalExecutionError", "NetworkingInternalOperationError",

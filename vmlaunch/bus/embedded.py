@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from vmlaunch.azure.writebudget import Window
 from vmlaunch.bus.auth import (
     EMBEDDED_USER,
     Credentials,
@@ -57,6 +58,8 @@ class WorkerOptions:
     adopt_untagged: bool = False
     # Exactly the extra-arg flags the plan uses (speccheck.extra_flags): nothing more.
     allow_extra_args: tuple[str, ...] = ()
+    # Their shared budget, also the legacy poller's; () is the PutVM budget.
+    write_budget: tuple[Window, ...] = ()
 
 
 def worker_argv(url: str, index: int, options: WorkerOptions) -> list[str]:

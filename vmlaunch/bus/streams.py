@@ -1,4 +1,4 @@
-"""JetStream streams, the releases bucket and the workers' shared consumer.
+"""JetStream streams, the KV buckets and the workers' shared consumer.
 
 Whoever starts first creates them; nobody changes them unasked. An existing stream keeps
 an administrator's settings (and a cluster's replicas) unless `--replicas` was given, and
@@ -49,6 +49,11 @@ RELEASES_MAX_AGE = EVENTS_MAX_AGE
 # The last request generation per VM (key `<deployment>.<vm>`): it outlives state files, so
 # a rerun after `rm state/*` still takes a generation never used. Kept for ever.
 GENERATIONS_BUCKET = "VM_GENERATIONS"
+# The fleet's shared write budget (pacing.py): one ledger of the latest VM writes. Kept a
+# day after the last write; no window is longer.
+PACING_BUCKET = "VM_PACING"
+PACING_STREAM = f"KV_{PACING_BUCKET}"
+PACING_MAX_AGE = 86400.0
 
 
 class StreamMismatch(BusError, exit_code=ExitCode.CANNOT_RUN):
@@ -68,6 +73,7 @@ def _stream_configs() -> list[StreamConfig]:
             max_age=EVENTS_MAX_AGE, discard=DiscardPolicy.OLD, duplicate_window=120.0),
         _kv_config(RELEASES_BUCKET, max_age=RELEASES_MAX_AGE),
         _kv_config(GENERATIONS_BUCKET, max_age=None),
+        _kv_config(PACING_BUCKET, max_age=PACING_MAX_AGE),
     ]
 
 
@@ -81,8 +87,8 @@ def _kv_config(bucket: str, *, max_age: float | None) -> StreamConfig:
 
 
 async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -> None:
-    """Create the requests work queue, the events audit stream and the releases bucket
-    when missing, with `replicas` (default 1).
+    """Create the requests work queue, the events audit stream and the KV buckets (releases,
+    generations, pacing) when missing, with `replicas` (default 1).
 
     An existing stream is never changed, except its replicas when `replicas` is given and
     differs: an administrator's settings (or a larger cluster's R3) stay. A stream this

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
+from vmlaunch.azure.writebudget import Window
 from vmlaunch.bus.connection import ACK_WAIT, NatsSettings
 from vmlaunch.cli import natsoptions
 from vmlaunch.cli import options as cliopts
@@ -27,7 +28,7 @@ from vmlaunch.schema.speccheck import allow_list_problems, deployment_id_problem
 from vmlaunch.schema.typedfields import FieldErrors
 from vmlaunch.schema.vmspec import VMSpec, spec_problems
 from vmlaunch.worker import process as workerproc
-from vmlaunch.worker import worker
+from vmlaunch.worker import settings as workersettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -95,9 +96,12 @@ def cli() -> None:
               help="A flag that requests may pass to az vm create in extra_args, e.g. "
                    "--allow-extra-arg=--accelerated-networking (repeatable). A request "
                    "using any other flag fails (InvalidRequest) without an az call.")
+@cliopts.write_budget_option("Shared by every worker on this NATS (KV bucket VM_PACING); "
+                             "give them all the same.")
 def serve(az_path: str, ssh_private_key: str | None, adopt_untagged: bool, verbose: int,
           concurrency: int, worker_id: str | None, grace: float, max_deliveries: int,
-          ack_wait: float, allow_extra_args: tuple[str, ...], **nats_params: Any) -> int:
+          ack_wait: float, allow_extra_args: tuple[str, ...], write_budget: tuple[Window, ...],
+          **nats_params: Any) -> int:
     """Take vm.create.request messages from NATS and create the VMs (worker mode).
 
     All workers share one durable consumer, so N workers on M machines split the work.
@@ -106,17 +110,20 @@ def serve(az_path: str, ssh_private_key: str | None, adopt_untagged: bool, verbo
     work in flight gets --grace seconds (a second signal ends them at once), the rest is
     released for other workers (its az processes are killed). A request that cannot be
     read is dead-lettered at once. A lost consumer is recreated; exit 3 if that fails.
+    Creates keep inside --write-budget together with every other worker on this NATS, and
+    a throttled create holds all of them back for its retry-after.
     Logs go to stderr, one line per request transition; `nats micro stats vm-launcher`
     shows every worker's counts. Exit 3 when NATS cannot be used: unreachable,
     credentials rejected, TLS failed, or (--no-manage-streams) a stream missing.
     """
     cliopts.setup_logging(verbose, level=logging.INFO)
-    worker_id = worker_id or worker.default_worker_id()
-    settings = worker.WorkerSettings(
+    worker_id = worker_id or workersettings.default_worker_id()
+    settings = workersettings.WorkerSettings(
         nats=_required(natsoptions.nats_settings(nats_params, name=f"vm-launcher-{worker_id}")),
         worker_id=worker_id, az=az_path, concurrency=concurrency,
         ssh_private_key=ssh_private_key, grace=grace, max_deliveries=max_deliveries,
-        ack_wait=ack_wait, adopt_untagged=adopt_untagged, allow_extra_args=allow_extra_args)
+        ack_wait=ack_wait, adopt_untagged=adopt_untagged, allow_extra_args=allow_extra_args,
+        write_budget=write_budget)
     customdata.prepare()  # sweeps what a SIGKILLed process left
     return asyncio.run(workerproc.serve(settings))
 
@@ -138,9 +145,10 @@ def serve(az_path: str, ssh_private_key: str | None, adopt_untagged: bool, verbo
 @click.option("--no-nats", is_flag=True, help="Do not try to publish the events to NATS.")
 @nats_options
 @local_options
+@cliopts.write_budget_option("Counts this launch's creates only.")
 def launch(spec_file: Path | None, deployment_id: str | None, json_lines: bool,
            no_nats: bool, az_path: str, ssh_private_key: str | None, adopt_untagged: bool,
-           verbose: int, **params: Any) -> int:
+           verbose: int, write_budget: tuple[Window, ...], **params: Any) -> int:
     """Create and verify one VM in the foreground, without an orchestrator.
 
     Every VM spec field is an option (or comes from --spec). The spec is checked first:
@@ -166,7 +174,8 @@ def launch(spec_file: Path | None, deployment_id: str | None, json_lines: bool,
         code = asyncio.run(manual_launch.launch(
             spec, deployment_id=deployment_id or f"manual-{spec.name}", az=az_path,
             private_key=ssh_private_key, nats=nats, json_lines=json_lines,
-            files=cliopts.state_files(params), adopt_untagged=adopt_untagged))
+            files=cliopts.state_files(params), adopt_untagged=adopt_untagged,
+            write_budget=write_budget))
     except KeyboardInterrupt:
         click.echo("interrupted; the az processes were stopped", err=True)
         code = ExitCode.FAILED

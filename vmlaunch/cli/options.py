@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
+from vmlaunch.azure.writebudget import DEFAULT_WINDOWS, Window, parse_windows
 from vmlaunch.errors import ExitCode, VmLaunchError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -98,6 +99,23 @@ def adopt_untagged_option(help: str) -> Callable[[F], F]:
                         help="Adopt (never delete) a VM of the name asked for that has no "
                              "vmlaunch-deployment tag; without it such a VM fails as NotOurs. "
                              f"{help}")
+
+
+def _windows(ctx: click.Context, param: click.Parameter,
+             values: tuple[str, ...]) -> tuple[Window, ...]:
+    try:
+        return parse_windows(values) if values else DEFAULT_WINDOWS
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+def write_budget_option(help: str) -> Callable[[F], F]:
+    return click.option(
+        "--write-budget", multiple=True, metavar="COUNT/SECONDS[,...]", callback=_windows,
+        help="At most COUNT VM creates in any SECONDS long window (repeatable, or "
+             "comma-separated: every window holds); a throttled create holds every "
+             f"create back for its retry-after. {help} [default: "
+             f"{','.join(map(str, DEFAULT_WINDOWS))}, Azure's PutVM budget]")
 
 
 def verbose_option(help: str) -> Callable[[F], F]:

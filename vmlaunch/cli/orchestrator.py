@@ -102,6 +102,8 @@ def cli() -> None:
 @cliopts.adopt_untagged_option("Given to the embedded workers and the legacy poller.")
 @click.option("--poll-interval", type=POSITIVE,
               help="Legacy mode: seconds between polls. [default: the plan's, else 30]")
+@cliopts.write_budget_option("Given to the embedded workers (who share it) and the legacy "
+                             "poller; workers on an external NATS have their own.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--json", "json_out", is_flag=True, help="Print every event as a JSON line.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only warnings and the summary.")
@@ -136,7 +138,8 @@ def deploy(**params: Any) -> int:
         workers=WorkerOptions(count=params["workers"], az=params["az_path"],
                               concurrency=params["worker_concurrency"], ssh_private_key=key,
                               adopt_untagged=params["adopt_untagged"],
-                              allow_extra_args=extra_flags(plan.vms)),
+                              allow_extra_args=extra_flags(plan.vms),
+                              write_budget=params["write_budget"]),
         concurrency=params["concurrency"], adopt_untagged=params["adopt_untagged"],
         poll_interval=params["poll_interval"],
         deadline=params["deadline"], confirm=_confirm(params["yes"]))

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vmlaunch.azure.azcli import AzCli
+from vmlaunch.azure.writebudget import DEFAULT_WINDOWS, LocalBudget, Window
 from vmlaunch.bus.connection import (
     NatsSettings,
     NatsUnavailable,
@@ -31,6 +32,7 @@ from vmlaunch.errors import ExitCode
 from vmlaunch.host import atomicfile, customdata
 from vmlaunch.host.stopsignals import Stopped, unless_stopped
 from vmlaunch.lifecycle.machine import Lifecycle, Outcome
+from vmlaunch.lifecycle.observe import Blocking
 from vmlaunch.lifecycle.report import Reporter
 from vmlaunch.schema.messages import Message, encode, new_event_id
 from vmlaunch.schema.vmspec import VMSpec
@@ -84,8 +86,10 @@ async def _connect(settings: NatsSettings, stack: contextlib.AsyncExitStack) -> 
 
 async def launch(spec: VMSpec, *, deployment_id: str, az: str, private_key: str | None,
                  nats: NatsSettings | None, json_lines: bool,
-                 files: tuple[Path, Path] | None, adopt_untagged: bool = False) -> int:
-    """Create and verify one VM whose spec passed `spec_problems`. 0 ready, 1 failed or
+                 files: tuple[Path, Path] | None, adopt_untagged: bool = False,
+                 write_budget: tuple[Window, ...] = DEFAULT_WINDOWS) -> int:
+    """Create and verify one VM whose spec passed `spec_problems`, its create paced by
+    `write_budget` alone (one create: not worth the fleet's ledger). 0 ready, 1 failed or
     stopped by SIGINT/SIGTERM/SIGHUP, 2 a malformed state or events file (or another
     deployment's), 3 one that cannot be written or that a live run holds, or NATS rejected
     our credentials or TLS (nothing launched)."""
@@ -101,7 +105,8 @@ async def launch(spec: VMSpec, *, deployment_id: str, az: str, private_key: str 
                 held.enter_context(atomicfile.run_lock(files[0]))
             return await _launch(spec, outputs, deployment_id=deployment_id, az=az,
                                  private_key=private_key, nats=nats, files=files,
-                                 json_lines=json_lines, adopt_untagged=adopt_untagged)
+                                 json_lines=json_lines, adopt_untagged=adopt_untagged,
+                                 budget=LocalBudget(write_budget))
     except (WriteFailed, atomicfile.InUse) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return ExitCode.CANNOT_RUN
@@ -110,7 +115,7 @@ async def launch(spec: VMSpec, *, deployment_id: str, az: str, private_key: str 
 async def _launch(spec: VMSpec, outputs: _Outputs, *, deployment_id: str, az: str,
                   private_key: str | None, nats: NatsSettings | None,
                   files: tuple[Path, Path] | None, json_lines: bool,
-                  adopt_untagged: bool) -> int:
+                  adopt_untagged: bool, budget: LocalBudget) -> int:
     async with contextlib.AsyncExitStack() as stack:
         if nats is not None:
             try:
@@ -126,8 +131,8 @@ async def _launch(spec: VMSpec, outputs: _Outputs, *, deployment_id: str, az: st
                           id_seed=f"{deployment_id}/{spec.name}/{new_event_id()}")
         try:
             result = await unless_stopped(
-                Lifecycle(spec, az=AzCli(az), report=report, private_key=private_key,
-                          adopt_untagged=adopt_untagged).run())
+                Lifecycle(spec, az=(cli := AzCli(az)), report=report, private_key=private_key,
+                          observer=Blocking(cli, budget), adopt_untagged=adopt_untagged).run())
         except Stopped as stopped:
             warn(f"{spec.name}: interrupted by {stopped.signal.name}; its az processes were "
                  "stopped (run again to resume)")

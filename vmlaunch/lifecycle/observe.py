@@ -15,6 +15,7 @@ from typing import Protocol
 
 from vmlaunch.azure.azcli import AzCli, AzError, FailureKind
 from vmlaunch.azure.look import Seen, look
+from vmlaunch.azure.writebudget import LocalBudget, WriteBudget, note_throttle
 from vmlaunch.schema.vmspec import VMSpec
 from vmlaunch.schema.vocabulary import AZURE_IN_FLIGHT, VmState
 
@@ -42,22 +43,25 @@ class Observer(Protocol):
 
 
 class Blocking:
-    """One process per read and per create, each awaited."""
+    """One process per read and per create, each awaited; creates within `budget` (by
+    default this process's own, the PutVM budget)."""
 
-    def __init__(self, az: AzCli) -> None:
-        self.az = az
+    def __init__(self, az: AzCli, budget: WriteBudget | None = None) -> None:
+        self.az, self.budget = az, budget or LocalBudget()
 
     async def look(self, spec: VMSpec) -> Seen:
         return await look(self.az, spec, time.monotonic() + spec.create_timeout)
 
     async def create(self, spec: VMSpec, *, deployment_id: str,
                      deadline: float) -> Seen | AzError:
+        await self.budget.admit()
         created = await self.az.create_vm(spec, deployment_id=deployment_id,
                                           timeout=max(1.0, deadline - time.monotonic()))
         if created.ok and isinstance(created.data, dict):
             return Seen(VmState.SUCCEEDED, created.data)
         error = created.error or AzError("Unknown", "az vm create printed no JSON",
                                          FailureKind.TRANSIENT)
+        note_throttle(self.budget, error)
         if created.timed_out or error.kind is FailureKind.LOOK:
             # Azure keeps creating after the client dies: look before deciding.
             seen = await look(self.az, spec, time.monotonic() + spec.create_timeout)

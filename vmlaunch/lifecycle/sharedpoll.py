@@ -19,6 +19,7 @@ from typing import Any
 from vmlaunch.azure.azcli import AzCli, AzError, FailureKind
 from vmlaunch.azure.createproc import CreateProcess
 from vmlaunch.azure.look import Seen, listed
+from vmlaunch.azure.writebudget import LocalBudget, WriteBudget, note_throttle
 from vmlaunch.lifecycle.observe import settled
 from vmlaunch.schema.vmspec import VMSpec
 from vmlaunch.schema.vocabulary import AZURE_IN_FLIGHT, VmState
@@ -37,8 +38,10 @@ def done(seen: Seen) -> bool:
 class SharedPoll:
     """The observer of polling mode; `close()` ends its listing task."""
 
-    def __init__(self, az: AzCli, *, interval: float, concurrency: int, deadline: float) -> None:
+    def __init__(self, az: AzCli, *, interval: float, concurrency: int, deadline: float,
+                 budget: WriteBudget | None = None) -> None:
         self.az, self.interval, self.deadline = az, interval, deadline
+        self.budget = budget or LocalBudget()  # polling mode runs alone: its own budget
         self.slots = asyncio.Semaphore(concurrency)
         self.wanted: collections.Counter[str] = collections.Counter()  # groups waited for
         self.lists: dict[str, tuple[float, dict[str, dict[str, Any]]]] = {}  # started, VMs
@@ -100,15 +103,18 @@ class SharedPoll:
     async def create(self, spec: VMSpec, *, deployment_id: str,
                      deadline: float) -> Seen | AzError:
         async with self.slots:
+            await self.budget.admit()
             try:
                 create = await CreateProcess.start(self.az, spec, deployment_id=deployment_id)
             except (ValueError, OSError) as exc:  # no location; az missing or not executable
                 code = "InvalidRequest" if isinstance(exc, ValueError) else "AzNotRunnable"
                 return AzError(code, str(exc), FailureKind.PERMANENT)
             try:
-                return await self._follow(create, spec, deadline)
+                result = await self._follow(create, spec, deadline)
             finally:
                 await create.stop()
+            note_throttle(self.budget, result if isinstance(result, AzError) else None)
+            return result
 
     async def _follow(self, create: CreateProcess, spec: VMSpec,
                       deadline: float) -> Seen | AzError:

@@ -239,7 +239,8 @@ class Deployment:
             deadline=self.deadline, vms=left, handover_at=handover_at,
             attempts={name: tracker.view.vms[name].attempt for name in left},
             generations={name: tracker.view.vms[name].generation for name in left},
-            adopt_untagged=self.options.adopt_untagged))
+            adopt_untagged=self.options.adopt_untagged,
+            write_budget=self.options.workers.write_budget))  # one budget, whoever writes
         stopper = asyncio.create_task(self.stop.wait())
         ticker = asyncio.create_task(self._tick_until(poller))
         try:

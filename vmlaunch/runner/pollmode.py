@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from vmlaunch.azure.azcli import AzCli, AzError, FailureKind
+from vmlaunch.azure.writebudget import DEFAULT_WINDOWS, LocalBudget, Window
 from vmlaunch.lifecycle.lease import OPEN, POLLER, Fence, Handover
 from vmlaunch.lifecycle.machine import Lifecycle, Step, deadline_error
 from vmlaunch.lifecycle.report import Reporter
@@ -38,7 +39,8 @@ async def run_legacy(plan: Plan, *, az: AzCli, sink: Sink,
                      attempts: dict[str, int] | None = None,
                      adopt_untagged: bool = False,
                      generations: dict[str, int] | None = None,
-                     handover_at: float | None = None) -> None:
+                     handover_at: float | None = None,
+                     write_budget: tuple[Window, ...] = ()) -> None:
     """Create, watch and verify the plan's VMs (or `vms`) by polling, until every one is ready
     or finally failed, or until `deadline` (a loop.time() value): then the create processes
     are killed and the unfinished VMs get a final `failed` "DeadlineExceeded".
@@ -49,12 +51,13 @@ async def run_legacy(plan: Plan, *, az: AzCli, sink: Sink,
     adopt, never delete, one with no deployment tag); any other fails as NotOurs.
     `generations`: each VM's request generation, carried by its events. `handover_at`: the
     loop time before which nothing is created or deleted (workers may still hold leases).
-    The az calls made are logged at the end (see `calls_summary`)."""
+    Creates keep within `write_budget` (none given: the PutVM budget). The az calls made
+    are logged at the end (see `calls_summary`)."""
     if poll_interval <= 0 or concurrency < 1:
         raise ValueError("run_legacy needs a positive poll_interval and a concurrency of at "
                          "least 1.")
     observer = SharedPoll(az, interval=poll_interval, concurrency=concurrency,
-                          deadline=deadline)
+                          deadline=deadline, budget=LocalBudget(write_budget or DEFAULT_WINDOWS))
     fence = OPEN if handover_at is None else Handover(handover_at)
     lives = [await _life(plan, spec, az=az, sink=sink, observer=observer, fence=fence,
                          private_key=private_key, adopt_untagged=adopt_untagged,

@@ -16,7 +16,8 @@ from typing import Any
 
 from vmlaunch.errors import ExitCode
 from vmlaunch.host.stopsignals import on_stop_signals
-from vmlaunch.worker.worker import Worker, WorkerSettings
+from vmlaunch.worker.settings import WorkerSettings
+from vmlaunch.worker.worker import Worker
 
 log = logging.getLogger("worker")
 

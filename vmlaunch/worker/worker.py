@@ -17,10 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import socket
 from collections import Counter
-from dataclasses import dataclass, field
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -32,12 +29,13 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 
 from vmlaunch.azure.azcli import AzCli
-from vmlaunch.bus.connection import ACK_WAIT, WORKER_CONSUMER, NatsSettings, close_quietly, connect
+from vmlaunch.bus.connection import WORKER_CONSUMER, close_quietly, connect
+from vmlaunch.bus.pacing import SharedBudget
 from vmlaunch.bus.publish import NATS_ERRORS, CancelMemory, Publisher
 from vmlaunch.bus.streams import RELEASES_BUCKET, consumer_exists, worker_subscription
 from vmlaunch.schema.messages import Cancel, MessageError, Subject, decode
-from vmlaunch.schema.speccheck import allow_list_problems
 from vmlaunch.worker.jobs import Job, JobRunner
+from vmlaunch.worker.settings import WorkerSettings
 
 log = logging.getLogger("worker")
 
@@ -47,40 +45,6 @@ STATUS_SUBJECT = "vm-launcher.status"
 FETCH_WAIT = 1.0  # the longest a stop waits for the fetch in progress
 # Refused attempts in a row to recreate a lost consumer before the worker gives up (exit 3).
 RECOVERY_ATTEMPTS = 5
-
-
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-@dataclass(frozen=True)
-class WorkerSettings:
-    """Everything `serve` takes; checks itself (ValueError listing every problem)."""
-
-    nats: NatsSettings
-    worker_id: str = field(default_factory=default_worker_id)
-    az: str = "az"
-    concurrency: int = 4
-    ssh_private_key: str | None = None
-    grace: float = 30.0
-    max_deliveries: int = 5
-    ack_wait: float = ACK_WAIT
-    adopt_untagged: bool = False  # adopt (never delete) a same-named VM with no deployment tag
-    # The only flags a request's extra_args may pass to az vm create (--allow-extra-arg).
-    allow_extra_args: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        problems = [text for bad, text in (
-            (self.concurrency < 1, "concurrency must be at least 1"),
-            (self.grace < 0, "grace must not be negative"),
-            (self.max_deliveries < 1, "max_deliveries must be at least 1"),
-            (self.ack_wait < 1, "ack_wait must be at least 1 second"),
-            (not self.worker_id, "worker_id must not be empty"),
-        ) if bad]
-        problems += [f"allow_extra_args: {problem}"
-                     for problem in allow_list_problems(self.allow_extra_args)]
-        if problems:
-            raise ValueError("Worker settings: " + "; ".join(problems) + ".")
 
 
 class Worker:
@@ -95,6 +59,7 @@ class Worker:
         self.cancels = CancelMemory()
         self._jobs: dict[asyncio.Task[None], Job] = {}
         self._nc: Client | None = None
+        self._budget: SharedBudget | None = None
         self._service: Service | None = None
         self._fetcher: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -124,9 +89,10 @@ class Worker:
         js = nc.jetstream()
         subscription, self.ack_wait = await worker_subscription(
             js, self.settings.nats, ack_wait=self.settings.ack_wait)
+        self._budget = SharedBudget(js, self.settings.write_budget)
         runner = JobRunner(nc, Publisher(nc, js), releases=await js.key_value(RELEASES_BUCKET),
-                           az=self.az, cancels=self.cancels, counts=self.counts,
-                           worker_id=self.worker_id,
+                           az=self.az, budget=self._budget, cancels=self.cancels,
+                           counts=self.counts, worker_id=self.worker_id,
                            max_deliveries=self.settings.max_deliveries,
                            private_key=self.settings.ssh_private_key, ack_wait=self.ack_wait,
                            adopt_untagged=self.settings.adopt_untagged,
@@ -140,8 +106,9 @@ class Worker:
                                          handler=self._on_status)
         self._fetcher = asyncio.create_task(self._fetch_loop(js, subscription, runner),
                                             name="fetcher")
-        log.info("worker %s serving %s (concurrency %d, ack wait %g s)", self.worker_id,
-                 Subject.REQUEST.value, self.settings.concurrency, self.ack_wait)
+        log.info("worker %s serving %s (concurrency %d, ack wait %g s, write budget %s)",
+                 self.worker_id, Subject.REQUEST.value, self.settings.concurrency,
+                 self.ack_wait, ",".join(map(str, self.settings.write_budget)))
 
     async def stop(self) -> None:
         """Fetch nothing more; let work finish within the grace period, then cancel the
@@ -163,6 +130,8 @@ class Worker:
             finished.cancel()
             hurry.cancel()
         await self._cancel_all()
+        if self._budget is not None:
+            await self._budget.close()  # a throttle's pause still being shared
         if self._service is not None:
             with contextlib.suppress(*NATS_ERRORS):
                 await self._service.stop()

@@ -10,6 +10,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from vmlaunch.azure.writebudget import DEFAULT_WINDOWS, Window
 from vmlaunch.bus.embedded import WorkerOptions, worker_argv, worker_env
 from vmlaunch.cli import launcher, orchestrator
 from vmlaunch.cli.options import Group
@@ -115,3 +116,23 @@ def test_the_workers_command_line_is_what_serve_parses():
 def test_the_orchestrator_s_variables_do_not_reach_its_workers(tmp_path, monkeypatch):
     monkeypatch.setenv("VMLAUNCH_CONCURRENCY", "8")
     assert not any(key.startswith("VMLAUNCH_") for key in worker_env(tmp_path, WorkerOptions()))
+
+
+def test_the_write_budget_reaches_the_workers_and_defaults_to_the_putvm_budget():
+    windows = (Window(10, 2.0), Window(30, 60.0))
+    argv = worker_argv("u", 1, WorkerOptions(write_budget=windows))
+    assert launcher.serve.make_context("serve", argv[4:]).params["write_budget"] == windows
+    defaults = launcher.serve.make_context("serve", worker_argv("u", 1, WorkerOptions())[4:])
+    assert defaults.params["write_budget"] == DEFAULT_WINDOWS
+
+
+def test_a_write_budget_that_is_not_count_slash_seconds_is_bad_input():
+    result = CliRunner().invoke(launcher.cli, ["serve", "--write-budget", "10 per 2"])
+    assert result.exit_code == 2 and "COUNT/SECONDS" in result.output
+
+
+def test_deploy_gives_its_write_budget_to_the_workers_and_the_legacy_poller(captured):
+    result = CliRunner().invoke(orchestrator.cli, [*BASE, "--write-budget", "10/2,30/60"],
+                                env={"NATS_URL": None})
+    assert result.exit_code == 0, result.output
+    assert captured["options"].workers.write_budget == (Window(10, 2.0), Window(30, 60.0))

@@ -1,0 +1,83 @@
+"""The write budget's arithmetic: windows from the command line, the ledger's waits, which
+failures are throttles. Pure functions of explicit times; no clock, no sleeping."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vmlaunch.azure.failures import classify
+from vmlaunch.azure.writebudget import (
+    LONGEST_PAUSE,
+    THROTTLE_PAUSE,
+    Ledger,
+    Window,
+    parse_windows,
+    throttle_pause,
+)
+
+TWO = (Window(2, 10.0), Window(3, 100.0))
+
+
+def test_windows_are_read_from_repeated_and_comma_separated_options():
+    assert parse_windows(("240/180,1200/1800",)) == parse_windows(("240/180", "1200/1800")) == (
+        Window(240, 180.0), Window(1200, 1800.0))
+    assert str(Window(10, 2.0)) == "10/2"
+
+
+@pytest.mark.parametrize("text", ["240", "0/180", "240/0", "x/1", "240/-1", "240/inf", ""])
+def test_a_window_that_is_not_count_slash_seconds_is_refused(text):
+    with pytest.raises(ValueError):
+        parse_windows((text,))
+
+
+def test_a_write_waits_until_the_oldest_write_of_a_full_window_has_left_it():
+    ledger = Ledger()
+    for now in (0.0, 1.0):
+        assert ledger.wait(TWO, now) == 0.0
+        ledger.add(TWO, now)
+    assert ledger.wait(TWO, 4.0) == 6.0  # 2 in 10 s: the write at 0 leaves at 10
+    ledger.add(TWO, 10.0)
+    assert ledger.wait(TWO, 11.0) == 89.0  # 3 in 100 s: the write at 0 leaves at 100
+
+
+def test_the_ledger_keeps_only_what_its_windows_need():
+    ledger = Ledger()
+    for now in range(10):
+        ledger.add(TWO, float(now))
+    assert ledger.times == [7.0, 8.0, 9.0]
+    ledger.add(TWO, 500.0)
+    assert ledger.times == [500.0]
+
+
+def test_a_pause_holds_every_write_and_only_ever_grows():
+    ledger = Ledger()
+    ledger.pause(50.0)
+    ledger.pause(20.0)
+    assert (ledger.wait(TWO, 10.0), ledger.wait(TWO, 60.0)) == (40.0, 0.0)
+
+
+def test_a_ledger_survives_its_own_encoding():
+    ledger = Ledger([1.5, 2.25], 9.0)
+    assert Ledger.decode(ledger.encode(), now=10.0) == ledger
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\xff\xfe", b"[]", b"[" * 100_000, b'{"times": [], "not_before": 0}',
+    b'{"v": 1, "times": "1,2", "not_before": 0}', b'{"v": 1, "times": [true], "not_before": 0}',
+    b'{"v": 1, "times": [], "not_before": null}',
+    json.dumps({"v": 1, "times": [], "not_before": 10 + LONGEST_PAUSE + 1}).encode()])
+def test_a_value_that_is_not_a_plausible_ledger_is_an_error(data):
+    with pytest.raises(ValueError):
+        Ledger.decode(data, now=10.0)
+
+
+def test_throttles_pause_for_their_retry_after_other_failures_not_at_all():
+    arm = classify(1, "ERROR: (SubscriptionRequestsThrottled) Number of 'write' requests "
+                      "exceeded the limit. Please try again after '17' seconds.")
+    compute = classify(1, "ERROR: (TooManyRequests) The request is being throttled as the "
+                          "limit has been reached for operation type - PutVM3Min.")
+    capacity = classify(1, "ERROR: (ZonalAllocationFailed) no capacity")
+    assert (throttle_pause(arm), throttle_pause(compute)) == (17.0, THROTTLE_PAUSE)
+    assert throttle_pause(capacity) is None and throttle_pause(None) is None

@@ -1,0 +1,150 @@
+"""The fleet's write budget: how many VM creates Azure admits per window (azure-cli.md §6).
+
+Compute allows about 240 VM PUTs per 3 minutes and 1,200 per 30 minutes per subscription,
+each a sliding window: no window of that length may hold more. A `WriteBudget` admits one
+write at a time inside every window and holds all writes back until a throttle's
+retry-after has passed. `LocalBudget` paces one process; bus/pacing.py shares one `Ledger`
+between every worker through NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from vmlaunch.azure.failures import THROTTLE_CODES, AzError
+
+
+@dataclass(frozen=True)
+class Window:
+    """At most `calls` writes in any `seconds` long window."""
+
+    calls: int
+    seconds: float
+
+    def __str__(self) -> str:
+        return f"{self.calls}/{self.seconds:g}"
+
+
+DEFAULT_WINDOWS = (Window(240, 180.0), Window(1200, 1800.0))  # PutVM3Min, PutVM30Min
+THROTTLE_PAUSE = 60.0  # no writes for this long after a throttle that named no retry-after
+LONGEST_PAUSE = 3600.0  # a retry-after (or a stored pause) beyond this is not believed
+LEDGER_VERSION = 1
+
+
+def parse_windows(texts: tuple[str, ...]) -> tuple[Window, ...]:
+    """`("240/180,1200/1800",)` or `("240/180", "1200/1800")`: count/seconds per window;
+    ValueError saying what is wrong."""
+    windows = []
+    for part in (p.strip() for text in texts for p in text.split(",")):
+        count, slash, seconds = part.partition("/")
+        try:
+            window = Window(int(count), float(seconds))
+        except ValueError:
+            window = None
+        if not slash or window is None or window.calls < 1 or not 0 < window.seconds < math.inf:
+            raise ValueError(f"{part!r} is not COUNT/SECONDS (e.g. 240/180) with a count of at "
+                             "least 1 and a positive number of seconds")
+        windows.append(window)
+    if not windows:
+        raise ValueError("no COUNT/SECONDS window given")
+    return tuple(windows)
+
+
+class WriteBudget(Protocol):
+    async def admit(self) -> None:
+        """Return once one write fits every window and no throttle pause holds (counted)."""
+
+    def throttled(self, retry_after: float) -> None:
+        """Azure throttled a write: no writes, by anyone sharing this budget, for this long."""
+
+
+def throttle_pause(error: AzError | None) -> float | None:
+    """How long to hold all writes after `error`; None when it is not a throttle."""
+    if error is None or error.code not in THROTTLE_CODES:
+        return None
+    return min(error.retry_after or THROTTLE_PAUSE, LONGEST_PAUSE)
+
+
+def note_throttle(budget: WriteBudget, error: AzError | None) -> None:
+    """Tell `budget` about `error` if it is a throttle."""
+    pause = throttle_pause(error)
+    if pause is not None:
+        budget.throttled(pause)
+
+
+@dataclass
+class Ledger:
+    """The times (seconds since the epoch) of the latest writes, newest last, and the time
+    before which nobody writes."""
+
+    times: list[float] = field(default_factory=list)
+    not_before: float = 0.0
+
+    def wait(self, windows: tuple[Window, ...], now: float) -> float:
+        """Seconds until one more write fits every window and the pause (0: now)."""
+        waits = [self.not_before - now]
+        for window in windows:
+            if len(self.times) >= window.calls:  # the window's oldest write must leave it
+                waits.append(self.times[-window.calls] + window.seconds - now)
+        return max(0.0, *waits)
+
+    def add(self, windows: tuple[Window, ...], now: float) -> None:
+        """Count a write at `now`, keeping only the times some window still needs."""
+        longest = max(w.seconds for w in windows)
+        keep = max(w.calls for w in windows)
+        self.times = [t for t in [*self.times, now] if t > now - longest][-keep:]
+
+    def pause(self, until: float) -> None:
+        self.not_before = max(self.not_before, until)
+
+    def encode(self) -> bytes:
+        return json.dumps({"v": LEDGER_VERSION, "not_before": round(self.not_before, 3),
+                           "times": [round(t, 3) for t in self.times]}).encode()
+
+    @classmethod
+    def decode(cls, data: bytes | None, now: float) -> Ledger:
+        """The ledger in `data`; ValueError if it is not one this tool wrote or it holds
+        times that cannot be true (beyond LONGEST_PAUSE ahead of `now`)."""
+        try:
+            value = json.loads(data or b"")
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            raise ValueError(f"not JSON ({type(exc).__name__})") from None
+        if not isinstance(value, dict) or value.get("v") != LEDGER_VERSION:
+            raise ValueError("not a version 1 ledger")
+        times, not_before = value.get("times"), value.get("not_before")
+        if not isinstance(times, list) or not all(_plausible(x, now)
+                                                  for x in [*times, not_before]):
+            raise ValueError("times and not_before must be epoch seconds not far ahead")
+        return cls(sorted(times), not_before)
+
+
+def _plausible(value: object, now: float) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and 0 <= value <= now + LONGEST_PAUSE)
+
+
+class LocalBudget:
+    """One process's budget: every write of this process, none of anyone else's."""
+
+    def __init__(self, windows: tuple[Window, ...] = DEFAULT_WINDOWS) -> None:
+        self.windows = windows
+        self.ledger = Ledger()
+        self._turn = asyncio.Lock()  # one admission at a time: each sees the last one's write
+
+    async def admit(self) -> None:
+        async with self._turn:
+            while (wait := self.ledger.wait(self.windows, time.time())) > 0:
+                await asyncio.sleep(wait)
+            self.record(time.time())
+
+    def record(self, now: float) -> None:
+        """Count a write admitted elsewhere (the shared budget) at `now`."""
+        self.ledger.add(self.windows, now)
+
+    def throttled(self, retry_after: float) -> None:
+        self.ledger.pause(time.time() + retry_after)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
+from vmlaunch.azure.verify import DEFAULT_RUN_COMMAND_CONCURRENCY
 from vmlaunch.errors import ExitCode, VmLaunchError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -98,6 +99,14 @@ def adopt_untagged_option(help: str) -> Callable[[F], F]:
                         help="Adopt (never delete) a VM of the name asked for that has no "
                              "vmlaunch-deployment tag; without it such a VM fails as NotOurs. "
                              f"{help}")
+
+
+def run_command_concurrency_option(help: str) -> Callable[[F], F]:
+    return click.option("--run-command-concurrency", type=click.IntRange(min=1),
+                        default=DEFAULT_RUN_COMMAND_CONCURRENCY, show_default=True,
+                        help="Cloud-init checks by run-command at once (each is an az process "
+                             "of ~100 MB for 20 s or more), in a pool of their own apart from "
+                             f"creates and listings; checks over ssh take no slot. {help}")
 
 
 def verbose_option(help: str) -> Callable[[F], F]:

@@ -115,3 +115,15 @@ def test_the_workers_command_line_is_what_serve_parses():
 def test_the_orchestrator_s_variables_do_not_reach_its_workers(tmp_path, monkeypatch):
     monkeypatch.setenv("VMLAUNCH_CONCURRENCY", "8")
     assert not any(key.startswith("VMLAUNCH_") for key in worker_env(tmp_path, WorkerOptions()))
+
+
+def test_the_run_command_concurrency_reaches_legacy_mode_and_the_embedded_workers(captured):
+    result = CliRunner().invoke(orchestrator.cli, [*BASE, "--run-command-concurrency", "3"],
+                                env={"NATS_URL": None})
+    assert result.exit_code == 0, result.output
+    options = captured["options"]
+    assert (options.run_command_concurrency, options.workers.run_command_concurrency) == (3, 3)
+    argv = worker_argv("nats://127.0.0.1:4222", 1, options.workers)
+    assert launcher.serve.make_context("serve", argv[4:]).params["run_command_concurrency"] == 3
+    defaults = launcher.serve.make_context("serve", worker_argv("u", 1, WorkerOptions())[4:])
+    assert defaults.params["run_command_concurrency"] == 8

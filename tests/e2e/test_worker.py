@@ -10,15 +10,13 @@ import json
 import signal
 import subprocess
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from conftest import PYTHON, REPO, async_wait_until
+from verifykit import sshd_server
 from workerkit import (
-    SSHD,
     Bus,
     RestartableNats,
-    Sshd,
     no_orphans,
     running,
     secret_request,
@@ -48,16 +46,7 @@ pytestmark = pytest.mark.timeout(90)
 @pytest.fixture
 def sshd(tmp_path):
     """A real sshd on loopback; the simulator gives every VM the public IP 127.0.0.1."""
-    if not SSHD.exists():
-        pytest.skip("sshd not installed (apt-get install openssh-server)")
-    try:  # sshd refuses to start without its privilege separation directory
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    except OSError as exc:
-        pytest.skip(f"sshd needs /run/sshd, which cannot be created here ({exc.strerror})")
-    (tmp_path / "sshd").mkdir()
-    server = Sshd(tmp_path / "sshd").start()
-    yield server
-    server.stop()
+    yield from sshd_server(tmp_path)
 
 
 def payloads(events: list[Message], kind: type) -> list:

@@ -1,28 +1,37 @@
 """Checks that a created VM is usable: SSH answers, and cloud-init has finished.
 
 Run by the VM lifecycle (lifecycle/machine.py), in every mode. A check returns a result; it
-never raises for a failed check.
+never raises for a failed check. SSH checks are light `ssh` processes and need no pool; a
+run-command check is an `az` process of ~100 MB that lasts >= 20 s (azure-cli.md §4, §7),
+so those wait for a slot of their own pool, one per `AzCli` (`limit_run_commands`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from vmlaunch.azure import azcli
 from vmlaunch.azure.azcli import AzCli
 from vmlaunch.host import procs
+from vmlaunch.host.procs import ProcessResult
 from vmlaunch.schema.vmspec import VMSpec
 
 CLOUD_INIT_SCRIPT = "cloud-init status --wait --long"
 SSH_TRIES = 3
+SSH_FAILED = 255  # ssh's own exit code (refused, reset, denied); others are the command's
 # Run-command allows one invocation per VM at a time; a busy VM is asked again after this.
 RUN_COMMAND_BUSY_PAUSE = 5.0
+DEFAULT_RUN_COMMAND_CONCURRENCY = 8
 _STATUS_LINE = re.compile(r"^status:\s*(\w+)", re.M)
 # Since cloud-init 23.4 a recoverable error shows as "status: done" with
 # "extended_status: degraded done"; older releases print "status: degraded".
 _EXTENDED_LINE = re.compile(r"^extended_status:\s*(\w+)", re.M)
+# Keyed by the AzCli, the one object every lifecycle of a worker or a poller shares.
+_pools: weakref.WeakKeyDictionary[AzCli, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,21 @@ class CheckResult:
     detail: str
     # For cloud-init: done | degraded | error (degraded is ok, with warnings).
     result: str = ""
+
+
+def limit_run_commands(az: AzCli, limit: int) -> None:
+    """At most `limit` run-command checks through `az` at once (a separate pool from any
+    other az call, so checks never hold back creates and listings)."""
+    if limit < 1:
+        raise ValueError("the run-command concurrency must be at least 1")
+    _pools[az] = asyncio.Semaphore(limit)
+
+
+def run_command_pool(az: AzCli) -> asyncio.Semaphore:
+    """`az`'s run-command pool: DEFAULT_RUN_COMMAND_CONCURRENCY slots unless limited."""
+    if az not in _pools:
+        _pools[az] = asyncio.Semaphore(DEFAULT_RUN_COMMAND_CONCURRENCY)
+    return _pools[az]
 
 
 def ssh_args(spec: VMSpec, *, ip: str, private_key: str | None, command: str) -> list[str]:
@@ -44,20 +68,29 @@ def ssh_args(spec: VMSpec, *, ip: str, private_key: str | None, command: str) ->
     return [*args, "--", f"{spec.effective_ssh_user}@{ip}", command]
 
 
+async def _over_ssh(spec: VMSpec, *, ip: str, private_key: str | None, command: str,
+                    timeout: float, backoff: float,
+                    again: Callable[[ProcessResult], bool]) -> ProcessResult:
+    """`command` over ssh, up to SSH_TRIES times while `again` says the try did not count."""
+    attempt = 1
+    while True:
+        result = await procs.run_process(
+            ssh_args(spec, ip=ip, private_key=private_key, command=command), timeout=timeout)
+        if attempt == SSH_TRIES or not again(result):
+            return result
+        await asyncio.sleep(backoff * attempt)
+        attempt += 1
+
+
 async def check_ssh(spec: VMSpec, *, ip: str, private_key: str | None,
                     backoff: float = 2.0) -> CheckResult:
     """`ssh ... true` with a few retries: sshd often starts a little after Succeeded."""
-    detail = ""
-    for attempt in range(1, SSH_TRIES + 1):
-        result = await procs.run_process(
-            ssh_args(spec, ip=ip, private_key=private_key, command="true"),
-            timeout=spec.ssh_connect_timeout + 10,
-        )
-        if result.ok:
-            return CheckResult(True, f"ssh {spec.effective_ssh_user}@{ip}:{spec.ssh_port} ok")
-        detail = _last_line(result.stderr) or f"ssh exited with {result.exit_code}"
-        if attempt < SSH_TRIES:
-            await asyncio.sleep(backoff * attempt)
+    result = await _over_ssh(spec, ip=ip, private_key=private_key, command="true",
+                             timeout=spec.ssh_connect_timeout + 10, backoff=backoff,
+                             again=lambda tried: not tried.ok)
+    if result.ok:
+        return CheckResult(True, f"ssh {spec.effective_ssh_user}@{ip}:{spec.ssh_port} ok")
+    detail = _last_line(result.stderr) or f"ssh exited with {result.exit_code}"
     return CheckResult(False, f"ssh to {ip}:{spec.ssh_port} failed after {SSH_TRIES} tries: "
                               f"{detail}")
 
@@ -88,35 +121,60 @@ def run_command_stdout(data: object) -> str:
     return stdout.split("[stderr]", 1)[0].strip()
 
 
-async def check_cloud_init(spec: VMSpec, *, az: AzCli, ip: str,
-                           private_key: str | None) -> CheckResult:
-    """cloud-init status, via run-command (default) or over SSH, bounded by its timeout."""
+async def check_cloud_init(spec: VMSpec, *, az: AzCli, ip: str, private_key: str | None,
+                           backoff: float = 2.0) -> CheckResult:
+    """cloud-init status, via run-command (default) or over SSH, bounded by its timeout
+    (for run-command counted from its first slot in the pool)."""
+    if spec.cloud_init_check != "ssh":
+        return await _by_run_command(spec, az)
     try:
-        return await asyncio.wait_for(_cloud_init(spec, az=az, ip=ip, private_key=private_key),
-                                      spec.cloud_init_timeout)
+        return await asyncio.wait_for(_by_ssh(spec, ip=ip, private_key=private_key,
+                                              backoff=backoff), spec.cloud_init_timeout)
     except TimeoutError:
-        return CheckResult(False, f"cloud-init did not finish within "
-                                  f"{spec.cloud_init_timeout:g} s", "error")
+        return _timed_out(spec)
 
 
-async def _cloud_init(spec: VMSpec, *, az: AzCli, ip: str, private_key: str | None) -> CheckResult:
-    if spec.cloud_init_check == "ssh":
-        result = await procs.run_process(
-            ssh_args(spec, ip=ip, private_key=private_key, command=CLOUD_INIT_SCRIPT),
-            timeout=spec.cloud_init_timeout)
-        # `cloud-init status` exits 1 on error and 2 on degraded: the text decides.
-        return parse_cloud_init(result.stdout) if result.stdout else CheckResult(
-            False, f"cloud-init check over ssh failed: {_last_line(result.stderr)}", "error")
-    while True:
-        result = await az.run_shell(spec.resource_group, spec.name, CLOUD_INIT_SCRIPT,
-                                    timeout=spec.cloud_init_timeout)
+async def _by_ssh(spec: VMSpec, *, ip: str, private_key: str | None,
+                  backoff: float) -> CheckResult:
+    """No az at all: `cloud-init status --wait` through ssh. A failure of ssh itself
+    (exit 255 without output: a reboot by cloud-init, sshd not up yet) is tried again."""
+    result = await _over_ssh(spec, ip=ip, private_key=private_key, command=CLOUD_INIT_SCRIPT,
+                             timeout=spec.cloud_init_timeout, backoff=backoff,
+                             again=lambda tried: tried.exit_code == SSH_FAILED
+                             and not tried.stdout)
+    # `cloud-init status` exits 1 on error and 2 on degraded: the text decides.
+    if result.stdout:
+        return parse_cloud_init(result.stdout)
+    detail = _last_line(result.stderr) or f"exit {result.exit_code}"
+    return CheckResult(False, f"cloud-init check over ssh failed: {detail}", "error")
+
+
+async def _by_run_command(spec: VMSpec, az: AzCli) -> CheckResult:
+    """`az vm run-command invoke`, each call in a slot of `az`'s pool. The timeout runs from
+    the first slot: a VM that waited in the queue is not failed for it."""
+    pool, loop = run_command_pool(az), asyncio.get_running_loop()
+    until: float | None = None
+    while until is None or loop.time() < until:
+        async with pool:
+            until = until or loop.time() + spec.cloud_init_timeout
+            result = await az.run_shell(spec.resource_group, spec.name, CLOUD_INIT_SCRIPT,
+                                        timeout=max(0.1, until - loop.time()))
         if result.ok:
             return parse_cloud_init(run_command_stdout(result.data))
+        if result.timed_out:
+            break
         error = result.error
         if error is None or error.kind is not azcli.FailureKind.TRANSIENT:
             detail = error.message if error else "no output"
             return CheckResult(False, f"cloud-init check failed: {detail}", "error")
-        await asyncio.sleep(error.retry_after or RUN_COMMAND_BUSY_PAUSE)
+        await asyncio.sleep(min(error.retry_after or RUN_COMMAND_BUSY_PAUSE,
+                                max(0.0, until - loop.time())))
+    return _timed_out(spec)
+
+
+def _timed_out(spec: VMSpec) -> CheckResult:
+    return CheckResult(False, f"cloud-init did not finish within {spec.cloud_init_timeout:g} s",
+                       "error")
 
 
 def _section(output: str, heading: str) -> str:

@@ -52,6 +52,7 @@ class WorkerOptions:
 
     count: int = 2
     concurrency: int | None = None
+    run_command_concurrency: int | None = None
     az: str | None = None
     ssh_private_key: str | None = None
     grace: float = 2.0  # how long a stopping worker lets work in flight finish

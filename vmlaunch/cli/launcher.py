@@ -81,6 +81,7 @@ def cli() -> None:
 @local_options
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
               help="VMs this worker creates at once (each az is a ~100 MB process).")
+@cliopts.run_command_concurrency_option("Per worker.")
 @click.option("--worker-id", default=None, help="Name in events and stats. [default: host-pid]")
 @click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds a stop waits for work in flight before releasing it.")
@@ -99,8 +100,9 @@ def cli() -> None:
 @cliopts.write_budget_option("Shared by every worker on this NATS (KV bucket VM_PACING); "
                              "give them all the same.")
 def serve(az_path: str, ssh_private_key: str | None, adopt_untagged: bool, verbose: int,
-          concurrency: int, worker_id: str | None, grace: float, max_deliveries: int,
-          ack_wait: float, allow_extra_args: tuple[str, ...], write_budget: tuple[Window, ...],
+          concurrency: int, run_command_concurrency: int, worker_id: str | None, grace: float,
+          max_deliveries: int, ack_wait: float, allow_extra_args: tuple[str, ...],
+          write_budget: tuple[Window, ...],
           **nats_params: Any) -> int:
     """Take vm.create.request messages from NATS and create the VMs (worker mode).
 
@@ -125,7 +127,7 @@ def serve(az_path: str, ssh_private_key: str | None, adopt_untagged: bool, verbo
         ack_wait=ack_wait, adopt_untagged=adopt_untagged, allow_extra_args=allow_extra_args,
         write_budget=write_budget)
     customdata.prepare()  # sweeps what a SIGKILLed process left
-    return asyncio.run(workerproc.serve(settings))
+    return asyncio.run(workerproc.serve(settings, run_commands=run_command_concurrency))
 
 
 @cli.command()

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
+from vmlaunch.azure.verify import DEFAULT_RUN_COMMAND_CONCURRENCY
 from vmlaunch.azure.writebudget import DEFAULT_WINDOWS, Window, parse_windows
 from vmlaunch.errors import ExitCode, VmLaunchError
 
@@ -116,6 +117,14 @@ def write_budget_option(help: str) -> Callable[[F], F]:
              "comma-separated: every window holds); a throttled create holds every "
              f"create back for its retry-after. {help} [default: "
              f"{','.join(map(str, DEFAULT_WINDOWS))}, Azure's PutVM budget]")
+
+
+def run_command_concurrency_option(help: str) -> Callable[[F], F]:
+    return click.option("--run-command-concurrency", type=click.IntRange(min=1),
+                        default=DEFAULT_RUN_COMMAND_CONCURRENCY, show_default=True,
+                        help="Cloud-init checks by run-command at once (each is an az process "
+                             "of ~100 MB for 20 s or more), in a pool of their own apart from "
+                             f"creates and listings; checks over ssh take no slot. {help}")
 
 
 def verbose_option(help: str) -> Callable[[F], F]:

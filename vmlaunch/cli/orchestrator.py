@@ -99,6 +99,7 @@ def cli() -> None:
               help="Embedded mode: creations at once per worker. [default: the worker's]")
 @click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True,
               help="Legacy mode: creations at once.")
+@cliopts.run_command_concurrency_option("Per embedded worker, and for legacy mode.")
 @cliopts.adopt_untagged_option("Given to the embedded workers and the legacy poller.")
 @click.option("--poll-interval", type=POSITIVE,
               help="Legacy mode: seconds between polls. [default: the plan's, else 30]")
@@ -137,10 +138,12 @@ def deploy(**params: Any) -> int:
         legacy_poll=params["legacy_poll"], nats_grace=params["nats_grace"],
         workers=WorkerOptions(count=params["workers"], az=params["az_path"],
                               concurrency=params["worker_concurrency"], ssh_private_key=key,
+                              run_command_concurrency=params["run_command_concurrency"],
                               adopt_untagged=params["adopt_untagged"],
                               allow_extra_args=extra_flags(plan.vms),
                               write_budget=params["write_budget"]),
         concurrency=params["concurrency"], adopt_untagged=params["adopt_untagged"],
+        run_command_concurrency=params["run_command_concurrency"],
         poll_interval=params["poll_interval"],
         deadline=params["deadline"], confirm=_confirm(params["yes"]))
     display = make_display(json_lines=params["json_out"], quiet=params["quiet"],

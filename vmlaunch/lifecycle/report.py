@@ -71,15 +71,16 @@ async def verify_vm(spec: VMSpec, *, ip: str, az: AzCli, report: Reporter, attem
     """Run the requested checks, emitting their events; the error of the first failure."""
     if spec.verify_ssh or spec.verify_cloud_init:
         await report.status(Phase.VERIFYING, f"checking {ip}", attempt=attempt, spec=spec)
+    backoff = min(SSH_BACKOFF, spec.retry_backoff)
     if spec.verify_ssh:
-        ssh = await check_ssh(spec, ip=ip, private_key=private_key,
-                              backoff=min(SSH_BACKOFF, spec.retry_backoff))
+        ssh = await check_ssh(spec, ip=ip, private_key=private_key, backoff=backoff)
         if not ssh.ok:
             return AzError("SshFailed", ssh.detail, FailureKind.TRANSIENT)
         await report.send(SshVerified(ip=ip, port=spec.ssh_port, user=spec.effective_ssh_user),
                           attempt=attempt)
     if spec.verify_cloud_init:
-        cloud = await check_cloud_init(spec, az=az, ip=ip, private_key=private_key)
+        cloud = await check_cloud_init(spec, az=az, ip=ip, private_key=private_key,
+                                       backoff=backoff)
         await report.send(CloudInitComplete(result=cloud.result or "error", detail=cloud.detail),
                           attempt=attempt)
         if not cloud.ok:

@@ -23,6 +23,7 @@ from typing import Any
 from nats.aio.client import Client
 
 from vmlaunch.azure.azcli import TAG_DEPLOYMENT, AzCli
+from vmlaunch.azure.verify import DEFAULT_RUN_COMMAND_CONCURRENCY, limit_run_commands
 from vmlaunch.bus.connection import (
     NatsSettings,
     NatsUnavailable,
@@ -61,6 +62,7 @@ class DeployOptions:
     nats_grace: float = 10.0
     workers: WorkerOptions = field(default_factory=WorkerOptions)
     concurrency: int = 8  # legacy mode: creates at once
+    run_command_concurrency: int = DEFAULT_RUN_COMMAND_CONCURRENCY  # legacy mode's checks
     adopt_untagged: bool = False  # legacy mode; embedded workers get workers.adopt_untagged
     poll_interval: float | None = None  # legacy mode; default the plan's, else 30
     deadline: float | None = None  # default the plan's
@@ -90,6 +92,7 @@ class Deployment:
         self.stop = asyncio.Event()
         self.link = Link()
         self.az = AzCli(options.az)
+        limit_run_commands(self.az, options.run_command_concurrency)
         self.loop = asyncio.get_running_loop()
         self.deadline = 0.0  # loop time; set once the question (if any) is answered
         self.runtime: EmbeddedRuntime | None = None

@@ -14,6 +14,7 @@ import signal
 from collections.abc import Coroutine
 from typing import Any
 
+from vmlaunch.azure.verify import DEFAULT_RUN_COMMAND_CONCURRENCY, limit_run_commands
 from vmlaunch.errors import ExitCode
 from vmlaunch.host.stopsignals import on_stop_signals
 from vmlaunch.worker.settings import WorkerSettings
@@ -22,14 +23,17 @@ from vmlaunch.worker.worker import Worker
 log = logging.getLogger("worker")
 
 
-async def serve(settings: WorkerSettings) -> int:
+async def serve(settings: WorkerSettings, *,
+                run_commands: int = DEFAULT_RUN_COMMAND_CONCURRENCY) -> int:
     """Run a worker until SIGTERM/SIGINT/SIGHUP (a second one ends the grace period at
-    once). 0 after a graceful stop, 3 if it cannot start or cannot go on."""
+    once), with at most `run_commands` run-command checks at once. 0 after a graceful
+    stop, 3 if it cannot start or cannot go on."""
     if shutil.which(settings.az) is None:
         log.error("cannot serve: the az executable %r was not found", settings.az)
         return ExitCode.CANNOT_RUN
     stop = asyncio.Event()
     worker = Worker(settings)
+    limit_run_commands(worker.az, run_commands)
 
     def on_signal(sig: int) -> None:
         if stop.is_set():

@@ -136,3 +136,15 @@ def test_deploy_gives_its_write_budget_to_the_workers_and_the_legacy_poller(capt
                                 env={"NATS_URL": None})
     assert result.exit_code == 0, result.output
     assert captured["options"].workers.write_budget == (Window(10, 2.0), Window(30, 60.0))
+
+
+def test_the_run_command_concurrency_reaches_legacy_mode_and_the_embedded_workers(captured):
+    result = CliRunner().invoke(orchestrator.cli, [*BASE, "--run-command-concurrency", "3"],
+                                env={"NATS_URL": None})
+    assert result.exit_code == 0, result.output
+    options = captured["options"]
+    assert (options.run_command_concurrency, options.workers.run_command_concurrency) == (3, 3)
+    argv = worker_argv("nats://127.0.0.1:4222", 1, options.workers)
+    assert launcher.serve.make_context("serve", argv[4:]).params["run_command_concurrency"] == 3
+    defaults = launcher.serve.make_context("serve", worker_argv("u", 1, WorkerOptions())[4:])
+    assert defaults.params["run_command_concurrency"] == 8

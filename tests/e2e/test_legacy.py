@@ -21,6 +21,7 @@ import yaml
 from conftest import AZ_SIM, AzSim, async_wait_until
 
 from vmlaunch.azure.azcli import AzCli
+from vmlaunch.host.azslots import SLOTS_DIR
 from vmlaunch.plans.plan import Plan
 from vmlaunch.runner.pollmode import SOURCE, calls_summary, run_legacy
 from vmlaunch.schema import messages as m
@@ -119,8 +120,10 @@ def create_processes(sim: AzSim) -> list[psutil.Process]:
 
 def assert_nothing_left(sim: AzSim) -> None:
     assert sim.az_processes() == []
-    # No custom-data file left (the process's private directory itself goes at its exit).
-    assert [p for p in Path(tempfile.gettempdir()).rglob("*") if p.is_file()] == []
+    # No custom-data file left (the process's private directory itself goes at its exit;
+    # the az-process slot files are shared by every process of the user and stay).
+    assert [p for p in Path(tempfile.gettempdir()).rglob("*")
+            if p.is_file() and p.parent.name != SLOTS_DIR] == []
 
 
 async def test_six_vms_with_a_transient_and_a_permanent_failure_end_in_the_right_state(
@@ -163,8 +166,12 @@ async def test_six_vms_with_a_transient_and_a_permanent_failure_end_in_the_right
 async def test_a_create_process_killed_from_outside_is_adopted_not_created_again(
         sim: AzSim, tmp_path: Path):
     # Killing the client does not stop Azure: the VM keeps provisioning, so the poller
-    # must adopt it. Relaunching would be a second create of the same VM.
-    scenario(sim, create_seconds=300)
+    # must adopt it. Relaunching would be a second create of the same VM. A --no-wait
+    # create's client lives 1 s of simulated time after the PUT: at time scale 3 (3 s),
+    # long enough to be killed after the VM reached Azure.
+    sim.scenario({"time_scale": 3.0, "location": "westus2",
+                  "defaults": {"create_seconds": 3, "run_command_seconds": 0.1,
+                               "cloud_init_seconds": 0}})
     deployment = Deployment(tmp_path, make_plan(tmp_path, ["vm-1"]))
     run = asyncio.create_task(deployment.run())
     victims = await async_wait_until(lambda: create_processes(sim), timeout=10,
@@ -363,7 +370,8 @@ async def test_the_clean_up_reads_again_until_azure_answers_before_it_deletes(
 
     assert recorder.view.vms["vm-1"].ready
     azure = sim.state()
-    assert azure["calls"]["vm show"] == 3  # two unknowns, then the answer
+    # The clean-up's two unknowns, then its answer; then the ready VM's one show -d.
+    assert azure["calls"]["vm show"] == 4
     assert azure["calls"]["vm delete"] == 1
     assert azure["create_counts"] == {"vm-1": 2}
 

@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 import click
 
 from vmlaunch.errors import ExitCode, VmLaunchError
+from vmlaunch.host import azslots
+from vmlaunch.lifecycle.tracked import TRACK_INTERVAL
 
 F = TypeVar("F", bound=Callable[..., Any])
 ENV_PREFIX = "VMLAUNCH_"
@@ -98,6 +100,23 @@ def adopt_untagged_option(help: str) -> Callable[[F], F]:
                         help="Adopt (never delete) a VM of the name asked for that has no "
                              "vmlaunch-deployment tag; without it such a VM fails as NotOurs. "
                              f"{help}")
+
+
+def max_az_processes_option(help: str = "") -> Callable[[F], F]:
+    return click.option(
+        "--max-az-processes", type=click.IntRange(min=1), default=azslots.DEFAULT_LIMIT,
+        show_default=True,
+        help="az processes at once on this machine (each ~100 MB), shared with every "
+             "vmlaunch process of this user on it that uses the same number (slot files "
+             f"in <tmp>/vmlaunch-<uid>/{azslots.SLOTS_DIR}). {help}".rstrip())
+
+
+def track_interval_option(help: str = "") -> Callable[[F], F]:
+    return click.option(
+        "--track-interval", type=click.FloatRange(min=0, min_open=True),
+        default=TRACK_INTERVAL, show_default=True,
+        help="Seconds between two `az vm list -g RG` that follow every VM being created or "
+             f"waited for in the group (creates are az vm create --no-wait). {help}".rstrip())
 
 
 def verbose_option(help: str) -> Callable[[F], F]:

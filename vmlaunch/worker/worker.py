@@ -1,15 +1,10 @@
-"""The NATS worker (`vm_launcher.py serve`): takes create requests from the shared work
-queue and runs the launch pipeline for each, publishing every event it makes.
-
-Many workers on many machines share one durable pull consumer, so each request is done
-once. A request is acknowledged only when finished (ready or finally failed); while it
-runs, in-progress heartbeats keep AckWait away, and a worker that dies lets the request
-go to another worker after AckWait. A request that cannot be read goes to
-`vm.create.deadletter` on its first delivery; one whose deliveries failed too often (a
-graceful stop's release is not a failure) goes there too. A consumer or stream lost under
-a running worker is recreated; if that is impossible the worker exits 3 with the reason.
-Custom data never appears in logs or events.
-"""
+"""The NATS worker (`vm_launcher.py serve`): runs the lifecycle for each request of the
+shared work queue (one durable pull consumer: each request is done once), one `Tracked`
+observer following all its VMs. A request is acked when finished; heartbeats keep AckWait
+away meanwhile, and a dead worker's request goes to another after AckWait. Unreadable
+requests, and ones whose deliveries failed too often (a graceful stop's release is no
+failure), go to `vm.create.deadletter`. A lost consumer or stream is recreated, else the
+worker exits 3 with the reason. Custom data never appears in logs or events."""
 
 from __future__ import annotations
 
@@ -35,6 +30,7 @@ from vmlaunch.azure.azcli import AzCli
 from vmlaunch.bus.connection import ACK_WAIT, WORKER_CONSUMER, NatsSettings, close_quietly, connect
 from vmlaunch.bus.publish import NATS_ERRORS, CancelMemory, Publisher
 from vmlaunch.bus.streams import RELEASES_BUCKET, consumer_exists, worker_subscription
+from vmlaunch.lifecycle.tracked import TRACK_INTERVAL, Tracked
 from vmlaunch.schema.messages import Cancel, MessageError, Subject, decode
 from vmlaunch.schema.speccheck import allow_list_problems
 from vmlaunch.worker.jobs import Job, JobRunner
@@ -45,8 +41,7 @@ SERVICE_NAME = "vm-launcher"
 SERVICE_VERSION = "1.0.0"
 STATUS_SUBJECT = "vm-launcher.status"
 FETCH_WAIT = 1.0  # the longest a stop waits for the fetch in progress
-# Refused attempts in a row to recreate a lost consumer before the worker gives up (exit 3).
-RECOVERY_ATTEMPTS = 5
+RECOVERY_ATTEMPTS = 5  # refusals in a row to recreate a lost consumer before exit 3
 
 
 def default_worker_id() -> str:
@@ -65,6 +60,7 @@ class WorkerSettings:
     grace: float = 30.0
     max_deliveries: int = 5
     ack_wait: float = ACK_WAIT
+    track_interval: float = TRACK_INTERVAL  # seconds between listings of a resource group
     adopt_untagged: bool = False  # adopt (never delete) a same-named VM with no deployment tag
     # The only flags a request's extra_args may pass to az vm create (--allow-extra-arg).
     allow_extra_args: tuple[str, ...] = ()
@@ -75,6 +71,7 @@ class WorkerSettings:
             (self.grace < 0, "grace must not be negative"),
             (self.max_deliveries < 1, "max_deliveries must be at least 1"),
             (self.ack_wait < 1, "ack_wait must be at least 1 second"),
+            (self.track_interval <= 0, "track_interval must be positive"),
             (not self.worker_id, "worker_id must not be empty"),
         ) if bad]
         problems += [f"allow_extra_args: {problem}"
@@ -90,6 +87,7 @@ class Worker:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.az = AzCli(settings.az)
+        self.observer = Tracked(self.az, interval=settings.track_interval)  # all its VMs
         self.counts: Counter[str] = Counter()
         self.ack_wait = settings.ack_wait
         self.cancels = CancelMemory()
@@ -125,7 +123,8 @@ class Worker:
         subscription, self.ack_wait = await worker_subscription(
             js, self.settings.nats, ack_wait=self.settings.ack_wait)
         runner = JobRunner(nc, Publisher(nc, js), releases=await js.key_value(RELEASES_BUCKET),
-                           az=self.az, cancels=self.cancels, counts=self.counts,
+                           az=self.az, observer=self.observer, cancels=self.cancels,
+                           counts=self.counts,
                            worker_id=self.worker_id,
                            max_deliveries=self.settings.max_deliveries,
                            private_key=self.settings.ssh_private_key, ack_wait=self.ack_wait,
@@ -163,6 +162,7 @@ class Worker:
             finished.cancel()
             hurry.cancel()
         await self._cancel_all()
+        await self.observer.close()
         if self._service is not None:
             with contextlib.suppress(*NATS_ERRORS):
                 await self._service.stop()

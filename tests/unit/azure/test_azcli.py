@@ -453,8 +453,7 @@ async def test_calls_are_counted_per_subcommand() -> None:
     await az.delete_public_ip("rg", "a")
     await az.run_shell("rg", "a", "true", timeout=10)
     await az.group_show("rg")
-    started = await az.start(azcli.vm_delete_args("rg", "a"))
-    await started.wait()
+    await az.delete_vm("rg", "a")
     assert az.calls == {"vm show": 2, "network public-ip": 1, "vm run-command": 1,
                         "group show": 1, "vm delete": 1}
 

@@ -150,9 +150,10 @@ class Tracked:
                 return error  # refused before or at the PUT: nothing to follow
             # The PUT may have been accepted before our client ended: Azure decides.
             seen = await self._read(spec)
-            if seen.state in AZURE_IN_FLIGHT:
-                how = "timed out" if submitted.timed_out else f"exit {submitted.exit_code}"
-                return dataclasses.replace(seen, how=f" ({how})")
+            if seen.state in AZURE_IN_FLIGHT and submitted.timed_out:
+                return await self._follow(spec, deadline)  # a Timeout once it has passed
+            if seen.state in AZURE_IN_FLIGHT:  # killed: say so, then wait for it
+                return dataclasses.replace(seen, how=f" (exit {submitted.exit_code})")
             settled_seen = seen.state in (VmState.SUCCEEDED, VmState.FAILED)
             return await self._settled(spec, seen) if settled_seen else error
 

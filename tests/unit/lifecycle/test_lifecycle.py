@@ -116,6 +116,7 @@ async def test_an_absent_vm_is_created_then_verified(sim: AzSim, launch: Launche
 
 async def test_a_vm_in_flight_is_adopted_and_waited_for_never_created_again(
         sim: AzSim, launch: Launcher):
+    rules(sim, defaults={"create_seconds": 300})  # 3 s: still in flight at the first look
     sim.az("vm", "create", "-g", RG, "-n", "vm-1", "--image", "Debian12", "--zone", "1",
            "--tags", OURS, "--no-wait")
 

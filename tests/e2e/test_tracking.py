@@ -8,9 +8,11 @@ one `az vm list -g RG` per --track-interval; `az vm show -d` once per VM that su
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import AzSim, async_wait_until
 from workerkit import Bus, running, spec
@@ -69,6 +71,16 @@ async def test_a_vm_that_fails_is_read_once_and_its_code_drives_the_zone_fallbac
     assert azure["vms"]["vm-f"]["zone"] == "2"
 
 
+def az_clients(az_sim: AzSim) -> list[psutil.Process]:
+    """The simulator's az processes, without the small guard each one runs under."""
+    found = []
+    for proc in az_sim.az_processes():
+        with contextlib.suppress(psutil.Error):
+            if not any("procguard" in part for part in proc.cmdline()):
+                found.append(proc)
+    return found
+
+
 async def test_the_az_process_limit_holds_across_two_worker_processes(
         nats_server, az_sim: AzSim, tmp_path: Path):
     az_sim.scenario(lro_scenario())
@@ -79,7 +91,7 @@ async def test_the_az_process_limit_holds_across_two_worker_processes(
 
     def all_complete() -> bool:
         nonlocal peak
-        peak = max(peak, len(az_sim.az_processes()))
+        peak = max(peak, len(az_clients(az_sim)))
         return all(bus.of(name, Complete) for name in names)
 
     async with Bus(nats_server.url) as bus, running(nats_server.url, az_sim, tmp_path) as w:

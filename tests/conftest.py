@@ -72,6 +72,9 @@ class AzSim:
             "AZ_CLI": str(AZ_SIM),
             "AZ_SIM_STATE": str(self.state_path),
             "AZ_SIM_SCENARIO": str(self.scenario_path),
+            # Simulated time runs fast here: so does tracking (deploy hands it to its
+            # embedded workers). A test that passes --track-interval overrides it.
+            "VMLAUNCH_TRACK_INTERVAL": "0.2",
         }
 
     def scenario(self, scenario: dict[str, Any]) -> None:

@@ -98,7 +98,8 @@ def test_a_throttled_read_of_our_succeeded_vm_adopts_it_and_deletes_nothing(az_s
 
 def test_reads_that_never_answer_end_the_launch_with_nothing_created_or_deleted(az_sim):
     existing_vm(az_sim, TAG, fail="InternalServerError")  # ours and Failed: would be replaced
-    throttle(az_sim, "ServiceUnavailable", 1000)
+    # Both ways a VM is read: the tracker's listing and `show`.
+    throttle(az_sim, "ServiceUnavailable", 1000, commands=["vm show", "vm list"])
 
     done = launch(az_sim, "--create-timeout", "1.5")
 
@@ -111,10 +112,11 @@ def test_reads_that_never_answer_end_the_launch_with_nothing_created_or_deleted(
 
 
 def test_an_attempts_clean_up_whose_reads_fail_leaves_the_vm(az_sim):
-    # The look before the create answers (absent); the create fails leaving a Failed VM;
-    # every read after that fails: the clean-up must not delete what it cannot see.
+    # The look before the create answers (absent: the tracker's listing); the create fails
+    # leaving a Failed VM; every read after that fails (each `show`): the clean-up must not
+    # delete what it cannot see.
     az_sim.scenario({"time_scale": 0.01, "throttle": {
-        "after_calls": 1, "first_calls": 1000, "code": "TooManyRequests",
+        "after_calls": 0, "first_calls": 1000, "code": "TooManyRequests",
         "commands": ["vm show"]}, "vms": [{"match": "vm1", "fail": "InternalServerError"}]})
 
     done = launch(az_sim, "--create-timeout", "1.5", "--max-attempts", "1")

@@ -31,8 +31,10 @@ def redact(argv: list[str]) -> list[str]:
             for i, arg in enumerate(argv)]
 
 
-def vm_create_args(spec: VMSpec, *, deployment_id: str, custom_data_path: str | None) -> list[str]:
-    """`az vm create` for a spec; `spec.custom_data` (content) must be written to a file first."""
+def vm_create_args(spec: VMSpec, *, deployment_id: str, custom_data_path: str | None,
+                   no_wait: bool = False) -> list[str]:
+    """`az vm create` for a spec; `spec.custom_data` (content) must be written to a file first.
+    `no_wait`: az exits once ARM accepted the PUT, printing nothing (azure-cli.md §7)."""
     if spec.location is None:
         raise ValueError(f"VM {spec.name!r}: location is required (az would look it up per call)")
     if spec.custom_data is not None and custom_data_path is None:
@@ -46,7 +48,7 @@ def vm_create_args(spec: VMSpec, *, deployment_id: str, custom_data_path: str | 
         *_optional_create_flags(spec, custom_data_path),
         "--tags", *(f"{key}={value}" for key, value in tags.items()),
         "--nic-delete-option", "Delete", "--os-disk-delete-option", "Delete",
-        *_COMMON, *spec.extra_args,
+        *(["--no-wait"] if no_wait else []), *_COMMON, *spec.extra_args,
     ]
 
 
@@ -67,19 +69,27 @@ def _optional_create_flags(spec: VMSpec, custom_data_path: str | None) -> list[s
 
 
 @contextlib.contextmanager
-def vm_create_command(spec: VMSpec, *, deployment_id: str) -> Iterator[list[str]]:
+def vm_create_command(spec: VMSpec, *, deployment_id: str,
+                      no_wait: bool = False) -> Iterator[list[str]]:
     """`az vm create` for a spec whose `custom_data` is content: written to a private file
     (`customdata`) that exists while the block runs, so the argv is valid only inside it."""
     with custom_data_file(spec.custom_data) as path:
-        yield vm_create_args(spec, deployment_id=deployment_id, custom_data_path=path)
+        yield vm_create_args(spec, deployment_id=deployment_id, custom_data_path=path,
+                             no_wait=no_wait)
 
 
 def vm_show_args(resource_group: str, name: str) -> list[str]:
     return ["vm", "show", "-g", resource_group, "-n", name, "-d", *_COMMON]
 
 
-def vm_list_args(resource_group: str) -> list[str]:
-    return ["vm", "list", "-g", resource_group, "-d", *_COMMON]
+def vm_list_args(resource_group: str, *, details: bool = True) -> list[str]:
+    """`details` (-d) adds IPs and power state at 3 more GETs per VM (azure-cli.md §6);
+    without it one GET per page still gives provisioningState and tags."""
+    return ["vm", "list", "-g", resource_group, *(["-d"] if details else []), *_COMMON]
+
+
+def vm_instance_view_args(resource_group: str, name: str) -> list[str]:
+    return ["vm", "get-instance-view", "-g", resource_group, "-n", name, *_COMMON]
 
 
 def vm_delete_args(resource_group: str, name: str, *, no_wait: bool = False) -> list[str]:

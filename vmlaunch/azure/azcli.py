@@ -29,12 +29,14 @@ from vmlaunch.azure.argv import (
     vm_create_args,
     vm_create_command,
     vm_delete_args,
+    vm_instance_view_args,
     vm_list_args,
     vm_show_args,
     vm_wait_args,
 )
 from vmlaunch.azure.failures import AzError, FailureKind, classify
-from vmlaunch.host.procs import KILL_GRACE, ProcessResult, run_process, spawn
+from vmlaunch.host import azslots
+from vmlaunch.host.procs import KILL_GRACE, ProcessResult, run_process
 from vmlaunch.schema.vmspec import VMSpec
 
 # Importers of this module's names from before the split keep working.
@@ -95,12 +97,15 @@ class TokenBucket:
 
 
 class AzCli:
-    """Runs az. `calls` counts invocations per command (see `command_key`)."""
+    """Runs az. `calls` counts invocations per command (see `command_key`). Every process
+    holds a slot of `slots` (by default the process's machine-wide limit) while it runs."""
 
     def __init__(self, executable: str | None = None, *, write_rate: float = 10.0,
-                 kill_grace: float = KILL_GRACE) -> None:
+                 kill_grace: float = KILL_GRACE,
+                 slots: azslots.MachineSlots | None = None) -> None:
         self.executable = executable or os.environ.get("AZ_CLI") or "az"
         self.kill_grace = kill_grace
+        self.slots = slots or azslots.shared()
         self.calls: collections.Counter[str] = collections.Counter()
         self._bucket = TokenBucket(write_rate, max(1, round(write_rate)))
 
@@ -113,31 +118,35 @@ class AzCli:
         log.debug("az %s", shlex.join(redact(args)))
         return [self.executable, *args]
 
-    async def start(self, args: list[str], *, capture: bool = False) -> asyncio.subprocess.Process:
-        """Spawn without waiting (the legacy poller tracks it); see `procs.spawn`."""
-        return await spawn(await self._admit(args), capture=capture, env=AZ_ENV,
-                           kill_grace=self.kill_grace)
-
     async def run(self, args: list[str], *, timeout: float | None = None) -> AzResult:
         """Run az to completion; see `procs.run_process`."""
         argv = await self._admit(args)
-        done = await run_process(argv, timeout=timeout, env=AZ_ENV, kill_grace=self.kill_grace)
+        async with self.slots.held():  # the timeout starts once the process does
+            done = await run_process(argv, timeout=timeout, env=AZ_ENV,
+                                     kill_grace=self.kill_grace)
         result = AzResult(**{**dataclasses.asdict(done), "argv": redact(argv)},
                           data=_parse_json(done.stdout))
         log.debug("%s: exit %s in %.1f s%s", result.command, result.exit_code, result.duration,
                   " (timed out)" if result.timed_out else "")
         return result
 
-    async def create_vm(self, spec: VMSpec, *, deployment_id: str, timeout: float) -> AzResult:
-        """`spec.custom_data` is content: it goes to a private file, removed afterwards."""
-        with vm_create_command(spec, deployment_id=deployment_id) as args:
+    async def create_vm(self, spec: VMSpec, *, deployment_id: str, timeout: float,
+                        no_wait: bool = False) -> AzResult:
+        """The one place a VM create is issued. `spec.custom_data` is content: it goes to a
+        private file, removed afterwards."""
+        with vm_create_command(spec, deployment_id=deployment_id, no_wait=no_wait) as args:
             return await self.run(args, timeout=timeout)
 
     async def show_vm(self, resource_group: str, name: str, *, timeout: float = 120) -> AzResult:
         return await self.run(vm_show_args(resource_group, name), timeout=timeout)
 
-    async def list_vms(self, resource_group: str, *, timeout: float = 300) -> AzResult:
-        return await self.run(vm_list_args(resource_group), timeout=timeout)
+    async def list_vms(self, resource_group: str, *, timeout: float = 300,
+                       details: bool = True) -> AzResult:
+        return await self.run(vm_list_args(resource_group, details=details), timeout=timeout)
+
+    async def instance_view(self, resource_group: str, name: str, *,
+                            timeout: float = 120) -> AzResult:
+        return await self.run(vm_instance_view_args(resource_group, name), timeout=timeout)
 
     async def delete_vm(self, resource_group: str, name: str, *, timeout: float = 900,
                         no_wait: bool = False) -> AzResult:

@@ -90,8 +90,25 @@ def classify(exit_code: int, stderr: str) -> AzError:
     if code is None:
         code = "ResourceNotFound" if exit_code == 3 else "Unknown"
     message = _messages(stderr).get(code) or _first_error_line(stderr, exit_code)
-    hints = [float(hint) for hint in _RETRY_AFTER.findall(stderr)]  # the longest wait wins
-    return AzError(code, message, _kind(code, message), max(hints) if hints else None)
+    return AzError(code, message, _kind(code, message), _retry_after(stderr))
+
+
+def _retry_after(text: str) -> float | None:
+    hints = [float(hint) for hint in _RETRY_AFTER.findall(text)]  # the longest wait wins
+    return max(hints) if hints else None
+
+
+def provisioning_failure(vm: object) -> AzError | None:
+    """Why a Failed VM failed, from `az vm get-instance-view`'s `instanceView.statuses`:
+    the code of `ProvisioningState/failed/<Code>` and its message (azure-cli.md §7)."""
+    view = vm.get("instanceView") if isinstance(vm, dict) else None
+    statuses = view.get("statuses") if isinstance(view, dict) else None
+    for status in statuses if isinstance(statuses, list) else ():
+        parts = str(status.get("code", "")).split("/") if isinstance(status, dict) else []
+        if parts[:2] == ["ProvisioningState", "failed"] and len(parts) > 2 and parts[2]:
+            message = _one_line(str(status.get("message") or status.get("displayStatus", "")))
+            return AzError(parts[2], message, _kind(parts[2], message), _retry_after(message))
+    return None
 
 
 def _kind(code: str, message: str) -> FailureKind:

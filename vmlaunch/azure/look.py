@@ -24,7 +24,7 @@ log = logging.getLogger("vmlook")
 BACKOFF_CAP = 120.0
 READ_TIMEOUT = 120.0  # one `az vm show` at most; az itself retries inside that
 # Read failures that waiting does not cure: our own argv, or no login.
-_HOPELESS = frozenset({"ArgumentError", "NotLoggedIn"})
+HOPELESS = frozenset({"ArgumentError", "NotLoggedIn"})
 # Failures that end a launch with hands off the VM: no clean-up, no retry.
 HANDS_OFF = frozenset({"NotOurs", "VmStateUnknown"})
 
@@ -37,6 +37,7 @@ class Seen:
     data: dict[str, Any] = field(default_factory=dict)  # the VM as `az vm show -d` prints it
     error: AzError | None = None  # the last failed read, when the state is unknown
     how: str = ""  # how the observer came by it, when that matters to a status text
+    failure: AzError | None = None  # why a Failed VM failed, when the observer read it
 
     @property
     def absent(self) -> bool:
@@ -66,7 +67,7 @@ def _seen(result: AzResult) -> Seen:
 
 
 def listed(item: dict[str, Any] | None) -> Seen:
-    """A VM as one line of a successful `az vm list -d` shows it: absent when not listed."""
+    """A VM as one line of a successful `az vm list` shows it: absent when not listed."""
     state = (item or {}).get("provisioningState")
     return Seen(state, item or {}) if isinstance(state, str) and state else Seen()
 
@@ -80,7 +81,7 @@ async def look(az: AzCli, spec: VMSpec, deadline: float) -> Seen:
         seen = _seen(await az.show_vm(spec.resource_group, spec.name,
                                       timeout=max(1.0, min(READ_TIMEOUT, remaining))))
         error = seen.error
-        if error is None or error.code in _HOPELESS or time.monotonic() >= deadline:
+        if error is None or error.code in HOPELESS or time.monotonic() >= deadline:
             return seen
         delay = min(backoff_delay(spec, tries, error), max(0.0, deadline - time.monotonic()))
         log.warning("reading %s failed (%s: %s); the VM is left as it is, reading again in "

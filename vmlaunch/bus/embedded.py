@@ -57,6 +57,8 @@ class WorkerOptions:
     ssh_private_key: str | None = None
     grace: float = 2.0  # how long a stopping worker lets work in flight finish
     adopt_untagged: bool = False
+    track_interval: float | None = None
+    max_az_processes: int | None = None  # the one machine-wide limit, as the orchestrator's
     # Exactly the extra-arg flags the plan uses (speccheck.extra_flags): nothing more.
     allow_extra_args: tuple[str, ...] = ()
     # Their shared budget, also the legacy poller's; () is the PutVM budget.

@@ -22,7 +22,7 @@ from vmlaunch.cli import options as cliopts
 from vmlaunch.cli.specoptions import spec_options, spec_values
 from vmlaunch.commands import launch as manual_launch
 from vmlaunch.errors import ExitCode
-from vmlaunch.host import customdata
+from vmlaunch.host import azslots, customdata
 from vmlaunch.plans.planfile import read_spec_file
 from vmlaunch.schema.speccheck import allow_list_problems, deployment_id_problem
 from vmlaunch.schema.typedfields import FieldErrors
@@ -40,9 +40,11 @@ nats_options = natsoptions.nats_options(
 
 
 def local_options(command: F) -> F:
-    """--az, --ssh-private-key, --adopt-untagged, -v: shared by every command."""
+    """--az, --max-az-processes, --ssh-private-key, --adopt-untagged, -v: shared by every
+    command."""
     return cliopts.apply_options(command, [
         cliopts.az_option(default="az"),
+        cliopts.max_az_processes_option(),
         cliopts.ssh_private_key_option(
             "Private key for the SSH checks (never leaves this machine)."),
         cliopts.adopt_untagged_option("A VM tagged for another deployment always fails; no "
@@ -80,8 +82,10 @@ def cli() -> None:
 @nats_options
 @local_options
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
-              help="VMs this worker creates at once (each az is a ~100 MB process).")
+              help="Requests this worker handles at once (a create's az process lives only "
+                   "for the submit; every VM is followed by one shared listing).")
 @cliopts.run_command_concurrency_option("Per worker.")
+@cliopts.track_interval_option()
 @click.option("--worker-id", default=None, help="Name in events and stats. [default: host-pid]")
 @click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds a stop waits for work in flight before releasing it.")
@@ -99,10 +103,10 @@ def cli() -> None:
                    "using any other flag fails (InvalidRequest) without an az call.")
 @cliopts.write_budget_option("Shared by every worker on this NATS (KV bucket VM_PACING); "
                              "give them all the same.")
-def serve(az_path: str, ssh_private_key: str | None, adopt_untagged: bool, verbose: int,
-          concurrency: int, run_command_concurrency: int, worker_id: str | None, grace: float,
-          max_deliveries: int, ack_wait: float, allow_extra_args: tuple[str, ...],
-          write_budget: tuple[Window, ...],
+def serve(az_path: str, max_az_processes: int, ssh_private_key: str | None,
+          adopt_untagged: bool, verbose: int, concurrency: int, run_command_concurrency: int,
+          track_interval: float, worker_id: str | None, grace: float, max_deliveries: int,
+          ack_wait: float, allow_extra_args: tuple[str, ...], write_budget: tuple[Window, ...],
           **nats_params: Any) -> int:
     """Take vm.create.request messages from NATS and create the VMs (worker mode).
 
@@ -124,9 +128,10 @@ def serve(az_path: str, ssh_private_key: str | None, adopt_untagged: bool, verbo
         nats=_required(natsoptions.nats_settings(nats_params, name=f"vm-launcher-{worker_id}")),
         worker_id=worker_id, az=az_path, concurrency=concurrency,
         ssh_private_key=ssh_private_key, grace=grace, max_deliveries=max_deliveries,
-        ack_wait=ack_wait, adopt_untagged=adopt_untagged, allow_extra_args=allow_extra_args,
-        write_budget=write_budget)
+        ack_wait=ack_wait, track_interval=track_interval, adopt_untagged=adopt_untagged,
+        allow_extra_args=allow_extra_args, write_budget=write_budget)
     customdata.prepare()  # sweeps what a SIGKILLed process left
+    azslots.configure(max_az_processes)
     return asyncio.run(workerproc.serve(settings, run_commands=run_command_concurrency))
 
 
@@ -149,8 +154,9 @@ def serve(az_path: str, ssh_private_key: str | None, adopt_untagged: bool, verbo
 @local_options
 @cliopts.write_budget_option("Counts this launch's creates only.")
 def launch(spec_file: Path | None, deployment_id: str | None, json_lines: bool,
-           no_nats: bool, az_path: str, ssh_private_key: str | None, adopt_untagged: bool,
-           verbose: int, write_budget: tuple[Window, ...], **params: Any) -> int:
+           no_nats: bool, az_path: str, max_az_processes: int, ssh_private_key: str | None,
+           adopt_untagged: bool, verbose: int, write_budget: tuple[Window, ...],
+           **params: Any) -> int:
     """Create and verify one VM in the foreground, without an orchestrator.
 
     Every VM spec field is an option (or comes from --spec). The spec is checked first:
@@ -172,6 +178,7 @@ def launch(spec_file: Path | None, deployment_id: str | None, json_lines: bool,
         return ExitCode.CANNOT_RUN
     nats = None if no_nats else natsoptions.nats_settings(
         params, name=f"vm-launcher-manual-{spec.name}")
+    azslots.configure(max_az_processes)
     try:
         code = asyncio.run(manual_launch.launch(
             spec, deployment_id=deployment_id or f"manual-{spec.name}", az=az_path,

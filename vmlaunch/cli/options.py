@@ -19,6 +19,8 @@ import click
 from vmlaunch.azure.verify import DEFAULT_RUN_COMMAND_CONCURRENCY
 from vmlaunch.azure.writebudget import DEFAULT_WINDOWS, Window, parse_windows
 from vmlaunch.errors import ExitCode, VmLaunchError
+from vmlaunch.host import azslots
+from vmlaunch.lifecycle.tracked import TRACK_INTERVAL
 
 F = TypeVar("F", bound=Callable[..., Any])
 ENV_PREFIX = "VMLAUNCH_"
@@ -125,6 +127,22 @@ def run_command_concurrency_option(help: str) -> Callable[[F], F]:
                         help="Cloud-init checks by run-command at once (each is an az process "
                              "of ~100 MB for 20 s or more), in a pool of their own apart from "
                              f"creates and listings; checks over ssh take no slot. {help}")
+
+def max_az_processes_option(help: str = "") -> Callable[[F], F]:
+    return click.option(
+        "--max-az-processes", type=click.IntRange(min=1), default=azslots.DEFAULT_LIMIT,
+        show_default=True,
+        help="az processes at once on this machine (each ~100 MB), shared with every "
+             "vmlaunch process of this user on it that uses the same number (slot files "
+             f"in <tmp>/vmlaunch-<uid>/{azslots.SLOTS_DIR}). {help}".rstrip())
+
+
+def track_interval_option(help: str = "") -> Callable[[F], F]:
+    return click.option(
+        "--track-interval", type=click.FloatRange(min=0, min_open=True),
+        default=TRACK_INTERVAL, show_default=True,
+        help="Seconds between two `az vm list -g RG` that follow every VM being created or "
+             f"waited for in the group (creates are az vm create --no-wait). {help}".rstrip())
 
 
 def verbose_option(help: str) -> Callable[[F], F]:

@@ -28,6 +28,7 @@ from vmlaunch.commands import reset as reset_command
 from vmlaunch.commands import status as status_command
 from vmlaunch.display.views import format_table, make_display
 from vmlaunch.errors import ExitCode
+from vmlaunch.host import azslots
 from vmlaunch.runner import deployment
 from vmlaunch.schema.speccheck import extra_flags
 from vmlaunch.state import statefile
@@ -82,6 +83,8 @@ def cli() -> None:
 @file_options
 @nats_options
 @cliopts.az_option()
+@cliopts.max_az_processes_option("The orchestrator's own and, given to them, the embedded "
+                                 "workers'.")
 @cliopts.ssh_private_key_option(
     "Private key for the SSH checks (given to embedded workers; never sent). "
     "[default: the k0rdent key ./azure-resources/<id>-ssh-key if present]")
@@ -92,11 +95,13 @@ def cli() -> None:
                    "(which creates or deletes nothing until the workers' leases, their "
                    "AckWait, have lapsed).")
 @click.option("--legacy-poll", is_flag=True,
-              help="No NATS: one az vm create per VM, polled with az vm list (legacy mode).")
+              help="No NATS: one az vm create --no-wait per VM, followed with az vm list "
+                   "every --poll-interval (legacy mode).")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="Embedded mode: local worker processes.")
 @click.option("--worker-concurrency", type=click.IntRange(min=1),
               help="Embedded mode: creations at once per worker. [default: the worker's]")
+@cliopts.track_interval_option("Given to the embedded workers (legacy mode: --poll-interval).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True,
               help="Legacy mode: creations at once.")
 @cliopts.run_command_concurrency_option("Per embedded worker, and for legacy mode.")
@@ -118,8 +123,7 @@ def deploy(**params: Any) -> int:
     store and logs in state/nats/). NATS unreachable: one warning, then legacy polling
     (unless --require-nats); credentials rejected or TLS failed: exit 3. A rerun with
     the same plan resumes: finished VMs are left alone, VMs in flight are picked up,
-    nothing is created twice. SIGINT, SIGTERM and SIGHUP stop it in order (exit 130; a
-    rerun resumes).
+    nothing is created twice. SIGINT, SIGTERM and SIGHUP stop it in order (exit 130).
 
     The state and events files are checked before any az call: malformed, exit 2 (the
     file untouched); not writable, exit 3. A truncated state file is rebuilt from the
@@ -139,6 +143,8 @@ def deploy(**params: Any) -> int:
         workers=WorkerOptions(count=params["workers"], az=params["az_path"],
                               concurrency=params["worker_concurrency"], ssh_private_key=key,
                               run_command_concurrency=params["run_command_concurrency"],
+                              track_interval=params["track_interval"],
+                              max_az_processes=params["max_az_processes"],
                               adopt_untagged=params["adopt_untagged"],
                               allow_extra_args=extra_flags(plan.vms),
                               write_budget=params["write_budget"]),
@@ -148,6 +154,7 @@ def deploy(**params: Any) -> int:
         deadline=params["deadline"], confirm=_confirm(params["yes"]))
     display = make_display(json_lines=params["json_out"], quiet=params["quiet"],
                            verbose=params["verbose"] > 0)
+    azslots.configure(params["max_az_processes"])
     return asyncio.run(deployment.deploy(plan, options, display))
 
 

@@ -32,8 +32,8 @@ from vmlaunch.errors import ExitCode
 from vmlaunch.host import atomicfile, customdata
 from vmlaunch.host.stopsignals import Stopped, unless_stopped
 from vmlaunch.lifecycle.machine import Lifecycle, Outcome
-from vmlaunch.lifecycle.observe import Blocking
 from vmlaunch.lifecycle.report import Reporter
+from vmlaunch.lifecycle.tracked import Tracked
 from vmlaunch.schema.messages import Message, encode, new_event_id
 from vmlaunch.schema.vmspec import VMSpec
 from vmlaunch.state.reducer import DeploymentView
@@ -132,7 +132,8 @@ async def _launch(spec: VMSpec, outputs: _Outputs, *, deployment_id: str, az: st
         try:
             result = await unless_stopped(
                 Lifecycle(spec, az=(cli := AzCli(az)), report=report, private_key=private_key,
-                          observer=Blocking(cli, budget), adopt_untagged=adopt_untagged).run())
+                          observer=Tracked(cli, budget=budget),
+                          adopt_untagged=adopt_untagged).run())
         except Stopped as stopped:
             warn(f"{spec.name}: interrupted by {stopped.signal.name}; its az processes were "
                  "stopped (run again to resume)")

@@ -49,6 +49,12 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
+def shared_dir(name: str) -> Path:
+    """A private directory `name` under the root that every process of this user shares
+    (`azslots` keeps its slot files there); `sweep` leaves it alone (not a pid)."""
+    return _private_dir(_private_dir(root()) / name)
+
+
 def own_dir() -> Path:
     """This process's directory, made on first use and removed at exit."""
     path = root() / str(os.getpid())

@@ -1,9 +1,9 @@
 """One VM's life, the only code that decides what to do with it: explicit states, and one
 handler per state that does its work and names the next state.
 
-The worker, the manual launch and polling mode all run this machine; they differ only in
-the `Observer` (observe.py: blocking reads and creates, or polling mode's shared listing)
-and in where the `Reporter`'s events go (NATS, a terminal, the reducer).
+The worker, the manual launch and polling mode all run this machine with the same
+`Observer` (submit-then-track, tracked.py; polling mode lists at its poll interval); they
+differ only in where the `Reporter`'s events go (NATS, a terminal, the reducer).
 
     ACCEPT   validate the request, resolve the location   -> LOOK | GIVE_UP
     LOOK     read the VM (unknown is never absent)        -> ADOPT | CREATE | GIVE_UP
@@ -35,8 +35,9 @@ from vmlaunch.azure.azcli import AzCli, AzError, FailureKind
 from vmlaunch.azure.look import HANDS_OFF, Seen, backoff_delay, refusal, unknown_error
 from vmlaunch.lifecycle.attempts import as_found, clean_up, next_spec, remove_vm
 from vmlaunch.lifecycle.lease import OPEN, Fence
-from vmlaunch.lifecycle.observe import Blocking, Observer
+from vmlaunch.lifecycle.observe import Observer
 from vmlaunch.lifecycle.report import Reporter, report_created, verify_vm
+from vmlaunch.lifecycle.tracked import Tracked
 from vmlaunch.schema.vmspec import VMSpec, spec_problems
 from vmlaunch.schema.vocabulary import Phase, VmState
 
@@ -88,7 +89,7 @@ class Lifecycle:
                  start: Step = Step.ACCEPT) -> None:
         self.original = self.spec = spec
         self.az, self.report, self.fence = az, report, fence
-        self.observer = observer or Blocking(az)
+        self.observer = observer or Tracked(az)
         self.private_key, self.adopt_untagged = private_key, adopt_untagged
         self.step, self.started = start, time.monotonic()
         # The current attempt's number, and whether it has started a create.
@@ -216,14 +217,16 @@ class Lifecycle:
                     f"{self.name} is not in Azure", FailureKind.PERMANENT), hands_off=True)
             self.attempt += 1
         self.spent = True
-        where = f"zone {self.spec.zone}" if self.spec.zone else "no zone"
-        await self._status(Phase.CREATING, f"az vm create {self.name} ({self.spec.size}, "
-                           f"{where})")
-        # Checked last: reporting may have waited long for NATS, and the lease with it.
-        await self.fence.allow("create", self.name)
-        self.until = time.monotonic() + self.spec.create_timeout
-        created = await self.observer.create(self.spec, deployment_id=self.report.deployment_id,
-                                             deadline=self.until)
+        async with self.observer.slot():
+            await self.observer.admit()  # the write budget may hold it back a while
+            where = f"zone {self.spec.zone}" if self.spec.zone else "no zone"
+            await self._status(Phase.CREATING, f"az vm create {self.name} "
+                               f"({self.spec.size}, {where})")
+            # Checked last: reporting and the budget may have waited long, the lease with it.
+            await self.fence.allow("create", self.name)
+            self.until = time.monotonic() + self.spec.create_timeout
+            created = await self.observer.create(
+                self.spec, deployment_id=self.report.deployment_id, deadline=self.until)
         if isinstance(created, AzError):
             return await self._fail(created)
         if not created.how:
@@ -240,9 +243,10 @@ class Lifecycle:
         self.seen = seen
         if seen.state == VmState.SUCCEEDED:
             return Step.VERIFY
-        if seen.state == VmState.FAILED:
-            return await self._fail(AzError("ProvisioningFailed", f"{self.name} ended in "
-                                            "state Failed", FailureKind.TRANSIENT))
+        if seen.state == VmState.FAILED:  # why, when the observer could read it
+            return await self._fail(seen.failure or AzError(
+                "ProvisioningFailed", f"{self.name} ended in state Failed",
+                FailureKind.TRANSIENT))
         if seen.absent and time.monotonic() < self.until:  # gone meanwhile: ours to create
             return Step.CREATE
         return await self._fail(AzError("Timeout", f"{self.name} still not provisioned after "

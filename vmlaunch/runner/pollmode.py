@@ -1,9 +1,9 @@
-"""Legacy polling mode: no NATS; one `az vm create` child per VM and one `az vm list` per poll.
+"""Legacy polling mode: no NATS; `az vm create --no-wait` per VM and one `az vm list` per poll.
 
 Runs for `orchestrator.py deploy --legacy-poll`, when NATS is unreachable at start, and when
 NATS is lost mid-run. Each VM runs the one lifecycle (lifecycle/machine.py) in its own task,
-so a slow VM never delays another's update; they differ from the worker's only in how Azure
-is observed (`SharedPoll`: one listing per interval for all of them) and in where events go
+so a slow VM never delays another's update. Azure is observed as by the worker
+(`Tracked`: one listing per poll interval for all of them); only where events go differs
 (the `sink`, i.e. the reducer; source "legacy-poller"). After a fallback from NATS a
 `Handover` fence keeps them from creating or deleting anything before the workers' leases
 have lapsed; until then they only observe and adopt.
@@ -22,7 +22,7 @@ from vmlaunch.azure.writebudget import DEFAULT_WINDOWS, LocalBudget, Window
 from vmlaunch.lifecycle.lease import OPEN, POLLER, Fence, Handover
 from vmlaunch.lifecycle.machine import Lifecycle, Step, deadline_error
 from vmlaunch.lifecycle.report import Reporter
-from vmlaunch.lifecycle.sharedpoll import SharedPoll
+from vmlaunch.lifecycle.tracked import Tracked
 from vmlaunch.plans.plan import Plan
 from vmlaunch.schema.messages import Message
 from vmlaunch.schema.vmspec import VMSpec
@@ -56,8 +56,8 @@ async def run_legacy(plan: Plan, *, az: AzCli, sink: Sink,
     if poll_interval <= 0 or concurrency < 1:
         raise ValueError("run_legacy needs a positive poll_interval and a concurrency of at "
                          "least 1.")
-    observer = SharedPoll(az, interval=poll_interval, concurrency=concurrency,
-                          deadline=deadline, budget=LocalBudget(write_budget or DEFAULT_WINDOWS))
+    observer = Tracked(az, interval=poll_interval, creates=concurrency,
+                       budget=LocalBudget(write_budget or DEFAULT_WINDOWS))
     fence = OPEN if handover_at is None else Handover(handover_at)
     lives = [await _life(plan, spec, az=az, sink=sink, observer=observer, fence=fence,
                          private_key=private_key, adopt_untagged=adopt_untagged,
@@ -79,7 +79,7 @@ def calls_summary(calls: collections.Counter[str]) -> str:
     return f"{calls.total()} ({parts})" if parts else "0"
 
 
-async def _life(plan: Plan, spec: VMSpec, *, az: AzCli, sink: Sink, observer: SharedPoll,
+async def _life(plan: Plan, spec: VMSpec, *, az: AzCli, sink: Sink, observer: Tracked,
                 fence: Fence, private_key: str | None, adopt_untagged: bool, used: int,
                 generation: int) -> Lifecycle:
     """One VM's lifecycle, starting at LOOK; already FAILED when a file of its spec cannot be

@@ -24,11 +24,10 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from vmlaunch.azure.azcli import AzCli, AzError, FailureKind
-from vmlaunch.azure.writebudget import WriteBudget
 from vmlaunch.bus.publish import NATS_ERRORS, CancelMemory, Publisher, dead_letter, describe
 from vmlaunch.lifecycle.lease import Fenced, Lease
 from vmlaunch.lifecycle.machine import Lifecycle, Outcome
-from vmlaunch.lifecycle.observe import Blocking
+from vmlaunch.lifecycle.observe import Observer
 from vmlaunch.lifecycle.report import Reporter
 from vmlaunch.schema.messages import CreateRequest, Message, MessageError, Subject, decode
 from vmlaunch.schema.speccheck import deployment_id_problem, show
@@ -60,13 +59,13 @@ class JobRunner:
     """Runs one worker's jobs on its connection; counts how they end in `counts`."""
 
     def __init__(self, nc: Client, publisher: Publisher, *, releases: KeyValue, az: AzCli,
-                 budget: WriteBudget, cancels: CancelMemory, counts: Counter[str], worker_id: str,
+                 observer: Observer, cancels: CancelMemory, counts: Counter[str], worker_id: str,
                  max_deliveries: int, private_key: str | None, ack_wait: float,
                  adopt_untagged: bool = False,
                  allowed_extra_args: frozenset[str] = frozenset()) -> None:
         self._nc, self._publisher, self._releases = nc, publisher, Releases(releases)
         self.az, self.cancels, self.counts = az, cancels, counts
-        self.observer = Blocking(az, budget)  # every job's creates within the fleet's budget
+        self.observer = observer  # one tracker for every VM of this worker
         self.worker_id, self.max_deliveries = worker_id, max_deliveries
         self.private_key, self.ack_wait = private_key, ack_wait
         self.adopt_untagged = adopt_untagged  # the worker's option, never a request's

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from vmlaunch.azure.writebudget import DEFAULT_WINDOWS, Window
 from vmlaunch.bus.connection import ACK_WAIT, NatsSettings
+from vmlaunch.lifecycle.tracked import TRACK_INTERVAL
 from vmlaunch.schema.speccheck import allow_list_problems
 
 
@@ -27,6 +28,7 @@ class WorkerSettings:
     grace: float = 30.0
     max_deliveries: int = 5
     ack_wait: float = ACK_WAIT
+    track_interval: float = TRACK_INTERVAL  # seconds between listings of a resource group
     adopt_untagged: bool = False  # adopt (never delete) a same-named VM with no deployment tag
     # The only flags a request's extra_args may pass to az vm create (--allow-extra-arg).
     allow_extra_args: tuple[str, ...] = ()
@@ -38,6 +40,7 @@ class WorkerSettings:
             (self.grace < 0, "grace must not be negative"),
             (self.max_deliveries < 1, "max_deliveries must be at least 1"),
             (self.ack_wait < 1, "ack_wait must be at least 1 second"),
+            (self.track_interval <= 0, "track_interval must be positive"),
             (not self.worker_id, "worker_id must not be empty"),
         ) if bad]
         problems += [f"allow_extra_args: {problem}"

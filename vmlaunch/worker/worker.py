@@ -1,15 +1,10 @@
-"""The NATS worker (`vm_launcher.py serve`): takes create requests from the shared work
-queue and runs the launch pipeline for each, publishing every event it makes.
-
-Many workers on many machines share one durable pull consumer, so each request is done
-once. A request is acknowledged only when finished (ready or finally failed); while it
-runs, in-progress heartbeats keep AckWait away, and a worker that dies lets the request
-go to another worker after AckWait. A request that cannot be read goes to
-`vm.create.deadletter` on its first delivery; one whose deliveries failed too often (a
-graceful stop's release is not a failure) goes there too. A consumer or stream lost under
-a running worker is recreated; if that is impossible the worker exits 3 with the reason.
-Custom data never appears in logs or events.
-"""
+"""The NATS worker (`vm_launcher.py serve`): runs the lifecycle for each request of the
+shared work queue (one durable pull consumer: each request is done once), one `Tracked`
+observer following all its VMs. A request is acked when finished; heartbeats keep AckWait
+away meanwhile, and a dead worker's request goes to another after AckWait. Unreadable
+requests, and ones whose deliveries failed too often (a graceful stop's release is no
+failure), go to `vm.create.deadletter`. A lost consumer or stream is recreated, else the
+worker exits 3 with the reason. Custom data never appears in logs or events."""
 
 from __future__ import annotations
 
@@ -33,6 +28,7 @@ from vmlaunch.bus.connection import WORKER_CONSUMER, close_quietly, connect
 from vmlaunch.bus.pacing import SharedBudget
 from vmlaunch.bus.publish import NATS_ERRORS, CancelMemory, Publisher
 from vmlaunch.bus.streams import RELEASES_BUCKET, consumer_exists, worker_subscription
+from vmlaunch.lifecycle.tracked import Tracked
 from vmlaunch.schema.messages import Cancel, MessageError, Subject, decode
 from vmlaunch.worker.jobs import Job, JobRunner
 from vmlaunch.worker.settings import WorkerSettings
@@ -43,8 +39,7 @@ SERVICE_NAME = "vm-launcher"
 SERVICE_VERSION = "1.0.0"
 STATUS_SUBJECT = "vm-launcher.status"
 FETCH_WAIT = 1.0  # the longest a stop waits for the fetch in progress
-# Refused attempts in a row to recreate a lost consumer before the worker gives up (exit 3).
-RECOVERY_ATTEMPTS = 5
+RECOVERY_ATTEMPTS = 5  # refusals in a row to recreate a lost consumer before exit 3
 
 
 class Worker:
@@ -54,6 +49,7 @@ class Worker:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.az = AzCli(settings.az)
+        self.observer = Tracked(self.az, interval=settings.track_interval)  # all its VMs
         self.counts: Counter[str] = Counter()
         self.ack_wait = settings.ack_wait
         self.cancels = CancelMemory()
@@ -90,8 +86,9 @@ class Worker:
         subscription, self.ack_wait = await worker_subscription(
             js, self.settings.nats, ack_wait=self.settings.ack_wait)
         self._budget = SharedBudget(js, self.settings.write_budget)
+        self.observer.budget = self._budget  # every job's creates within the fleet's budget
         runner = JobRunner(nc, Publisher(nc, js), releases=await js.key_value(RELEASES_BUCKET),
-                           az=self.az, budget=self._budget, cancels=self.cancels,
+                           az=self.az, observer=self.observer, cancels=self.cancels,
                            counts=self.counts, worker_id=self.worker_id,
                            max_deliveries=self.settings.max_deliveries,
                            private_key=self.settings.ssh_private_key, ack_wait=self.ack_wait,
@@ -132,6 +129,7 @@ class Worker:
         await self._cancel_all()
         if self._budget is not None:
             await self._budget.close()  # a throttle's pause still being shared
+        await self.observer.close()
         if self._service is not None:
             with contextlib.suppress(*NATS_ERRORS):
                 await self._service.stop()

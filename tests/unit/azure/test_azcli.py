@@ -14,7 +14,7 @@ import psutil
 import pytest
 from conftest import DATA, REPO
 
-from vmlaunch.azure import argv, azcli
+from vmlaunch.azure import argv, azcli, failures
 from vmlaunch.azure.azcli import AzCli, AzResult, FailureKind, TokenBucket, classify
 from vmlaunch.host import procs
 from vmlaunch.schema.vmspec import VMSpec
@@ -321,6 +321,9 @@ def test_vm_create_command_keeps_the_custom_data_file_for_the_block_only() -> No
 @pytest.mark.parametrize(("args", "expected"), [
     (azcli.vm_show_args("rg", "vm1"), ["vm", "show", "-g", "rg", "-n", "vm1", "-d"]),
     (azcli.vm_list_args("rg"), ["vm", "list", "-g", "rg", "-d"]),
+    (azcli.vm_list_args("rg", details=False), ["vm", "list", "-g", "rg"]),
+    (argv.vm_instance_view_args("rg", "vm1"),
+     ["vm", "get-instance-view", "-g", "rg", "-n", "vm1"]),
     (azcli.vm_delete_args("rg", "vm1"), ["vm", "delete", "-g", "rg", "-n", "vm1", "--yes"]),
     (azcli.vm_delete_args("rg", "vm1", no_wait=True),
      ["vm", "delete", "-g", "rg", "-n", "vm1", "--yes", "--no-wait"]),
@@ -332,9 +335,48 @@ def test_vm_create_command_keeps_the_custom_data_file_for_the_block_only() -> No
     (azcli.public_ip_delete_args("rg", "vm1PublicIP"),
      ["network", "public-ip", "delete", "-g", "rg", "-n", "vm1PublicIP"]),
     (azcli.group_show_args("rg"), ["group", "show", "--name", "rg"]),
-], ids=["show", "list", "delete", "delete-no-wait", "wait", "run-shell", "public-ip", "group"])
+], ids=["show", "list", "list-no-details", "instance-view", "delete", "delete-no-wait", "wait",
+        "run-shell", "public-ip", "group"])
 def test_builders_give_exact_argv(args: list[str], expected: list[str]) -> None:
     assert args == [*expected, *COMMON]
+
+
+def test_a_no_wait_create_adds_the_flag_before_the_output_options() -> None:
+    plain = argv.vm_create_args(FULL_SPEC, deployment_id="d", custom_data_path="/f")
+    no_wait = argv.vm_create_args(FULL_SPEC, deployment_id="d", custom_data_path="/f",
+                                  no_wait=True)
+    at = plain.index("--output")
+    assert no_wait == [*plain[:at], "--no-wait", *plain[at:]]
+
+
+def instance_view(*statuses: dict) -> dict:
+    return {"name": "vm1", "provisioningState": "Failed",
+            "instanceView": {"statuses": list(statuses)}}
+
+
+@pytest.mark.parametrize(("code", "message", "kind"), [
+    ("ZonalAllocationFailed", "Allocation failed. We do not have sufficient capacity.",
+     FailureKind.CAPACITY),
+    ("InternalServerError", "An internal error occurred.", FailureKind.TRANSIENT),
+    ("OSProvisioningTimedOut", "OS Provisioning did not finish.", FailureKind.LOOK),
+    ("SomethingNew", "A code the table does not know.", FailureKind.PERMANENT),
+])
+def test_a_failed_instance_view_gives_its_code_through_the_failure_table(
+        code: str, message: str, kind: FailureKind) -> None:
+    vm = instance_view({"code": f"ProvisioningState/failed/{code}", "level": "Error",
+                        "displayStatus": "Provisioning failed", "message": message},
+                       {"code": "PowerState/deallocated", "level": "Info"})
+    failure = failures.provisioning_failure(vm)
+    assert failure is not None
+    assert (failure.code, failure.message, failure.kind) == (code, message, kind)
+
+
+@pytest.mark.parametrize("vm", [
+    instance_view({"code": "ProvisioningState/succeeded"}), instance_view(), {}, None, [],
+    instance_view({"code": "ProvisioningState/failed/"}), {"instanceView": {"statuses": "x"}},
+], ids=["succeeded", "no-statuses", "empty", "none", "list", "no-code", "bad-statuses"])
+def test_an_instance_view_without_a_failed_status_gives_no_failure(vm: object) -> None:
+    assert failures.provisioning_failure(vm) is None
 
 
 def test_vm_wait_args_refuses_an_unknown_condition() -> None:
@@ -453,8 +495,7 @@ async def test_calls_are_counted_per_subcommand() -> None:
     await az.delete_public_ip("rg", "a")
     await az.run_shell("rg", "a", "true", timeout=10)
     await az.group_show("rg")
-    started = await az.start(azcli.vm_delete_args("rg", "a"))
-    await started.wait()
+    await az.delete_vm("rg", "a")
     assert az.calls == {"vm show": 2, "network public-ip": 1, "vm run-command": 1,
                         "group show": 1, "vm delete": 1}
 

@@ -43,7 +43,10 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     ({"VMLAUNCH_AZ": "/bin/az", "AZ_CLI": "/opt/az"}, lambda o: o.az == "/bin/az"),
     ({"VMLAUNCH_ADOPT_UNTAGGED": "1"}, lambda o: o.adopt_untagged and o.workers.adopt_untagged),
     ({"VMLAUNCH_NATS_URL": "nats://a:1"}, lambda o: o.nats.servers == ["nats://a:1"]),
-], ids=["state-file", "worker-concurrency", "az-before-AZ_CLI", "flag", "nats-url"])
+    ({"VMLAUNCH_TRACK_INTERVAL": "0.5", "VMLAUNCH_MAX_AZ_PROCESSES": "7"},
+     lambda o: (o.workers.track_interval, o.workers.max_az_processes) == (0.5, 7)),
+], ids=["state-file", "worker-concurrency", "az-before-AZ_CLI", "flag", "nats-url",
+        "track-interval-and-az-limit"])
 def test_an_option_given_only_by_its_variable_takes_effect(captured, env, check):
     result = CliRunner().invoke(orchestrator.cli, BASE, env={"NATS_URL": None, **env})
     assert result.exit_code == 0, result.output
@@ -148,3 +151,11 @@ def test_the_run_command_concurrency_reaches_legacy_mode_and_the_embedded_worker
     assert launcher.serve.make_context("serve", argv[4:]).params["run_command_concurrency"] == 3
     defaults = launcher.serve.make_context("serve", worker_argv("u", 1, WorkerOptions())[4:])
     assert defaults.params["run_command_concurrency"] == 8
+
+
+def test_the_track_interval_and_the_az_limit_reach_the_embedded_workers_serve():
+    argv = worker_argv("u", 1, WorkerOptions(track_interval=0.25, max_az_processes=5))
+    params = launcher.serve.make_context("serve", argv[4:]).params
+    assert (params["track_interval"], params["max_az_processes"]) == (0.25, 5)
+    defaults = launcher.serve.make_context("serve", worker_argv("u", 1, WorkerOptions())[4:])
+    assert (defaults.params["track_interval"], defaults.params["max_az_processes"]) == (2.0, 32)

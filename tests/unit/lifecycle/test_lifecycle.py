@@ -1,8 +1,8 @@
 """The one VM lifecycle's transitions, state by state, against the az simulator.
 
-Most cases run with both observers: the blocking one (worker, manual launch) and polling
-mode's shared listing. The path a VM takes through the states must be the same: the
-observer changes how Azure is read, never what is decided.
+Every case runs with the one observer, submit-then-track (`Tracked`: az vm create
+--no-wait and one listing per interval), which the worker, the manual launch and polling
+mode share: the observer changes how Azure is read, never what is decided.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ from conftest import AzSim
 from vmlaunch.azure.azcli import TAG_DEPLOYMENT, AzCli
 from vmlaunch.lifecycle.lease import OPEN, Fence, Handover
 from vmlaunch.lifecycle.machine import LaunchResult, Lifecycle, Outcome, Step
-from vmlaunch.lifecycle.observe import Blocking, Observer
 from vmlaunch.lifecycle.report import Reporter
-from vmlaunch.lifecycle.sharedpoll import SharedPoll
+from vmlaunch.lifecycle.tracked import Tracked
 from vmlaunch.schema.messages import Failed, Message, Status
 from vmlaunch.schema.vmspec import VMSpec
 
@@ -77,14 +76,12 @@ class Run:
 Launcher = Callable[..., Any]
 
 
-@pytest.fixture(params=["blocking", "shared-poll"])
-async def launch(request: pytest.FixtureRequest, sim: AzSim,
-                 caplog: pytest.LogCaptureFixture) -> AsyncIterator[Launcher]:
-    """Runs one lifecycle with the parametrised observer; what it did and the states it
+@pytest.fixture
+async def launch(sim: AzSim, caplog: pytest.LogCaptureFixture) -> AsyncIterator[Launcher]:
+    """Runs one lifecycle with a tracker listing every 0.2 s; what it did and the states it
     passed through (from the lifecycle's debug log of each transition)."""
     az = AzCli()
-    poll = SharedPoll(az, interval=0.2, concurrency=2, deadline=time.monotonic() + 60)
-    observer: Observer = Blocking(az) if request.param == "blocking" else poll
+    observer = Tracked(az, interval=0.2)
 
     async def run(spec: VMSpec | None = None, *, start: Step = Step.LOOK, fence: Fence = OPEN,
                   used: int = 0) -> Run:
@@ -106,7 +103,7 @@ async def launch(request: pytest.FixtureRequest, sim: AzSim,
         return Run(result, path, events)
 
     yield run
-    await poll.close()
+    await observer.close()
 
 
 async def test_an_absent_vm_is_created_then_verified(sim: AzSim, launch: Launcher):
@@ -119,6 +116,7 @@ async def test_an_absent_vm_is_created_then_verified(sim: AzSim, launch: Launche
 
 async def test_a_vm_in_flight_is_adopted_and_waited_for_never_created_again(
         sim: AzSim, launch: Launcher):
+    rules(sim, defaults={"create_seconds": 300})  # 3 s: still in flight at the first look
     sim.az("vm", "create", "-g", RG, "-n", "vm-1", "--image", "Debian12", "--zone", "1",
            "--tags", OURS, "--no-wait")
 
@@ -218,7 +216,7 @@ async def test_a_fence_that_makes_the_create_wait_is_followed_by_a_fresh_look(
 
 async def test_an_unreadable_vm_is_neither_created_nor_deleted(sim: AzSim, caplog):
     rules(sim, throttle={"first_calls": 1000, "code": "TooManyRequests",
-                         "commands": ["vm show"]})
+                         "commands": ["vm show", "vm list"]})
     events: list[Message] = []
 
     async def emit(message: Message) -> None:

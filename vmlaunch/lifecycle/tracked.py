@@ -1,0 +1,207 @@
+"""Submit, then track: the observer every lifecycle uses (worker, manual launch, polling mode).
+
+A create is `az vm create --no-wait`: its process lives for validation and the PUT only
+(azure-cli.md §7). Every VM followed in one resource group is read from ONE `az vm list -g
+RG` (no `-d`: one GET per page, §6) per interval, whatever their number, and only while
+some VM waits for a listing. A VM that reaches Succeeded is shown once with `az vm show -d`
+(its IPs); one that reaches Failed gets one `az vm get-instance-view`, whose
+`ProvisioningState/failed/<Code>` goes through the one failure table. A listing that fails
+is unknown for every VM of the group, never absent: readers wait for the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from typing import Any
+
+from vmlaunch.azure.azcli import AzCli, AzError, FailureKind
+from vmlaunch.azure.failures import provisioning_failure
+from vmlaunch.azure.look import HOPELESS, Seen, listed, look
+from vmlaunch.azure.writebudget import LocalBudget, WriteBudget, note_throttle
+from vmlaunch.lifecycle.observe import settled
+from vmlaunch.schema.vmspec import VMSpec
+from vmlaunch.schema.vocabulary import AZURE_IN_FLIGHT, VmState
+
+log = logging.getLogger("tracker")
+
+TRACK_INTERVAL = 2.0  # seconds between two listings of a group (`--track-interval`)
+LIST_TIMEOUT = 300.0
+SUBMIT_TIMEOUT = 600.0  # validation and the PUT: seconds, never the create itself
+# Real ARM may list a just-submitted VM only once its deployment reaches it: absent this
+# long after the submit is "not yet", not "gone".
+ABSENT_GRACE = 30.0
+Listing = dict[str, dict[str, Any]] | AzError
+
+
+class GroupTracker:
+    """The listings of one resource group. A read is answered by the first listing *started*
+    after it was asked for, so it is never older than the question."""
+
+    def __init__(self, az: AzCli, group: str, interval: float) -> None:
+        self.az, self.group, self.interval = az, group, interval
+        self.waiting, self.next_at = 0, 0.0
+        self.last: tuple[float, Listing] = (-math.inf, {})  # when it started, what it gave
+        self.fresh = asyncio.Condition()
+        self.task: asyncio.Task[None] | None = None
+
+    async def read(self, name: str) -> Seen:
+        """The VM as the next listing shows it; unknown when that listing failed."""
+        asked = time.monotonic()
+        self.waiting += 1
+        try:
+            if self.task is None or self.task.done():
+                self.task = asyncio.create_task(self._poll(), name=f"track-{self.group}")
+            async with self.fresh:
+                await self.fresh.wait_for(lambda: self.last[0] >= asked)
+                result = self.last[1]
+        finally:
+            self.waiting -= 1
+        return Seen(error=result) if isinstance(result, AzError) else listed(result.get(name))
+
+    async def _poll(self) -> None:
+        """Lists while anyone waits (then ends), at most once per interval."""
+        while self.waiting:
+            await asyncio.sleep(max(0.0, self.next_at - time.monotonic()))  # others ask too
+            started = time.monotonic()
+            self.next_at = started + self.interval
+            result = await self._list()
+            async with self.fresh:
+                self.last = (started, result)
+                self.fresh.notify_all()
+
+    async def _list(self) -> Listing:
+        try:
+            result = await self.az.list_vms(self.group, timeout=LIST_TIMEOUT, details=False)
+        except OSError as exc:  # az missing or not executable
+            return AzError("AzNotRunnable", str(exc), FailureKind.PERMANENT)
+        except Exception as exc:  # a bug must not leave every reader of the group waiting
+            log.exception("listing %s failed", self.group)
+            return AzError("InternalError", f"{type(exc).__name__}: {exc}", FailureKind.TRANSIENT)
+        if result.ok and isinstance(result.data, list):
+            return {item["name"]: item for item in result.data
+                    if isinstance(item, dict) and "name" in item}
+        error = result.error or AzError("Unknown", "az vm list printed no JSON list",
+                                        FailureKind.TRANSIENT)
+        log.warning("az vm list -g %s failed (%s: %s): every VM of the group is unknown until "
+                    "the next listing", self.group, error.code, error.message)
+        return error
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+
+class Tracked:
+    """The `Observer` (observe.py) of submit-then-track. `creates`: at most this many creates
+    (submit and follow) at once, for polling mode's --concurrency; None: no bound here."""
+
+    def __init__(self, az: AzCli, *, interval: float = TRACK_INTERVAL,
+                 creates: int | None = None, budget: WriteBudget | None = None) -> None:
+        if interval <= 0:
+            raise ValueError(f"the track interval must be positive, not {interval}")
+        self.az, self.interval = az, interval
+        self.groups: dict[str, GroupTracker] = {}
+        self.creates = asyncio.Semaphore(creates) if creates else None
+        self.budget: WriteBudget = budget or LocalBudget()  # the worker's is the fleet's
+
+    def slot(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """One of the `creates` followed at once, held from before the create's clock
+        starts (a wait for a slot is not the create's time) until it is settled."""
+        return self.creates or contextlib.nullcontext()
+
+    async def admit(self) -> None:
+        """The write budget's go for one create (awaited before the fence is checked)."""
+        await self.budget.admit()
+
+    def _group(self, spec: VMSpec) -> GroupTracker:
+        group = spec.resource_group
+        if group not in self.groups:
+            self.groups[group] = GroupTracker(self.az, group, self.interval)
+        return self.groups[group]
+
+    async def look(self, spec: VMSpec) -> Seen:
+        seen = await self._read(spec)
+        return await self._shown(spec, seen) if seen.state == VmState.SUCCEEDED else seen
+
+    async def _read(self, spec: VMSpec) -> Seen:
+        """The next listing's answer; after a failed one, the next, until `create_timeout`."""
+        deadline = time.monotonic() + spec.create_timeout
+        while True:
+            seen = await self._group(spec).read(spec.name)
+            error = seen.error
+            if error is None or error.code in HOPELESS or time.monotonic() >= deadline:
+                return seen
+
+    async def wait(self, spec: VMSpec, deadline: float) -> Seen:
+        seen = Seen(VmState.CREATING)
+        while time.monotonic() < deadline:
+            seen = await self._group(spec).read(spec.name)
+            if settled(seen):
+                return await self._settled(spec, seen)
+        return seen
+
+    async def create(self, spec: VMSpec, *, deployment_id: str,
+                     deadline: float) -> Seen | AzError:
+        timeout = max(1.0, min(SUBMIT_TIMEOUT, deadline - time.monotonic()))
+        submitted = await self.az.create_vm(spec, deployment_id=deployment_id,
+                                            timeout=timeout, no_wait=True)
+        error = submitted.error
+        if error is not None:
+            note_throttle(self.budget, error)
+        if error is None:
+            return await self._follow(spec, deadline)
+        died = submitted.timed_out or submitted.exit_code < 0  # timed out, or killed
+        if not died and error.kind is not FailureKind.LOOK:
+            return error  # refused before or at the PUT: nothing to follow
+        # The PUT may have been accepted before our client ended: Azure decides.
+        seen = await self._read(spec)
+        if seen.state in AZURE_IN_FLIGHT and submitted.timed_out:
+            return await self._follow(spec, deadline)  # a Timeout once it has passed
+        if seen.state in AZURE_IN_FLIGHT:  # killed: say so, then wait for it
+            return dataclasses.replace(seen, how=f" (exit {submitted.exit_code})")
+        settled_seen = seen.state in (VmState.SUCCEEDED, VmState.FAILED)
+        return await self._settled(spec, seen) if settled_seen else error
+
+    async def _follow(self, spec: VMSpec, deadline: float) -> Seen | AzError:
+        """Until settled or `deadline`; absent is "not listed yet" for ABSENT_GRACE."""
+        listed_by = time.monotonic() + ABSENT_GRACE
+        seen = Seen(VmState.CREATING)
+        while time.monotonic() < deadline:
+            seen = await self._group(spec).read(spec.name)
+            if seen.absent and time.monotonic() >= listed_by:
+                return AzError("VmMissing", f"{spec.name} was submitted but is not listed in "
+                               f"Azure after {ABSENT_GRACE:g} s", FailureKind.TRANSIENT)
+            if settled(seen) and not seen.absent:
+                return await self._settled(spec, seen)
+        return seen
+
+    async def _settled(self, spec: VMSpec, seen: Seen) -> Seen:
+        """A settled VM with what the lifecycle needs next: IPs, or why it failed."""
+        if seen.state == VmState.SUCCEEDED:
+            return await self._shown(spec, seen)
+        if seen.state == VmState.FAILED:
+            view = await self.az.instance_view(spec.resource_group, spec.name)
+            failure = provisioning_failure(view.data) if view.ok else None
+            if failure is None:
+                log.warning("%s failed and why could not be read (%s)", spec.name,
+                            view.error.code if view.error else "no failed status")
+            return dataclasses.replace(seen, failure=failure)
+        return seen
+
+    async def _shown(self, spec: VMSpec, seen: Seen) -> Seen:
+        """`az vm show -d` once (the IPs a listing without -d lacks); if that read fails,
+        the listing's answer stands (it was authoritative)."""
+        shown = await look(self.az, spec, time.monotonic() + spec.create_timeout)
+        return seen if shown.unknown else shown
+
+    async def close(self) -> None:
+        """End the listings (they end on their own once nobody waits)."""
+        for tracker in self.groups.values():
+            await tracker.close()

@@ -149,7 +149,8 @@ def test_the_default_put_vm_budget_is_240_per_3_minutes_and_1200_per_30_minutes(
 
 
 def test_creates_past_the_put_vm_3min_budget_get_the_429_until_the_window_frees(sim):
-    sim.scenario(put_vm_budget={"PutVM3Min": {"calls": 3, "seconds": 100}},  # 1 s window
+    # A 10 s window (time scale 0.01): one call may take a second on a loaded machine.
+    sim.scenario(put_vm_budget={"PutVM3Min": {"calls": 3, "seconds": 1000}},
                  vms=[{"match": "pre", "fail": "SkuNotAvailable", "fail_phase": "preflight"}])
     assert sim.create("pre").returncode == 1  # a preflight failure PUTs nothing
     assert [sim.create(n, "--no-wait").returncode for n in ("a", "b")] == [0, 0]
@@ -158,14 +159,14 @@ def test_creates_past_the_put_vm_3min_budget_get_the_429_until_the_window_frees(
     assert (p.returncode, p.stdout) == (1, "")
     assert f"azure.core.exceptions.HttpResponseError: {PUT_VM3MIN}\n" in p.stderr
     retry_after = int(p.stderr.split("'Retry-After': '")[1].split("'")[0])
-    assert 1 <= retry_after <= 100
+    assert 1 <= retry_after <= 1000
     assert "'x-ms-ratelimit-remaining-resource': 'Microsoft.Compute/PutVM3Min;0'" in p.stderr
     state = sim.state()
     assert "d" not in state["vms"] and "d" not in state["create_attempts"]
-    assert state["put_vm_budget"]["PutVM3Min"] == {"calls": 3, "seconds": 100, "used": 3,
+    assert state["put_vm_budget"]["PutVM3Min"] == {"calls": 3, "seconds": 1000, "used": 3,
                                                    "remaining": 0, "throttled": 1}
     assert sim.run("vm", "delete", "-g", RG, "-n", "a", "--yes").returncode == 0  # DeleteVM
-    wait_for(lambda: budget(sim)["PutVM3Min"]["remaining"] > 0, what="a free slot")
+    wait_for(lambda: budget(sim)["PutVM3Min"]["remaining"] > 0, timeout=30, what="a free slot")
     assert sim.create("d", "--no-wait").returncode == 0
 
 

@@ -35,7 +35,7 @@ from vmlaunch.azure.azcli import AzCli, AzError, FailureKind
 from vmlaunch.azure.look import HANDS_OFF, Seen, backoff_delay, refusal, unknown_error
 from vmlaunch.lifecycle.attempts import as_found, clean_up, next_spec, remove_vm
 from vmlaunch.lifecycle.lease import OPEN, Fence
-from vmlaunch.lifecycle.observe import Observer
+from vmlaunch.lifecycle.observe import Observer, settled
 from vmlaunch.lifecycle.report import Reporter, report_created, verify_vm
 from vmlaunch.lifecycle.tracked import Tracked
 from vmlaunch.schema.vmspec import VMSpec, spec_problems
@@ -96,6 +96,7 @@ class Lifecycle:
         self.attempt, self.spent = max(used, 1), used >= 1
         self.seen, self.until, self.error, self.final = Seen(), 0.0, None, False
         self.kept: str | None = None  # why a failed attempt's VM was left in place
+        self.relook = False  # waiting for a deletion: what follows is looked at again
         self.handlers: dict[Step, Callable[[], Awaitable[Step]]] = {
             Step.ACCEPT: self._accept, Step.LOOK: self._look, Step.ADOPT: self._adopt,
             Step.REPLACE: self._replace, Step.CREATE: self._create, Step.WAIT: self._wait,
@@ -183,6 +184,7 @@ class Lifecycle:
         state = self.seen.state
         if state == VmState.DELETING:  # someone else's clean-up: decide once it is gone
             self.until = time.monotonic() + self.spec.create_timeout
+            self.relook = True
             return Step.WAIT
         refused = refusal(self.seen.data, deployment_id=self.report.deployment_id,
                           adopt_untagged=self.adopt_untagged, delete=state == VmState.FAILED)
@@ -236,7 +238,11 @@ class Lifecycle:
         return Step.WAIT
 
     async def _wait(self) -> Step:
-        return await self._settled(await self.observer.wait(self.spec, self.until))
+        seen = await self.observer.wait(self.spec, self.until)
+        if self.relook and settled(seen) and not seen.absent:  # a VM where one was being
+            self.relook = False  # deleted may be someone else's by now: look at it afresh
+            return Step.LOOK
+        return await self._settled(seen)
 
     async def _settled(self, seen: Seen) -> Step:
         """Where a VM followed until `until` goes: what Azure decided, or a timeout."""

@@ -8,6 +8,7 @@ mode share: the observer changes how Azure is read, never what is decided.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AzSim
+from conftest import AzSim, async_wait_until
 
 from vmlaunch.azure.azcli import TAG_DEPLOYMENT, AzCli
 from vmlaunch.lifecycle.lease import OPEN, Fence, Handover
@@ -240,3 +241,39 @@ async def test_a_bad_request_is_refused_at_accept_without_an_az_call(sim: AzSim,
     assert run.path == [Step.ACCEPT, G, NO]
     assert run.failures() == [("InvalidRequest", True)]
     assert sim.state().get("calls", {}) == {}
+
+
+async def test_a_vm_that_replaces_a_deleting_one_is_looked_at_afresh_never_adopted_untagged(
+        sim: AzSim):
+    # vm-1 (not ours) is being deleted when the lifecycle first looks, so it waits for it
+    # to go. Between two listings (6 s apart) the deletion ends and someone else creates
+    # another untagged vm-1: the wait's next listing says Succeeded, which must be looked
+    # at afresh (ownership), not adopted.
+    rules(sim, defaults={"delete_seconds": 100, "create_seconds": 50})
+    sim.az("vm", "create", "-g", RG, "-n", "vm-1", "--image", "Debian12", "--zone", "1")
+    sim.az("vm", "delete", "-g", RG, "-n", "vm-1", "--yes", "--no-wait")
+    az, events = AzCli(), []
+
+    async def emit(message: Message) -> None:
+        events.append(message)
+
+    observer = Tracked(az, interval=6.0)
+    report = Reporter(emit, deployment_id=DEPLOYMENT, vm_name="vm-1", source="test",
+                      id_seed="seed")
+    life = asyncio.create_task(Lifecycle(vm_spec(), az=az, report=report,
+                                         observer=observer).run())
+    try:
+        await async_wait_until(lambda: sim.state()["calls"].get("vm list", 0) >= 1,
+                               timeout=20, message="the first listing")
+        await async_wait_until(lambda: "vm-1" not in sim.state()["vms"], timeout=20,
+                               message="the deletion to end")
+        sim.az("vm", "create", "-g", RG, "-n", "vm-1", "--image", "Debian12", "--zone", "1")
+        result = await asyncio.wait_for(life, 40)
+    finally:
+        await observer.close()
+
+    assert result.outcome is Outcome.FAILED
+    assert [e.payload.error_code for e in events if isinstance(e.payload, Failed)] == ["NotOurs"]
+    shown = json.loads(sim.az("vm", "show", "-g", RG, "-n", "vm-1").stdout)
+    assert shown["provisioningState"] == "Succeeded"  # left alone
+    assert sim.state()["create_counts"] == {"vm-1": 2}  # both someone else's

@@ -43,7 +43,7 @@ def parse_args() -> argparse.Namespace:
                    "(default: the largest size; 0: none)")
     p.add_argument("--admission-size", type=int, help="NATS run recording admissions "
                    "(default: twice the largest size; 0: none)")
-    p.add_argument("--docs", type=Path, default=DOCS, help="Markdown file to write ('' none)")
+    p.add_argument("--docs", default=str(DOCS), help="Markdown file to write ('': none)")
     p.add_argument("--from-results", type=Path, help="redraw the docs from this results.json")
     return p.parse_args()
 
@@ -70,7 +70,7 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[RunSpec], list[str], int]:
     return specs, skipped, admit
 
 
-def run_all(specs: list[RunSpec], results_path: Path, meta: dict) -> list[dict]:
+def run_all(specs: list[RunSpec], results: Path | None, meta: dict) -> list[dict]:
     runs = []
     for spec in specs:
         print(f"running {spec.label} ...", flush=True)
@@ -81,7 +81,9 @@ def run_all(specs: list[RunSpec], results_path: Path, meta: dict) -> list[dict]:
         runs.append(run)
         print(f"  {spec.label}: exit {run['exit']}, {run['succeeded']}/{spec.size} seen "
               f"Succeeded, wall {run['wall']:.1f} s", flush=True)
-        results_path.write_text(json.dumps({**meta, "runs": runs}, indent=1))
+        if results:  # after every run, so that an interrupted bench keeps what it measured
+            results.parent.mkdir(parents=True, exist_ok=True)
+            results.write_text(json.dumps({**meta, "runs": runs}, indent=1))
     return runs
 
 
@@ -143,7 +145,7 @@ def write_docs(runs: list[dict], meta: dict, admission: dict | None, docs: Path)
 
 def main() -> None:
     args = parse_args()
-    docs = args.docs if str(args.docs) else None
+    docs = Path(args.docs) if args.docs else None
     if args.from_results:
         saved = json.loads(args.from_results.read_text())
         render(saved["runs"], saved, docs)
@@ -152,8 +154,7 @@ def main() -> None:
     meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
             "track_interval": has_option("--track-interval"), "skipped": skipped,
             "admission_size": admit}
-    results = (docs.parent if docs else REPO / "bench") / "benchmarks" / "results.json"
-    results.parent.mkdir(parents=True, exist_ok=True)
+    results = docs.parent / "benchmarks" / "results.json" if docs else None
     render(run_all(specs, results, meta), meta, docs)
 
 

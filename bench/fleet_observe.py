@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import threading
 import time
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import psutil
@@ -44,6 +45,7 @@ class StateWatcher:
         self.path = path
         self.seen: dict[str, float] = {}
         self.rewrites = 0
+        self._last: tuple[int, int, int] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -54,7 +56,7 @@ class StateWatcher:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self._look(self._identity(), None)  # the last rewrite, if the loop missed it
+        self._look()  # the last rewrite, if the loop missed it
 
     def _identity(self) -> tuple[int, int, int] | None:
         try:
@@ -64,18 +66,15 @@ class StateWatcher:
         return st.st_ino, st.st_mtime_ns, st.st_size
 
     def _loop(self) -> None:
-        last = None
         while not self._stop.is_set():
-            ident = self._identity()
-            if ident != last:
-                self._look(ident, last)
-                last = ident
+            self._look()
             time.sleep(WATCH_INTERVAL)
 
-    def _look(self, ident: tuple[int, int, int] | None, last: object) -> None:
-        if ident is None or ident == last:
+    def _look(self) -> None:
+        ident = self._identity()
+        if ident is None or ident == self._last:
             return
-        now = time.time()
+        self._last, now = ident, time.time()
         self.rewrites += 1
         try:
             text = self.path.read_text()
@@ -99,15 +98,19 @@ def kind_of(cmdline: list[str], name: str) -> str | None:
     return None
 
 
-def _sample(root: int, stop: multiprocessing.synchronize.Event, out: multiprocessing.Queue) -> None:
+def _sample(root: int, ready: Event, stop: Event, out: multiprocessing.Queue) -> None:
     peak_rss: dict[str, int] = {}
     peak_az, peak_az_rss = 0, 0
+    kinds: dict[int, str | None] = {}  # pid -> kind: cmdline is read once per process
     parent = psutil.Process(root)
+    ready.set()
     while not stop.is_set():
         az, az_rss = 0, 0
         for proc in parent.children(recursive=True):
             try:
-                kind = kind_of(proc.cmdline(), proc.name())
+                if kinds.get(proc.pid) is None:
+                    kinds[proc.pid] = kind_of(proc.cmdline(), proc.name())
+                kind = kinds[proc.pid]
                 rss = proc.memory_info().rss if kind else 0
             except psutil.Error:
                 continue
@@ -127,13 +130,14 @@ class ProcessSampler:
 
     def __init__(self) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self._stop, self._out = ctx.Event(), ctx.Queue()
-        self._proc = ctx.Process(target=_sample, args=(os.getpid(), self._stop, self._out),
-                                 daemon=True)
+        self._ready, self._stop, self._out = ctx.Event(), ctx.Event(), ctx.Queue()
+        self._proc = ctx.Process(target=_sample, daemon=True,
+                                 args=(os.getpid(), self._ready, self._stop, self._out))
         self.result: dict = {}
 
     def __enter__(self) -> ProcessSampler:
         self._proc.start()
+        self._ready.wait(timeout=60)  # a run starts only once its processes are watched
         return self
 
     def __exit__(self, *exc: object) -> None:

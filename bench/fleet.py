@@ -8,7 +8,9 @@ and PutVM budget), verification off; plus one NATS run with cloud-init verificat
 the largest size and one NATS run of twice the largest size that records the admission
 (PUT) times against the write budget. Prints the tables and writes docs/benchmarks.md (the
 part between its bench markers), docs/benchmarks/results.json and the PNG plots.
-`--from-results` redraws the docs from a results file without running anything.
+`--from-results` redraws the docs from a results file without running anything; `--append`
+adds this invocation's runs to the saved ones (a run of the same label is replaced), so that
+the sizes can be measured in several sittings.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def parse_args() -> argparse.Namespace:
                    "(default: twice the largest size; 0: none)")
     p.add_argument("--docs", default=str(DOCS), help="Markdown file to write ('': none)")
     p.add_argument("--from-results", type=Path, help="redraw the docs from this results.json")
+    p.add_argument("--append", action="store_true",
+                   help="keep the runs saved in results.json, replacing those run again")
     return p.parse_args()
 
 
@@ -70,8 +74,15 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[RunSpec], list[str], int]:
     return specs, skipped, admit
 
 
-def run_all(specs: list[RunSpec], results: Path | None, meta: dict) -> list[dict]:
-    runs = []
+def saved_runs(results: Path | None, specs: list[RunSpec]) -> list[dict]:
+    if results is None or not results.exists():
+        return []
+    labels = {spec.label for spec in specs}
+    return [r for r in json.loads(results.read_text())["runs"] if r["label"] not in labels]
+
+
+def run_all(specs: list[RunSpec], results: Path | None, meta: dict,
+            runs: list[dict]) -> list[dict]:
     for spec in specs:
         print(f"running {spec.label} ...", flush=True)
         raw = measure(spec)
@@ -155,7 +166,12 @@ def main() -> None:
             "track_interval": has_option("--track-interval"), "skipped": skipped,
             "admission_size": admit}
     results = docs.parent / "benchmarks" / "results.json" if docs else None
-    render(run_all(specs, results, meta), meta, docs)
+    if args.append and results and results.exists():
+        old = json.loads(results.read_text())
+        meta["skipped"] = list(dict.fromkeys(old.get("skipped", []) + meta["skipped"]))
+        meta["admission_size"] = meta["admission_size"] or old.get("admission_size")
+    runs = saved_runs(results, specs) if args.append else []
+    render(run_all(specs, results, meta, runs), meta, docs)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ class BashRun:
         else:
             self.launch(host)
 
-    def check(self, host: Host, vm: dict | None, seen_at: float) -> None:
+    def check(self, host: Host, vm: dict | None, seen_at: float, exited: bool) -> None:
         state = (vm or {}).get("provisioningState")
         if state == "Succeeded" and vm.get("publicIps"):
             self.observed[host.name] = seen_at
@@ -93,7 +93,7 @@ class BashRun:
             host.done = True
         elif state == "Failed":
             self.retry(host, delete=True)
-        elif vm is None and host.proc and host.proc.poll() is not None:
+        elif vm is None and exited:
             self.retry(host, delete=False)
 
     def run(self, names: list[str]) -> None:
@@ -107,12 +107,16 @@ class BashRun:
         end = time.monotonic() + self.deadline
         while time.monotonic() < end and not all(h.done for h in hosts):
             time.sleep(self.interval)  # VM_WAIT_CHECK_INTERVAL: the loop's own cadence
+            # Only a process that had ended before the listing began can be missing its VM
+            # (bash's `kill -0` comes after a list of a second; here, under load, a list
+            # can take long enough for a create to finish meanwhile).
+            exited = {h.name for h in hosts if h.proc and h.proc.poll() is not None}
             vms = self.listing()
             if vms is None:
                 continue
             seen_at = time.time()
             for host in (h for h in hosts if not h.done):
-                self.check(host, vms.get(host.name), seen_at)
+                self.check(host, vms.get(host.name), seen_at, host.name in exited)
         for host in hosts:
             if host.proc and host.proc.poll() is None:
                 host.proc.kill()

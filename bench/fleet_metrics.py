@@ -71,6 +71,12 @@ def arm_gets(spec: RunSpec, log: list[tuple[float, str]], created: list[float]) 
     return total
 
 
+def latency(seen: float, succeeded_at: list[float]) -> float | None:
+    """From the VM's latest success before the state file showed it (a redeploy adds one)."""
+    before = [t for t in succeeded_at if t <= seen]
+    return seen - max(before) if before else None
+
+
 def admissions(sim: dict, started: float) -> list[float]:
     """Seconds after the start at which each VM's PUT was accepted (its record's created_at)."""
     return sorted(vm["created_at"] - started for vm in sim.get("vms", {}).values()
@@ -80,17 +86,17 @@ def admissions(sim: dict, started: float) -> list[float]:
 def summarize(raw: dict) -> dict:
     spec: RunSpec = raw["spec"]
     sim, seen = raw["sim"], raw["seen"]
-    succeeded_at = {name: times[-1] for name, times in sim.get("succeeded_at", {}).items()
-                    if times}
-    e2e = [seen[n] - succeeded_at[n] for n in seen if n in succeeded_at]
+    e2e = [latency(seen[n], sim.get("succeeded_at", {}).get(n, [])) for n in seen]
+    e2e = [v for v in e2e if v is not None]
     observed = raw["observed"] or observed_by_tool(raw["events"])
     own = [seen[n] - observed[n] for n in seen if n in observed]
     created = [vm["created_at"] for vm in sim.get("vms", {}).values() if vm.get("created_at")]
     budget = sim.get("put_vm_budget") or {}
     return {
         "label": spec.label, "mode": spec.mode, "size": spec.size, "verify": spec.verify,
-        "exit": raw["exit"], "wall": raw["wall"], "critical": spec.critical_path,
-        "overhead": raw["wall"] - spec.critical_path, "succeeded": len(seen),
+        "exit": raw["exit"], "wall": raw["wall"], "load": raw["load"],
+        "critical": spec.critical_path, "overhead": raw["wall"] - spec.critical_path,
+        "succeeded": len(seen),
         "e2e": percentiles(e2e), "own": percentiles(own),
         "calls": dict(sorted(sim.get("calls", {}).items())),
         "arm_gets": arm_gets(spec, raw["az_log"], created),

@@ -85,32 +85,30 @@ class StateWatcher:
                 self.seen[name] = now
 
 
-def kind_of(cmdline: list[str], name: str) -> str | None:
-    line = " ".join(cmdline)
-    if "az-sim" in line:
-        return "az"
-    if "nats-server" in name or "nats-server" in line:
-        return "nats-server"
+def kind_of(cmdline: list[str]) -> str | None:
+    """The kind of a process, by its program (a worker's arguments name the az path too)."""
+    line = " ".join(cmdline[:3])
     if "vmlaunch.cli.launcher" in line or "vm_launcher.py" in line:
         return "worker"
     if "orchestrator.py" in line:
         return "orchestrator"
+    if "nats-server" in line:
+        return "nats-server"
+    if "az-sim" in line:
+        return "az"
     return None
 
 
 def _sample(root: int, ready: Event, stop: Event, out: multiprocessing.Queue) -> None:
     peak_rss: dict[str, int] = {}
     peak_az, peak_az_rss = 0, 0
-    kinds: dict[int, str | None] = {}  # pid -> kind: cmdline is read once per process
     parent = psutil.Process(root)
     ready.set()
     while not stop.is_set():
         az, az_rss = 0, 0
         for proc in parent.children(recursive=True):
             try:
-                if kinds.get(proc.pid) is None:
-                    kinds[proc.pid] = kind_of(proc.cmdline(), proc.name())
-                kind = kinds[proc.pid]
+                kind = kind_of(proc.cmdline())  # read each time: a fork runs its parent's
                 rss = proc.memory_info().rss if kind else 0
             except psutil.Error:
                 continue

@@ -21,13 +21,14 @@ def quad(p: dict) -> str:
 
 
 def run_rows(runs: list[dict]) -> tuple[Row, list[Row]]:
-    head = ["run", "exit", "ok", "wall s", "crit s", "over s", "e2e p50/95/99/max ms",
+    head = ["run", "load", "exit", "ok", "wall s", "crit s", "over s", "e2e p50/95/99/max ms",
             "own p50/95/99/max ms", "az calls", "ARM GETs", "peak az",
             "RSS MB orch/wrk/nats/az", "rewrites"]
     rows = []
     for r in runs:
         rss = r["processes"].get("peak_rss_mb", {})
-        rows.append([r["label"], str(r["exit"]), f"{r['succeeded']}/{r['size']}",
+        rows.append([r["label"], str(r.get("load", "-")), str(r["exit"]),
+                     f"{r['succeeded']}/{r['size']}",
                      f"{r['wall']:.1f}", f"{r['critical']:.1f}", f"{r['overhead']:.1f}",
                      quad(r["e2e"]), quad(r["own"]), str(sum(r["calls"].values())),
                      str(r["arm_gets"]), str(r["processes"].get("peak_az", "-")),

@@ -154,6 +154,7 @@ def measure(spec: RunSpec) -> dict:
             (code, events), observed = run_tool(spec, work, env), {}
         wall = time.time() - started
     return {"spec": spec, "work": work, "exit": code, "wall": wall, "started": started,
+            "load": round(os.getloadavg()[0], 1),  # the machine is shared: how busy it was
             "seen": dict(watcher.seen), "rewrites": watcher.rewrites, "events": events,
             "observed": observed, "processes": sampler.result, "sim": sim_state(env),
             "az_log": az_log(work)}

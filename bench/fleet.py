@@ -1,6 +1,6 @@
 """The fleet benchmark: NATS, --legacy-poll and a bash-style baseline at 10, 100, 500 VMs.
 
-    scripts/bench.sh                          # everything (~20-30 min on 2 cores)
+    scripts/bench.sh                          # everything (tens of minutes on 2 cores)
     scripts/bench.sh --sizes 10 --modes nats  # smoke run (~1 min)
 
 Against the project's simulator (creates of 60 s at time scale 0.05, its 30 s LRO cadence
@@ -52,8 +52,8 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def plan_runs(args: argparse.Namespace) -> tuple[list[RunSpec], list[str], int]:
-    sizes = [int(s) for s in args.sizes.split(",") if s]
+def plan_runs(args: argparse.Namespace) -> tuple[list[RunSpec], list[str]]:
+    sizes = [int(s) for s in args.sizes.split(",") if s]  # '' with --append: extra runs only
     modes = [m for m in args.modes.split(",") if m]
     specs, skipped = [], []
     for size in sizes:
@@ -63,15 +63,16 @@ def plan_runs(args: argparse.Namespace) -> tuple[list[RunSpec], list[str], int]:
                                f"processes would need ~{size * REAL_AZ_MB / 1024:.0f} GB")
                 continue
             specs.append(RunSpec(mode, size, args.time_scale, args.create_seconds))
-    verify = max(sizes) if args.verify_size is None else args.verify_size
-    admit = 2 * max(sizes) if args.admission_size is None else args.admission_size
+    verify = max(sizes, default=0) if args.verify_size is None else args.verify_size
+    admit = 2 * max(sizes, default=0) if args.admission_size is None else args.admission_size
     if "nats" not in modes:
-        return specs, skipped, 0
+        return specs, skipped
     if verify:
         specs.append(RunSpec("nats", verify, args.time_scale, args.create_seconds, verify=True))
     if admit:
-        specs.append(RunSpec("nats", admit, args.time_scale, args.create_seconds))
-    return specs, skipped, admit
+        specs.append(RunSpec("nats", admit, args.time_scale, args.create_seconds,
+                             admission=True))
+    return specs, skipped
 
 
 def saved_runs(results: Path | None, specs: list[RunSpec]) -> list[dict]:
@@ -99,9 +100,9 @@ def run_all(specs: list[RunSpec], results: Path | None, meta: dict,
 
 
 def tables(runs: list[dict], admission: dict | None) -> list[tuple[str, tuple]]:
-    main = [r for r in runs if r is not admission]
+    main = [r for r in runs if not r.get("admission")]
     checks = report.target_checks(main) + (report.budget_checks(admission) if admission else [])
-    return [("Runs", report.run_rows(main)), ("az calls", report.call_rows(runs)),
+    return [("Runs", report.run_rows(runs)), ("az calls", report.call_rows(runs)),
             ("Ratios against NATS", report.ratio_rows(main)),
             ("Targets", report.check_rows(checks))]
 
@@ -117,14 +118,12 @@ def notes(runs: list[dict], meta: dict) -> list[str]:
     return lines
 
 
-def admission_run(runs: list[dict], meta: dict) -> dict | None:
-    admit = [r for r in runs if r["size"] == meta.get("admission_size") and r["mode"] == "nats"
-             and not r["verify"]]
-    return admit[-1] if admit else None
+def admission_run(runs: list[dict]) -> dict | None:
+    return next((r for r in runs if r.get("admission")), None)
 
 
 def render(runs: list[dict], meta: dict, docs: Path | None) -> None:
-    admission = admission_run(runs, meta)
+    admission = admission_run(runs)
     for title, (head, rows) in tables(runs, admission):
         print(f"\n{title}\n{report.as_text(head, rows)}")
     print("\n" + "\n".join(notes(runs, meta)))
@@ -136,7 +135,7 @@ def write_docs(runs: list[dict], meta: dict, admission: dict | None, docs: Path)
     images = docs.parent / "benchmarks"
     images.mkdir(parents=True, exist_ok=True)
     fleet_plots.detection_cdf(runs, images / "detection-cdf.png")
-    fleet_plots.wall_vs_size([r for r in runs if r is not admission], images / "wall.png")
+    fleet_plots.wall_vs_size([r for r in runs if not r.get("admission")], images / "wall.png")
     if admission:
         fleet_plots.admission(admission, images / "admission.png")
     block = [BEGIN, f"Measured {meta['when']} on {meta['cpus']} cores; the CLI "
@@ -161,15 +160,14 @@ def main() -> None:
         saved = json.loads(args.from_results.read_text())
         render(saved["runs"], saved, docs)
         return
-    specs, skipped, admit = plan_runs(args)
+    specs, skipped = plan_runs(args)
     meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
-            "track_interval": has_option("--track-interval"), "skipped": skipped,
-            "admission_size": admit}
+            "track_interval": has_option("--track-interval"), "skipped": skipped}
     results = docs.parent / "benchmarks" / "results.json" if docs else None
     if args.append and results and results.exists():
         old = json.loads(results.read_text())
         meta["skipped"] = list(dict.fromkeys(old.get("skipped", []) + meta["skipped"]))
-        meta["admission_size"] = meta["admission_size"] or old.get("admission_size")
+        meta["when"] = f"{old['when'].split(' to ')[0]} to {meta['when']}"
     runs = saved_runs(results, specs) if args.append else []
     render(run_all(specs, results, meta, runs), meta, docs)
 

@@ -94,6 +94,7 @@ def summarize(raw: dict) -> dict:
     budget = sim.get("put_vm_budget") or {}
     return {
         "label": spec.label, "mode": spec.mode, "size": spec.size, "verify": spec.verify,
+        "admission": spec.admission,
         "exit": raw["exit"], "wall": raw["wall"], "load": raw["load"],
         "critical": spec.critical_path, "overhead": raw["wall"] - spec.critical_path,
         "succeeded": len(seen),

@@ -69,7 +69,8 @@ def admission(run: dict, path: Path) -> None:
             grid = [rel[-1] * i / 400 for i in range(401)]
             ax.step(grid, [allowed(t, run) for t in grid], where="post", color="red",
                     linestyle="--", label="PutVM budget (most allowed so far)")
-    ax.set_ylim(0, run["size"] * 1.1)
+    top = max(run["size"], allowed(0, run) if run["budget"] else 0)
+    ax.set_ylim(0, top * 1.1)  # the budget's first step shows even above a small fleet
     ax.set_xlabel("seconds since the first admission")
     ax.set_ylabel("VMs")
     ax.set_title(f"{run['label']}: admissions against the write budget "

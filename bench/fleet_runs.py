@@ -37,10 +37,12 @@ class RunSpec:
     time_scale: float
     create_seconds: float
     verify: bool = False
+    admission: bool = False  # the run whose PUT times are checked against the budget
 
     @property
     def label(self) -> str:
-        return f"{self.mode}-{self.size}{'-verify' if self.verify else ''}"
+        return (f"{self.mode}-{self.size}{'-verify' if self.verify else ''}"
+                f"{'-admission' if self.admission else ''}")
 
     @property
     def critical_path(self) -> float:

@@ -126,7 +126,7 @@ def run_tool(spec: RunSpec, work: Path, env: dict) -> tuple[int, list[dict]]:
 def run_bash(spec: RunSpec, work: Path, env: dict) -> tuple[int, dict[str, float]]:
     run = BashRun(az=env["AZ_CLI"], resource_group="bench-rg", image=IMAGE,
                   state_file=state_path(work), interval=LRO_POLL * spec.time_scale,
-                  deadline=max(120.0, 20 * spec.critical_path), env=env)
+                  deadline=max(600.0, 20 * spec.critical_path), env=env)
     run.run(spec.names())
     return (1 if run.failed or len(run.observed) < spec.size else 0), run.observed
 

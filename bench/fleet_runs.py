@@ -1,0 +1,162 @@
+"""One run of the fleet bench: a fresh simulator, a plan of N VMs, one mode, measured.
+
+Modes: `nats` (`orchestrator.py deploy`, embedded NATS and workers), `poll`
+(`deploy --legacy-poll`), `bash` (fleet_bash.py). Every `az` call goes through a small
+wrapper that appends its time and argv to a log before it execs the simulator, so the
+estimated ARM GETs can tell `vm list` from `vm list -d`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import yaml
+from fleet_bash import BashRun
+from fleet_observe import ProcessSampler, StateWatcher
+
+REPO = Path(__file__).resolve().parents[1]
+AZ_SIM = REPO / "scripts" / "az-sim"
+IMAGE = "Debian:debian-12:12-gen2:latest"
+LRO_POLL = 30.0  # the simulator's default long-running-operation cadence (simulated s)
+CLOUD_INIT = 30.0  # simulated seconds cloud-init takes in the verification run
+RUN_COMMAND = 5.0  # simulated seconds one run-command takes
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    mode: str
+    size: int
+    time_scale: float
+    create_seconds: float
+    verify: bool = False
+    admission: bool = False  # the run whose PUT times are checked against the budget
+
+    @property
+    def label(self) -> str:
+        return (f"{self.mode}-{self.size}{'-verify' if self.verify else ''}"
+                f"{'-admission' if self.admission else ''}")
+
+    @property
+    def critical_path(self) -> float:
+        """The fastest possible wall: one create (plus cloud-init when verified)."""
+        return (self.create_seconds + (CLOUD_INIT if self.verify else 0)) * self.time_scale
+
+    def names(self) -> list[str]:
+        return [f"vm-{i:04d}" for i in range(self.size)]
+
+
+@cache
+def deploy_help() -> str:
+    return subprocess.run([sys.executable, str(REPO / "orchestrator.py"), "deploy", "--help"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def has_option(option: str) -> bool:
+    """The bench runs on both today's CLI and the fleet-scale one: new options only if shown."""
+    return option in deploy_help()
+
+
+def scenario(spec: RunSpec) -> dict:
+    return {"time_scale": spec.time_scale, "location": "westus2", "lro_poll_seconds": LRO_POLL,
+            "defaults": {"create_seconds": spec.create_seconds, "delete_seconds": 20,
+                         "run_command_seconds": RUN_COMMAND,
+                         "cloud_init_seconds": CLOUD_INIT if spec.verify else 0}}
+
+
+def plan(spec: RunSpec) -> dict:
+    return {"deployment_id": f"bench-{spec.label}", "resource_group": "bench-rg",
+            "location": "westus2", "deadline": 1800,
+            "defaults": {"image": IMAGE, "verify_ssh": False, "verify_cloud_init": spec.verify,
+                         "create_timeout": 600},
+            "vms": [{"name": n, "zone": str(1 + i % 3)} for i, n in enumerate(spec.names())]}
+
+
+def workspace(spec: RunSpec) -> tuple[Path, dict]:
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{spec.label}-"))
+    (work / "plan.yaml").write_text(yaml.safe_dump(plan(spec)))
+    (work / "scenario.json").write_text(json.dumps(scenario(spec)))
+    wrapper = work / "az-sim-logged"
+    wrapper.write_text('#!/bin/bash\nprintf \'%s %s\\n\' "$EPOCHREALTIME" "$*" >> '
+                       f'"{work}/az.log"\nexec "{AZ_SIM}" "$@"\n')
+    wrapper.chmod(0o755)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "AZ_CLI": str(wrapper), "AZ_SIM_STATE": str(work / "sim.json"),
+           "AZ_SIM_SCENARIO": str(work / "scenario.json")}
+    for name in ("NATS_URL", "VMLAUNCH_NATS_URL", "VMLAUNCH_LEGACY_POLL"):
+        env.pop(name, None)
+    return work, env
+
+
+def tool_argv(spec: RunSpec, work: Path) -> list[str]:
+    argv = [sys.executable, str(REPO / "orchestrator.py"), "deploy", "--plan",
+            str(work / "plan.yaml"), "--yes", "--json", "--state-file", str(state_path(work))]
+    if has_option("--track-interval"):
+        argv += ["--track-interval", f"{2 * spec.time_scale:g}"]  # 2 s of simulated time
+    if spec.mode == "poll":
+        argv += ["--legacy-poll", "--poll-interval", f"{LRO_POLL * spec.time_scale:g}"]
+    return argv
+
+
+def state_path(work: Path) -> Path:
+    return work / "state" / "deployment-state.yaml"
+
+
+def run_tool(spec: RunSpec, work: Path, env: dict) -> tuple[int, list[dict]]:
+    out, err = work / "events.jsonl", work / "stderr.txt"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        code = subprocess.run(tool_argv(spec, work), env=env, cwd=work, stdout=stdout,
+                              stderr=stderr, timeout=3600).returncode
+    events = []
+    for line in out.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue  # the summary and notes are not events
+    return code, events
+
+
+def run_bash(spec: RunSpec, work: Path, env: dict) -> tuple[int, dict[str, float]]:
+    run = BashRun(az=env["AZ_CLI"], resource_group="bench-rg", image=IMAGE,
+                  state_file=state_path(work), interval=LRO_POLL * spec.time_scale,
+                  deadline=max(600.0, 20 * spec.critical_path), env=env)
+    run.run(spec.names())
+    return (1 if run.failed or len(run.observed) < spec.size else 0), run.observed
+
+
+def sim_state(env: dict) -> dict:
+    return json.loads(subprocess.run([str(AZ_SIM), "sim", "state"], env=env,
+                                     capture_output=True, text=True, check=True).stdout)
+
+
+def az_log(work: Path) -> list[tuple[float, str]]:
+    try:
+        lines = (work / "az.log").read_text().splitlines()
+    except OSError:
+        return []
+    return [(float(when), argv) for when, _, argv in (ln.partition(" ") for ln in lines)]
+
+
+def measure(spec: RunSpec) -> dict:
+    """Runs `spec` once and returns its raw observations (metrics are fleet_metrics')."""
+    work, env = workspace(spec)
+    with ProcessSampler() as sampler, StateWatcher(state_path(work)) as watcher:
+        started = time.time()
+        if spec.mode == "bash":
+            code, observed = run_bash(spec, work, env)
+            events: list[dict] = []
+        else:
+            (code, events), observed = run_tool(spec, work, env), {}
+        wall = time.time() - started
+    return {"spec": spec, "work": work, "exit": code, "wall": wall, "started": started,
+            "load": round(os.getloadavg()[0], 1),  # the machine is shared: how busy it was
+            "seen": dict(watcher.seen), "rewrites": watcher.rewrites, "events": events,
+            "observed": observed, "processes": sampler.result, "sim": sim_state(env),
+            "az_log": az_log(work)}

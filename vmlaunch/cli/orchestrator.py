@@ -29,6 +29,7 @@ from vmlaunch.commands import status as status_command
 from vmlaunch.display.views import format_table, make_display
 from vmlaunch.errors import ExitCode
 from vmlaunch.host import azslots
+from vmlaunch.plans.plan import Plan
 from vmlaunch.runner import deployment
 from vmlaunch.schema.speccheck import extra_flags
 from vmlaunch.state import statefile
@@ -132,9 +133,18 @@ def deploy(**params: Any) -> int:
     """
     cliopts.setup_logging(params["verbose"], level=logging.WARNING)
     plan = plan_from(params)
+    options = _deploy_options(params, plan)
+    display = make_display(json_lines=params["json_out"], quiet=params["quiet"],
+                           verbose=params["verbose"] > 0)
+    azslots.configure(params["max_az_processes"])
+    return asyncio.run(deployment.deploy(plan, options, display))
+
+
+def _deploy_options(params: dict[str, Any], plan: Plan) -> deployment.DeployOptions:
+    """`deploy`'s options as the runner takes them; the embedded workers get theirs."""
     key = params["ssh_private_key"] or (plan.ssh_private_key if plan.ssh_private_key and
                                         Path(plan.ssh_private_key).is_file() else None)
-    options = deployment.DeployOptions(
+    return deployment.DeployOptions(
         state_file=params["state_file"], events_file=cliopts.events_file(params),
         az=params["az_path"], ssh_private_key=key,
         nats=natsoptions.nats_settings(params, name="vm-launch-orchestrator"),
@@ -152,10 +162,6 @@ def deploy(**params: Any) -> int:
         run_command_concurrency=params["run_command_concurrency"],
         poll_interval=params["poll_interval"],
         deadline=params["deadline"], confirm=_confirm(params["yes"]))
-    display = make_display(json_lines=params["json_out"], quiet=params["quiet"],
-                           verbose=params["verbose"] > 0)
-    azslots.configure(params["max_az_processes"])
-    return asyncio.run(deployment.deploy(plan, options, display))
 
 
 @cli.command("plan")

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,15 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"  # sample files shared by the tests
 AZ_SIM = REPO / "scripts" / "az-sim"
 PYTHON = sys.executable
+
+# Under pytest-xdist each test process gets a temporary directory of its own, so the
+# machine-wide az slots (<tmp>/vmlaunch-<uid>/az-slots) of one process's tests never make
+# another's wait: every test sees the limits it sets.
+if _worker := os.environ.get("PYTEST_XDIST_WORKER"):
+    _own = Path(tempfile.gettempdir()) / f"vmlaunch-tests-{_worker}"
+    _own.mkdir(exist_ok=True)
+    os.environ["TMPDIR"] = str(_own)
+    tempfile.tempdir = None  # read TMPDIR again
 
 
 def _settled(predicate: Callable[[], Any], deadline: float, timeout: float,

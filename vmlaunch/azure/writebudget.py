@@ -31,7 +31,10 @@ class Window:
 
 
 DEFAULT_WINDOWS = (Window(240, 180.0), Window(1200, 1800.0))  # PutVM3Min, PutVM30Min
-THROTTLE_PAUSE = 60.0  # no writes for this long after a throttle that named no retry-after
+# No writes for this long after a throttle that named no retry-after (a Compute 429 names
+# it only in a header az does not print): a twelfth of the PutVM3Min window, so a blind
+# pause slows the fleet without stopping it; each VM's own retry still backs off.
+THROTTLE_PAUSE = 15.0
 LONGEST_PAUSE = 3600.0  # a retry-after (or a stored pause) beyond this is not believed
 LEDGER_VERSION = 1
 

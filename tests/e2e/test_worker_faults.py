@@ -75,14 +75,15 @@ async def test_graceful_restarts_during_one_long_create_never_dead_letter_it(
 
 async def test_redeliveries_to_a_holder_whose_work_went_on_are_not_failures(
         nats_server, az_sim, tmp_path):
-    # The holder is frozen three times for longer than its AckWait (the fault is the length
+    # The holder is frozen four times for longer than its AckWait (the fault is the length
     # of the freeze, so it is slept), and each time the request comes back to it while its
     # create goes on. Then it is SIGKILLed: its one failure, which may have cost two
     # deliveries (the one it held, and one the server put into its frozen fetch). The next
-    # worker counts at most three failed deliveries out of six or more, within its limit of
-    # three, and adopts the VM instead of dead-lettering it.
-    az_sim.scenario({"time_scale": 0.01, "defaults": {"create_seconds": 3000}})
-    args = ("--max-deliveries", "3")
+    # worker counts at most four failed deliveries out of seven or more (a loaded machine
+    # may add one), within its limit of four, and adopts the VM instead of dead-lettering
+    # it; counting every delivery, as before, dead-letters it.
+    az_sim.scenario({"time_scale": 0.01, "defaults": {"create_seconds": 4000}})
+    args = ("--max-deliveries", "4")
     async with Bus(nats_server.url) as bus, running(nats_server.url, az_sim, tmp_path) as w:
         w.start("a", *args, ack_wait=1.0)
         await bus.request(spec("vm-frozen"))
@@ -91,7 +92,7 @@ async def test_redeliveries_to_a_holder_whose_work_went_on_are_not_failures(
         def comebacks() -> int:
             return w.log("a").count("came back while in flight")
 
-        for freeze in range(1, 4):
+        for freeze in range(1, 5):
             before = comebacks()
             w.signal("a", signal.SIGSTOP)
             await asyncio.sleep(2.5)
@@ -101,7 +102,7 @@ async def test_redeliveries_to_a_holder_whose_work_went_on_are_not_failures(
         w.signal("a", signal.SIGKILL)
         await w.wait_exit("a")
         w.start("b", *args, ack_wait=1.0)
-        await bus.wait_for(lambda: bus.of("vm-frozen", Complete), timeout=60)
+        await bus.wait_for(lambda: bus.of("vm-frozen", Complete), timeout=90)
         assert not bus.of("vm-frozen", DeadLetter)
         assert [m.source for m in bus.of("vm-frozen", Complete)] == ["b"]
         assert az_sim.state()["create_counts"] == {"vm-frozen": 1}

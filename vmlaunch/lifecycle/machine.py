@@ -220,10 +220,10 @@ class Lifecycle:
             self.attempt += 1
         self.spent = True
         async with self.observer.slot():
-            await self.observer.admit()  # the write budget may hold it back a while
             where = f"zone {self.spec.zone}" if self.spec.zone else "no zone"
             await self._status(Phase.CREATING, f"az vm create {self.name} "
                                f"({self.spec.size}, {where})")
+            await self.observer.admit()  # the write budget may hold it back a while
             # Checked last: reporting and the budget may have waited long, the lease with it.
             await self.fence.allow("create", self.name)
             self.until = time.monotonic() + self.spec.create_timeout

@@ -82,7 +82,9 @@ async def test_redeliveries_to_a_holder_whose_work_went_on_are_not_failures(
     # worker counts at most four failed deliveries out of seven or more (a loaded machine
     # may add one), within its limit of four, and adopts the VM instead of dead-lettering
     # it; counting every delivery, as before, dead-letters it.
-    az_sim.scenario({"time_scale": 0.01, "defaults": {"create_seconds": 4000}})
+    # The create (30 s) ends within the adopting worker's 30 s wait however long the freezes
+    # took: it adopts when the create is at least a few seconds old.
+    az_sim.scenario({"time_scale": 0.01, "defaults": {"create_seconds": 3000}})
     args = ("--max-deliveries", "4")
     async with Bus(nats_server.url) as bus, running(nats_server.url, az_sim, tmp_path) as w:
         w.start("a", *args, ack_wait=1.0)

@@ -141,8 +141,9 @@ class AzCli:
         return await self.run(vm_show_args(resource_group, name), timeout=timeout)
 
     async def list_vms(self, resource_group: str, *, timeout: float = 300,
-                       details: bool = True) -> AzResult:
-        return await self.run(vm_list_args(resource_group, details=details), timeout=timeout)
+                       details: bool = True, tracked_fields: bool = False) -> AzResult:
+        return await self.run(vm_list_args(resource_group, details=details,
+                                           tracked_fields=tracked_fields), timeout=timeout)
 
     async def instance_view(self, resource_group: str, name: str, *,
                             timeout: float = 120) -> AzResult:

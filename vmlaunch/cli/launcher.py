@@ -23,6 +23,7 @@ from vmlaunch.cli.specoptions import spec_options, spec_values
 from vmlaunch.commands import launch as manual_launch
 from vmlaunch.errors import ExitCode
 from vmlaunch.host import azslots, customdata
+from vmlaunch.lifecycle.tracked import FOLLOWED_AT_ONCE
 from vmlaunch.plans.planfile import read_spec_file
 from vmlaunch.schema.speccheck import allow_list_problems, deployment_id_problem
 from vmlaunch.schema.typedfields import FieldErrors
@@ -81,9 +82,12 @@ def cli() -> None:
 @cli.command()
 @nats_options
 @local_options
-@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Requests this worker handles at once (a create's az process lives only "
-                   "for the submit; every VM is followed by one shared listing).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=FOLLOWED_AT_ONCE,
+              show_default=True,
+              help="Requests this worker handles at once. A VM in flight holds no process "
+                   "(a create's az process lives only for the submit; every VM is followed "
+                   "by one shared listing), so this bounds memory, not az processes "
+                   "(--max-az-processes) or writes (--write-budget).")
 @cliopts.run_command_concurrency_option("Per worker.")
 @cliopts.track_interval_option()
 @click.option("--worker-id", default=None, help="Name in events and stats. [default: host-pid]")

@@ -29,6 +29,7 @@ from vmlaunch.commands import status as status_command
 from vmlaunch.display.views import format_table, make_display
 from vmlaunch.errors import ExitCode
 from vmlaunch.host import azslots
+from vmlaunch.lifecycle.tracked import FOLLOWED_AT_ONCE
 from vmlaunch.plans.plan import Plan
 from vmlaunch.runner import deployment
 from vmlaunch.schema.speccheck import extra_flags
@@ -101,10 +102,13 @@ def cli() -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="Embedded mode: local worker processes.")
 @click.option("--worker-concurrency", type=click.IntRange(min=1),
-              help="Embedded mode: creations at once per worker. [default: the worker's]")
+              help="Embedded mode: VMs in flight at once per worker (serve's --concurrency). "
+                   "[default: the worker's]")
 @cliopts.track_interval_option("Given to the embedded workers (legacy mode: --poll-interval).")
-@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Legacy mode: creations at once.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=FOLLOWED_AT_ONCE,
+              show_default=True,
+              help="Legacy mode: VMs in flight at once (each holds no process while "
+                   "followed; az processes are bounded by --max-az-processes).")
 @cliopts.run_command_concurrency_option("Per embedded worker, and for legacy mode.")
 @cliopts.adopt_untagged_option("Given to the embedded workers and the legacy poller.")
 @click.option("--poll-interval", type=POSITIVE,

@@ -58,6 +58,8 @@ def _signal_others(sig: int) -> None:
 
 def _end_group(deadline: float) -> None:
     """SIGTERM the rest of the group, SIGKILL whatever is still there at ``deadline``."""
+    if not _others():
+        return  # the usual case, and each look reads every process's /proc entry
     _signal_others(signal.SIGTERM)
     while _others() and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -30,6 +30,9 @@ from vmlaunch.schema.vocabulary import AZURE_IN_FLIGHT, VmState
 log = logging.getLogger("tracker")
 
 TRACK_INTERVAL = 2.0  # seconds between two listings of a group (`--track-interval`)
+# VMs one worker (or the poller) follows at once by default. A followed VM holds no process
+# (processes are bounded per machine, writes by the budget), so this bounds memory only.
+FOLLOWED_AT_ONCE = 256
 LIST_TIMEOUT = 300.0
 SUBMIT_TIMEOUT = 600.0  # validation and the PUT: seconds, never the create itself
 # Real ARM may list a just-submitted VM only once its deployment reaches it: absent this
@@ -76,7 +79,8 @@ class GroupTracker:
 
     async def _list(self) -> Listing:
         try:
-            result = await self.az.list_vms(self.group, timeout=LIST_TIMEOUT, details=False)
+            result = await self.az.list_vms(self.group, timeout=LIST_TIMEOUT, details=False,
+                                             tracked_fields=True)
         except OSError as exc:  # az missing or not executable
             return AzError("AzNotRunnable", str(exc), FailureKind.PERMANENT)
         except Exception as exc:  # a bug must not leave every reader of the group waiting

@@ -40,6 +40,7 @@ from vmlaunch.host import atomicfile, customdata
 from vmlaunch.host.stopsignals import STOP_SIGNALS
 from vmlaunch.lifecycle.lease import POLLER
 from vmlaunch.lifecycle.machine import deadline_error
+from vmlaunch.lifecycle.tracked import FOLLOWED_AT_ONCE
 from vmlaunch.plans.plan import Plan
 from vmlaunch.runner import pollmode
 from vmlaunch.runner.natsmode import Link, NatsRun
@@ -61,7 +62,7 @@ class DeployOptions:
     legacy_poll: bool = False
     nats_grace: float = 10.0
     workers: WorkerOptions = field(default_factory=WorkerOptions)
-    concurrency: int = 8  # legacy mode: creates at once
+    concurrency: int = FOLLOWED_AT_ONCE  # legacy mode: VMs in flight at once
     run_command_concurrency: int = DEFAULT_RUN_COMMAND_CONCURRENCY  # legacy mode's checks
     adopt_untagged: bool = False  # legacy mode; embedded workers get workers.adopt_untagged
     poll_interval: float | None = None  # legacy mode; default the plan's, else 30

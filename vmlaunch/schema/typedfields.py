@@ -8,6 +8,7 @@ first, and each names its field path.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import reprlib
 import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -66,8 +67,7 @@ def _convert(tp: Any, value: Any, path: str, allow_extra: bool) -> tuple[Any, li
 def _convert_dataclass(cls: type, value: Any, path: str, allow_extra: bool) -> tuple[Any, list]:
     if not isinstance(value, dict):
         return None, [f"{path}: expected an object, got {_kind(value)}"]
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints, fields = _fields(cls)
     problems = []
     if not allow_extra:
         problems += [f"{path}.{k}: unknown field" for k in value if k not in fields]
@@ -86,6 +86,13 @@ def _convert_dataclass(cls: type, value: Any, path: str, allow_extra: bool) -> t
         return cls(**kwargs), []
     except ValueError as exc:
         return None, [f"{path}: {exc}"]
+
+
+@functools.cache
+def _fields(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field[Any]]]:
+    """A dataclass's resolved hints and fields: resolving the (string) annotations costs
+    more than converting a message, and every message of a kind has the same."""
+    return get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
 
 
 def _convert_union(tp: Any, value: Any, path: str, allow_extra: bool) -> tuple[Any, list]:
@@ -153,12 +160,11 @@ def json_schema(tp: Any) -> dict[str, Any]:
     """JSON Schema (draft 2020-12 vocabulary) for a type hint or dataclass."""
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        hints = get_type_hints(tp)
-        fields = dataclasses.fields(tp)
+        hints, fields = _fields(tp)
         return {
             "type": "object",
-            "properties": {f.name: json_schema(hints[f.name]) for f in fields},
-            "required": [f.name for f in fields if f.default is dataclasses.MISSING
+            "properties": {name: json_schema(hints[name]) for name in fields},
+            "required": [name for name, f in fields.items() if f.default is dataclasses.MISSING
                          and f.default_factory is dataclasses.MISSING],
             "additionalProperties": False,
         }

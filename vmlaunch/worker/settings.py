@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from vmlaunch.azure.writebudget import DEFAULT_WINDOWS, Window
 from vmlaunch.bus.connection import ACK_WAIT, NatsSettings
-from vmlaunch.lifecycle.tracked import TRACK_INTERVAL
+from vmlaunch.lifecycle.tracked import FOLLOWED_AT_ONCE, TRACK_INTERVAL
 from vmlaunch.schema.speccheck import allow_list_problems
 
 
@@ -23,7 +23,7 @@ class WorkerSettings:
     nats: NatsSettings
     worker_id: str = field(default_factory=default_worker_id)
     az: str = "az"
-    concurrency: int = 4
+    concurrency: int = FOLLOWED_AT_ONCE
     ssh_private_key: str | None = None
     grace: float = 30.0
     max_deliveries: int = 5

@@ -322,6 +322,8 @@ def test_vm_create_command_keeps_the_custom_data_file_for_the_block_only() -> No
     (azcli.vm_show_args("rg", "vm1"), ["vm", "show", "-g", "rg", "-n", "vm1", "-d"]),
     (azcli.vm_list_args("rg"), ["vm", "list", "-g", "rg", "-d"]),
     (azcli.vm_list_args("rg", details=False), ["vm", "list", "-g", "rg"]),
+    (azcli.vm_list_args("rg", details=False, tracked_fields=True),
+     ["vm", "list", "-g", "rg", "--query", argv.TRACKED_FIELDS]),
     (argv.vm_instance_view_args("rg", "vm1"),
      ["vm", "get-instance-view", "-g", "rg", "-n", "vm1"]),
     (azcli.vm_delete_args("rg", "vm1"), ["vm", "delete", "-g", "rg", "-n", "vm1", "--yes"]),
@@ -335,8 +337,8 @@ def test_vm_create_command_keeps_the_custom_data_file_for_the_block_only() -> No
     (azcli.public_ip_delete_args("rg", "vm1PublicIP"),
      ["network", "public-ip", "delete", "-g", "rg", "-n", "vm1PublicIP"]),
     (azcli.group_show_args("rg"), ["group", "show", "--name", "rg"]),
-], ids=["show", "list", "list-no-details", "instance-view", "delete", "delete-no-wait", "wait",
-        "run-shell", "public-ip", "group"])
+], ids=["show", "list", "list-no-details", "list-tracked-fields", "instance-view", "delete",
+        "delete-no-wait", "wait", "run-shell", "public-ip", "group"])
 def test_builders_give_exact_argv(args: list[str], expected: list[str]) -> None:
     assert args == [*expected, *COMMON]
 

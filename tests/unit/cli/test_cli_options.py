@@ -14,6 +14,7 @@ from vmlaunch.azure.writebudget import DEFAULT_WINDOWS, Window
 from vmlaunch.bus.embedded import WorkerOptions, worker_argv, worker_env
 from vmlaunch.cli import launcher, orchestrator
 from vmlaunch.cli.options import Group
+from vmlaunch.lifecycle.tracked import FOLLOWED_AT_ONCE
 from vmlaunch.runner import deployment
 from vmlaunch.state.statefile import StateFileError
 
@@ -113,7 +114,8 @@ def test_the_workers_command_line_is_what_serve_parses():
         "ssh_private_key": __file__, "grace": 0.0, "adopt_untagged": True,
         "allow_extra_args": ("--accelerated-networking", "--ultra-ssd")}
     defaults = launcher.serve.make_context("serve", worker_argv("u", 1, WorkerOptions())[4:])
-    assert (defaults.params["concurrency"], defaults.params["allow_extra_args"]) == (4, ())
+    assert (defaults.params["concurrency"], defaults.params["allow_extra_args"]) == (
+        FOLLOWED_AT_ONCE, ())
 
 
 def test_the_orchestrator_s_variables_do_not_reach_its_workers(tmp_path, monkeypatch):

@@ -22,6 +22,8 @@ import pytest
 from conftest import AzSim, async_wait_until
 
 from vmlaunch.azure.azcli import TAG_DEPLOYMENT, AzCli
+from vmlaunch.azure.look import listed, owner
+from vmlaunch.lifecycle.attempts import as_found
 from vmlaunch.lifecycle.lease import OPEN, Fence, Handover
 from vmlaunch.lifecycle.machine import LaunchResult, Lifecycle, Outcome, Step
 from vmlaunch.lifecycle.report import Reporter
@@ -105,6 +107,19 @@ async def launch(sim: AzSim, caplog: pytest.LogCaptureFixture) -> AsyncIterator[
 
     yield run
     await observer.close()
+
+
+async def test_the_trackers_listing_prints_only_what_the_lifecycle_reads(sim: AzSim):
+    sim.az("vm", "create", "-g", RG, "-n", "vm-1", "--image", "Debian12", "--zone", "2",
+           "--size", "Standard_D4s_v5", "--tags", OURS, "--no-wait")
+
+    result = await AzCli().list_vms(RG, details=False, tracked_fields=True)
+
+    (item,) = result.data
+    assert set(item) == {"name", "provisioningState", "tags", "zones", "hardwareProfile"}
+    assert (listed(item).state, owner(item)) == ("Creating", DEPLOYMENT)
+    found = as_found(vm_spec(zone="1", size="Standard_D2s_v5"), item)
+    assert (found.zone, found.size) == ("2", "Standard_D4s_v5")
 
 
 async def test_an_absent_vm_is_created_then_verified(sim: AzSim, launch: Launcher):

@@ -67,9 +67,15 @@ def _seen(result: AzResult) -> Seen:
 
 
 def listed(item: dict[str, Any] | None) -> Seen:
-    """A VM as one line of a successful `az vm list` shows it: absent when not listed."""
-    state = (item or {}).get("provisioningState")
-    return Seen(state, item or {}) if isinstance(state, str) and state else Seen()
+    """A VM as one line of a successful `az vm list` shows it: absent only when not
+    listed; listed without a provisioning state, it is unknown (never absent)."""
+    if item is None:
+        return Seen()
+    state = item.get("provisioningState")
+    if isinstance(state, str) and state:
+        return Seen(state, item)
+    return Seen(error=AzError("Unknown", f"{item.get('name', 'a VM')} is listed without a "
+                              "provisioning state", FailureKind.TRANSIENT))
 
 
 async def look(az: AzCli, spec: VMSpec, deadline: float) -> Seen:

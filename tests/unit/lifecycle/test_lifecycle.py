@@ -122,6 +122,14 @@ async def test_the_trackers_listing_prints_only_what_the_lifecycle_reads(sim: Az
     assert (found.zone, found.size) == ("2", "Standard_D4s_v5")
 
 
+def test_a_listed_vm_without_a_provisioning_state_is_unknown_never_absent():
+    assert listed(None).absent
+    for item in ({"name": "vm-1"}, {"name": "vm-1", "provisioningState": None},
+                 {"name": "vm-1", "provisioningState": ""}):
+        seen = listed(item)
+        assert seen.unknown and not seen.absent and seen.state is None
+
+
 async def test_an_absent_vm_is_created_then_verified(sim: AzSim, launch: Launcher):
     run = await launch()
 

@@ -239,9 +239,12 @@ class Lifecycle:
 
     async def _wait(self) -> Step:
         seen = await self.observer.wait(self.spec, self.until)
-        if self.relook and settled(seen) and not seen.absent:  # a VM where one was being
-            self.relook = False  # deleted may be someone else's by now: look at it afresh
-            return Step.LOOK
+        if self.relook and settled(seen):  # the deletion we waited for has ended: a VM
+            self.relook = False  # there now may be someone else's, so look at it afresh
+            return Step.CREATE if seen.absent else Step.LOOK
+        if seen.absent and time.monotonic() < self.until:  # it was in Azure: say so
+            return await self._fail(AzError("VmMissing", f"{self.name} was in Azure and is "
+                                            "gone while it was waited for", FailureKind.TRANSIENT))
         return await self._settled(seen)
 
     async def _settled(self, seen: Seen) -> Step:
@@ -253,8 +256,6 @@ class Lifecycle:
             return await self._fail(seen.failure or AzError(
                 "ProvisioningFailed", f"{self.name} ended in state Failed",
                 FailureKind.TRANSIENT))
-        if seen.absent and time.monotonic() < self.until:  # gone meanwhile: ours to create
-            return Step.CREATE
         return await self._fail(AzError("Timeout", f"{self.name} still not provisioned after "
                                         f"{self.spec.create_timeout:g} s",
                                         FailureKind.TRANSIENT))

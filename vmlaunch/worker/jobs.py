@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from vmlaunch.azure.azcli import AzCli, AzError, FailureKind
+from vmlaunch.bus.connection import round_trip
 from vmlaunch.bus.publish import NATS_ERRORS, CancelMemory, Publisher, dead_letter, describe
 from vmlaunch.lifecycle.lease import Fenced, Lease
 from vmlaunch.lifecycle.machine import Lifecycle, Outcome
@@ -114,7 +115,7 @@ class JobRunner:
                 self._settled.popitem(last=False)
         try:
             await getattr(msg, how)(**kwargs)
-            await self._nc.flush(timeout=5)
+            await round_trip(self._nc, 5)
         except NATS_ERRORS as exc:
             log.warning("could not %s request (%s); it returns after AckWait", how,
                         type(exc).__name__)
@@ -253,7 +254,7 @@ class JobRunner:
         if not nc.is_connected:
             return False
         await send()
-        await nc.flush(timeout=self.ack_wait / 3)
+        await round_trip(nc, self.ack_wait / 3)
         return nc.is_connected and nc.stats["reconnects"] == reconnects
 
 

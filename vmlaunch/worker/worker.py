@@ -24,7 +24,7 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 
 from vmlaunch.azure.azcli import AzCli
-from vmlaunch.bus.connection import WORKER_CONSUMER, close_quietly, connect
+from vmlaunch.bus.connection import WORKER_CONSUMER, close_quietly, connect, round_trip
 from vmlaunch.bus.pacing import SharedBudget
 from vmlaunch.bus.publish import NATS_ERRORS, CancelMemory, Publisher
 from vmlaunch.bus.streams import RELEASES_BUCKET, consumer_exists, worker_subscription
@@ -135,7 +135,7 @@ class Worker:
                 await self._service.stop()
         if self._nc is not None and not self._nc.is_closed:
             with contextlib.suppress(*NATS_ERRORS):
-                await self._nc.flush(timeout=2)
+                await round_trip(self._nc, 2)
             await close_quietly(self._nc)  # the server may be gone or restarting
         log.info("worker %s stopped (%s)", self.worker_id, json.dumps(self.stats()))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 
 import pytest
@@ -13,6 +14,7 @@ from vmlaunch.bus.connection import (
     NatsSettings,
     NatsUnavailable,
     connect,
+    round_trip,
 )
 from vmlaunch.bus.streams import ensure_streams, ensure_worker_consumer
 
@@ -59,5 +61,23 @@ async def test_streams_and_the_shared_consumer_are_created_idempotently(nats_ser
                             await js.stream_info(EVENTS_STREAM))
         assert requests.config.retention == "workqueue"
         assert events.config.max_age == 7 * 24 * 3600
+    finally:
+        await nc.close()
+
+
+async def test_a_round_trip_that_times_out_leaves_the_connection_alone(nats_server):
+    """nats-py's own flush timeout breaks its read loop at the next PONG (a reconnect each
+    time a flush was slow); a timed-out `round_trip` must not."""
+    nc = await connect(NatsSettings(servers=[nats_server.url]))
+    try:
+        nats_server.process.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(TimeoutError):
+                await round_trip(nc, 0.3)
+        finally:
+            nats_server.process.send_signal(signal.SIGCONT)
+        await round_trip(nc, 5)  # the PONGs of both flushes have come back by now
+        await round_trip(nc, 5)
+        assert (nc.is_connected, nc.stats["reconnects"]) == (True, 0)
     finally:
         await nc.close()

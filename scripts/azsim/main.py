@@ -27,7 +27,7 @@ from .resource_commands import (
     shower,
 )
 from .scenario import Scenario, ScenarioError, load_scenario
-from .state import StateStore, bump, empty_state, materialize, power_state, provisioning_state
+from .state import StateStore, bump, materialize, power_state, provisioning_state
 from .vm_commands import (
     cmd_run_command,
     cmd_vm_delete,
@@ -118,8 +118,10 @@ def _applies(settings: dict, command: str) -> bool:
 
 def _count_call(store: StateStore, command: str, scn: Scenario, *,
                 throttle: bool) -> dict | None:
-    """Count the invocation; the throttle or fault that makes this one fail, if any."""
-    with store.transaction() as st:
+    """Count the invocation; the throttle or fault that makes this one fail, if any.
+
+    The counters file has its own lock: counting never waits for the state's writers."""
+    with store.counters().transaction() as st:
         bump(st["calls"], command)
         if not throttle:
             return None
@@ -182,15 +184,17 @@ def sim_state(store: StateStore, scn: Scenario) -> dict:
     """The inspection view: raw records plus the states computed for now."""
     t = time.time()
     st = materialize(store.read(), t)
+    counted = store.counters().read()
     vms = {name: {**vm, "provisioningState": provisioning_state(vm, t),
                   "powerState": power_state(vm, t)} for name, vm in st["vms"].items()}
     succeeded = {name: [x for x in times if x <= t] for name, times in st["succeeded_at"].items()}
     return {"vms": vms, "create_counts": st["create_counts"],
             "create_attempts": st["create_attempts"],
-            "succeeded_at": {k: v for k, v in succeeded.items() if v}, "calls": st["calls"],
-            "nics": st["nics"], "public_ips": st["public_ips"], "disks": st["disks"],
-            "throttled_calls_seen": st["throttle_seen"],
-            "fault_calls_seen": st["fault_calls_seen"], "faults_injected": st["faults_injected"],
+            "succeeded_at": {k: v for k, v in succeeded.items() if v},
+            "calls": counted["calls"], "nics": st["nics"], "public_ips": st["public_ips"],
+            "disks": st["disks"], "throttled_calls_seen": counted["throttle_seen"],
+            "fault_calls_seen": counted["fault_calls_seen"],
+            "faults_injected": counted["faults_injected"],
             "put_vm_budget": budget_view(st, scn, t), "now": t}
 
 
@@ -201,9 +205,10 @@ def run_sim(argv: list[str]) -> int:
         sys.stdout.write(json.dumps(sim_state(store, scn), indent=2, sort_keys=True) + "\n")
         return 0
     if argv == ["reset"]:
-        with store.transaction() as st:
-            st.clear()
-            st.update(empty_state())
+        for part in (store, store.counters()):
+            with part.transaction() as st:
+                st.clear()
+                st.update(part.empty())
         return 0
     sys.stderr.write("usage: az-sim sim state | az-sim sim reset\n")
     return 2

@@ -3,7 +3,9 @@
 A VM's provisioning state is a pure function of the times stored in its record, so every
 process computes it lazily and a killed client does not stop provisioning (as in Azure).
 The JSON state file is shared by many concurrent processes: writers take an exclusive flock
-on a sidecar lock file and replace the file atomically; readers take no lock.
+on a sidecar lock file and replace the file atomically; readers take no lock. The per-call
+counters live in a small file of their own next to it (`<state>.calls.json`, its own lock),
+so that counting a read-only call neither waits for nor rewrites the big state.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
 
 FOREVER = 1e18  # a busy-until time that never comes (JSON has no infinity)
@@ -26,24 +29,31 @@ def bump(counter: dict, key: str) -> int:
 
 def empty_state() -> dict:
     return {"vms": {}, "nics": {}, "public_ips": {}, "disks": {}, "create_counts": {},
-            "create_attempts": {}, "succeeded_at": {}, "calls": {}, "throttle_seen": 0,
-            "fault_calls_seen": 0, "faults_injected": {}, "put_vm_times": [],
-            "put_vm_throttled": {},
-            "private_counter": 0, "public_counter": 0}
+            "create_attempts": {}, "succeeded_at": {}, "put_vm_times": [],
+            "put_vm_throttled": {}, "private_counter": 0, "public_counter": 0}
+
+
+def empty_counters() -> dict:
+    return {"calls": {}, "throttle_seen": 0, "fault_calls_seen": 0, "faults_injected": {}}
 
 
 class StateStore:
-    """The JSON state file shared by every az-sim process."""
+    """A JSON file shared by every az-sim process: the state, or (empty=empty_counters) the
+    counters file."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, empty: Callable[[], dict] = empty_state) -> None:
         self.path = path
+        self.empty = empty
+
+    def counters(self) -> StateStore:
+        return StateStore(self.path + ".calls.json", empty_counters)
 
     def read(self) -> dict:
         try:
             with open(self.path, encoding="utf-8") as f:
-                return {**empty_state(), **json.load(f)}
+                return {**self.empty(), **json.load(f)}
         except FileNotFoundError:
-            return empty_state()
+            return self.empty()
 
     @contextmanager
     def transaction(self):
@@ -57,7 +67,8 @@ class StateStore:
             tmp = f"{self.path}.{os.getpid()}.tmp"
             with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
                            encoding="utf-8") as f:
-                json.dump(state, f, separators=(",", ":"))
+                # json.dump would take the pure-Python encoder; dumps without indent is C.
+                f.write(json.dumps(state, separators=(",", ":")))
             os.replace(tmp, self.path)
         finally:
             os.close(fd)  # closing releases the flock

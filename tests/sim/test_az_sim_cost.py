@@ -1,0 +1,120 @@
+"""Self-tests of what keeps the simulator cheap per call without changing what it shows: the
+per-call counters in their own file, and `-o json` written byte for byte as json.dumps would.
+Real `scripts/az-sim` subprocesses, as in tests/sim/test_az_sim.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from test_az_sim import RG, Sim
+
+sys.path.insert(0, str(REPO / "scripts"))
+from azsim.output import format_output
+from azsim.query import OrderedHash
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def sim(tmp_path: Path):
+    s = Sim(tmp_path)
+    yield s
+    s.close()
+
+
+def knack_json(value) -> str:
+    """What azure-cli (knack) prints for -o json."""
+    return json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True,
+                      separators=(",", ": ")) + "\n"
+
+
+def finished(clients) -> list[int]:
+    for c in clients:
+        c.communicate(timeout=30)
+    return [c.returncode for c in clients]
+
+
+# ---------------------------------------------------------------- the counters file
+
+
+def test_a_read_only_call_is_counted_without_rewriting_the_state_file(sim):
+    assert sim.create("a").returncode == 0
+    before = sim.state_path.stat()
+    assert sim.run("vm", "show", "-g", RG, "-n", "a").returncode == 0
+    assert sim.run("vm", "list", "-g", RG).returncode == 0
+    after = sim.state_path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    counters = json.loads(Path(f"{sim.state_path}.calls.json").read_text())
+    assert counters["calls"] == {"vm create": 1, "vm show": 1, "vm list": 1}
+    assert sim.state()["calls"] == {"vm create": 1, "vm show": 1, "vm list": 1}
+
+
+def test_concurrent_calls_are_all_counted(sim):
+    assert sim.create("a").returncode == 0
+    shows = [sim.start("vm", "show", "-g", RG, "-n", "a") for _ in range(12)]
+    lists = [sim.start("vm", "list", "-g", RG) for _ in range(8)]
+    assert finished(shows + lists) == [0] * 20
+    assert sim.state()["calls"] == {"vm create": 1, "vm show": 12, "vm list": 8}
+
+
+def test_the_throttle_window_is_exact_under_concurrent_calls(sim):
+    sim.scenario(throttle={"after_calls": 3, "first_calls": 5, "commands": ["vm list"]})
+    codes = finished([sim.start("vm", "list", "-g", RG) for _ in range(16)])
+    assert sorted(codes) == [0] * 11 + [1] * 5
+    assert sim.state()["throttled_calls_seen"] == 16
+
+
+def test_sim_reset_clears_the_counters_too(sim):
+    sim.scenario(throttle={"first_calls": 1, "commands": ["vm list"]},
+                 faults={"rate": 1.0, "commands": ["vm show"]})
+    assert sim.run("vm", "list", "-g", RG).returncode == 1
+    assert sim.run("vm", "show", "-g", RG, "-n", "a").returncode == 1
+    assert sim.state()["fault_calls_seen"] == 1
+    assert sim.run("sim", "reset").returncode == 0
+    state = sim.state()
+    assert (state["calls"], state["throttled_calls_seen"], state["fault_calls_seen"],
+            state["faults_injected"]) == ({}, 0, 0, {})
+    assert sim.run("vm", "list", "-g", RG).returncode == 1  # the throttle's window starts over
+
+
+# ---------------------------------------------------------------- -o json, byte for byte
+
+
+SHAPES = [
+    [None], True, False, 0, -7, 10**30, 1.5, -0.0, 1e300, 1e-7, float("nan"), float("inf"),
+    float("-inf"), "", "plain", "é ☃ 😀 \u2028", "quote \" backslash \\ \\\" tab\t nl\n \x01",
+    "{\"not\": [\"json\", 1]},", [], {}, [[]], [{}], [[], {}, [[[]]]], {"a": [], "b": {}},
+    {"z": 1, "a": {"m": [1, 2.5, None, True, "x"], "b": {"c": {"d": {}}}}},
+    {"{}": "[]", "": {"": ""}, "\\": ["\\\\", "\"", "}\",{"], "é": "ü"},
+    OrderedHash(zeta=1, alpha=[OrderedHash(b=2, a=1)]), (1, (2, "three")),
+    {"int keys": {2: "b", 1: "a"}}, {"float keys": {1.5: "x", 0.5: "y"}},
+    [[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]],
+]
+
+
+@pytest.mark.parametrize("value", SHAPES, ids=range(len(SHAPES)))
+def test_json_output_is_byte_identical_to_json_dumps(value):
+    assert format_output(value, "json") == knack_json(value)
+    assert format_output(value, "jsonc") == knack_json(value)
+
+
+def test_json_output_rejects_what_json_dumps_rejects():
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        format_output({"a": object()}, "json")
+    with pytest.raises(TypeError, match="not supported between"):
+        format_output({"k": {None: 1, 1.5: 2}}, "json")
+
+
+def test_a_listed_fleet_prints_exactly_as_json_dumps_would(sim):
+    for i, tag in enumerate(["owner=é☃", "note={\"a\": [1]},", "path=C:\\x\\\"y\""]):
+        assert sim.create(f"vm{i}", "--tags", tag, "--zone", "1").returncode == 0
+    listed = sim.run("vm", "list", "-g", RG, "-d")
+    assert listed.returncode == 0
+    assert listed.stdout == knack_json(json.loads(listed.stdout))
+    shown = sim.run("vm", "get-instance-view", "-g", RG, "-n", "vm1")
+    assert shown.stdout == knack_json(json.loads(shown.stdout))

@@ -59,12 +59,21 @@ class ProcessResult:
 _GUARD = str(Path(__file__).with_name("procguard.py"))
 
 
-def die_with_parent(parent: int) -> Callable[[], None]:
+# Commands (az, ssh) run this much nicer than we do: 32 az processes of ~1 s of CPU each
+# would otherwise take the CPU from the worker or orchestrator that reports their results,
+# and a busy machine would delay every report instead of the commands' own work.
+COMMAND_NICENESS = 10
+
+
+def die_with_parent(parent: int, *, niceness: int = 0) -> Callable[[], None]:
     """A preexec_fn: the kernel SIGKILLs the child when its parent dies, even by SIGKILL.
-    Only the direct child: a launcher that forks (rather than execs) the CLI is not covered."""
+    Only the direct child: a launcher that forks (rather than execs) the CLI is not covered.
+    `niceness` is added to the child's (and so to everything it starts)."""
     def preexec() -> None:
         if not on_parent_death(signal.SIGKILL, parent):
             os.kill(os.getpid(), signal.SIGKILL)
+        if niceness:
+            os.nice(niceness)
     return preexec
 
 
@@ -115,14 +124,15 @@ def _without_nats(environ: Mapping[str, str]) -> dict[str, str]:
 
 async def spawn(argv: list[str], *, capture: bool = False, env: Mapping[str, str] | None = None,
                 kill_grace: float = KILL_GRACE) -> asyncio.subprocess.Process:
-    """Start a command in its own session that dies with us. Output is dropped unless
-    `capture`, in which case the caller must read it (`communicate()`)."""
+    """Start a command in its own session that dies with us, COMMAND_NICENESS nicer than
+    we are. Output is dropped unless `capture`, in which case the caller must read it
+    (`communicate()`)."""
     pipe = asyncio.subprocess.PIPE if capture else asyncio.subprocess.DEVNULL
     guarded = [sys.executable, "-I", "-S", _GUARD, str(kill_grace), *argv]
     starting = asyncio.ensure_future(asyncio.create_subprocess_exec(
         *guarded, stdin=asyncio.subprocess.DEVNULL, stdout=pipe, stderr=pipe,
         env={**_without_nats(os.environ), **(env or {})}, start_new_session=True,
-        preexec_fn=die_with_parent(os.getpid()),
+        preexec_fn=die_with_parent(os.getpid(), niceness=COMMAND_NICENESS),
     ))
     try:
         return await asyncio.shield(starting)

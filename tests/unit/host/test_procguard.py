@@ -9,6 +9,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +17,13 @@ import psutil
 import pytest
 from conftest import PYTHON, REPO, wait_until
 
-from vmlaunch.host.procs import run_process, spawn, spawn_child, stop_child
+from vmlaunch.host.procs import (
+    COMMAND_NICENESS,
+    run_process,
+    spawn,
+    spawn_child,
+    stop_child,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -145,3 +152,9 @@ def test_a_long_lived_child_dies_with_its_sigkilled_parent(tmp_path):
         parent.kill()
         if pidfile.exists() and not gone(pid := int(pidfile.read_text())):
             os.kill(pid, signal.SIGKILL)
+
+
+async def test_commands_run_nicer_than_the_tool_so_they_cannot_starve_its_reports():
+    result = await run_process([sys.executable, "-c", "import os; print(os.nice(0))"],
+                               timeout=30)
+    assert int(result.stdout) == min(19, os.nice(0) + COMMAND_NICENESS)

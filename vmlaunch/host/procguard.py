@@ -8,7 +8,10 @@ passes that on to the group, then SIGKILLs what is left after a grace period. Th
 outlives the command's direct child until the group is empty: a grandchild that ignores
 SIGTERM (or was left running in the background) is SIGKILLed at the end of the grace.
 
-Usage: python -I -S procguard.py GRACE_SECONDS COMMAND [ARG ...]   (stdlib only, no shell)
+Usage: python -I -S procguard.py GRACE_SECONDS PARENT_PID NICENESS COMMAND [ARG ...]
+(stdlib only, no shell). PARENT_PID is the pid that started it: if that process is already
+gone when the guard takes effect, the command is not run. NICENESS is added to the guard's
+own, and so to the command's.
 
 `on_parent_death` is also what `procs.die_with_parent` uses: one place knows the prctl.
 """
@@ -71,9 +74,10 @@ def _end_group(deadline: float) -> None:
 
 
 def main(argv: list[str]) -> int:
-    grace, command = float(argv[0]), argv[1:]
-    if not on_parent_death(signal.SIGTERM, os.getppid()):
+    grace, parent, niceness, command = float(argv[0]), int(argv[1]), int(argv[2]), argv[3:]
+    if not on_parent_death(signal.SIGTERM, parent):
         return 128 + signal.SIGTERM
+    os.nice(niceness)
     child = os.fork()
     if child == 0:
         try:

@@ -151,20 +151,26 @@ def _update_file(
     mutate: Callable[[Any, bool], None],
     *,
     edit_text: Callable[[str], str | None] | None = None,
+    written: Callable[[str, Any], None] | None = None,
 ) -> None:
     """Locked read-modify-write; a missing or blank file starts from ``initial()``.
 
     ``mutate(doc, blank)`` learns whether an existing file was blank. ``edit_text`` may return
-    the new text directly (a fast path), or None to round-trip.
+    the new text directly (a fast path), or None to round-trip; ``written(text, doc)`` is
+    told what a round trip wrote.
     """
     def new_text(text: str | None) -> str:
         blank = text is not None and yamledit.is_blank(text)
-        if text and not blank and edit_text and (edited := edit_text(text)) is not None:
+        base = initial() if text is None else text  # a new file is edited as the template
+        if not blank and edit_text and (edited := edit_text(base)) is not None:
             return edited
         with _parsing(path):
             doc = yamledit.load_mapping(initial() if text is None or blank else text)
         mutate(doc, blank)
-        return yamledit.dump_text(doc)
+        text = yamledit.dump_text(doc)
+        if written is not None:
+            written(text, doc)
+        return text
 
     with _parsing(path):  # the text is read inside: it may not even be text
         atomicfile.rewrite(path, new_text)
@@ -191,12 +197,13 @@ class _YamlFile:
         edit_text: Callable[[str], str | None] | None = None,
         *,
         created: str | None = None,
+        written: Callable[[str, Any], None] | None = None,
     ) -> None:
         def initial() -> str:
             ts = min(created or utc_now_str(), utc_now_str())
             return template.format(ts=ts, id=json.dumps(self.deployment_id or ""))
 
-        _update_file(self.path, initial, mutate, edit_text=edit_text)
+        _update_file(self.path, initial, mutate, edit_text=edit_text, written=written)
         self.rewrites += 1
 
 
@@ -232,7 +239,12 @@ class StateFile(_YamlFile):
 
         now = utc_now_str()
         self._update(yamledit.STATE_TEMPLATE, mutate,
-                     lambda text: self._edit_in_place(text, checked, phase, now))
+                     lambda text: self._edit_in_place(text, checked, phase, now),
+                     written=self._index)
+
+    def _index(self, text: str, doc: Any) -> None:
+        """The pieces of a text a round trip wrote, from its document: no second parse."""
+        self._layout = None if lost_content(doc) else Layout.index(text, doc)
 
     def _edit_in_place(self, text: str, vms: Mapping[str, Mapping[str, Any]],
                        phase: str | None, now: str) -> str | None:

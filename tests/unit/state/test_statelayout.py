@@ -14,6 +14,7 @@ import pytest
 from conftest import DATA, async_wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from ruamel.yaml.comments import CommentedMap
 
 from vmlaunch.state import yamledit
 from vmlaunch.state.statefile import StateFile, read_state, vm_fields
@@ -217,3 +218,40 @@ async def test_an_idle_writer_writes_a_change_at_once_and_coalesces_only_a_burst
         await writer.flush()
         assert writer.state_file.rewrites == 1 + 1
     assert read_state(state_path)["vm_states"]["k0s-controller-2"]["attempt"] == 21
+
+
+EVENTS = [
+    {"timestamp": "2026-12-02T01:31:15Z", "action": "vm_created", "event_id": "abc-123",
+     "message": "VM vm-0001 created: public IP 20.1.2.3 (zone 2)",
+     "vm_states": {"vm-0001": {"state": "Succeeded", "public_ip": "20.1.2.3", "generation": 1,
+                               "verified": False, "last_error": ""}}},
+    {"timestamp": "2026-12-02T01:31:15Z", "action": "deployment_initialized",
+     "message": "Deployment state tracking initialized"},
+    {"timestamp": "2026-12-02T01:31:15Z", "action": "vm_failed", "message": "yes",
+     "vm_states": {"k0s-ctrl.1": {"last_error": "QuotaExceeded: #3: 'x' {y}", "attempt": 3}}},
+    {"timestamp": "2026-12-02T01:31:15Z", "action": "vm_launch_started", "message": "x",
+     "vm_states": {}},
+]
+
+
+@pytest.mark.parametrize("event", EVENTS)
+def test_an_event_is_written_as_text_exactly_as_the_round_trip_writes_it(event):
+    dumped = yamledit.dump_text(CommentedMap(events=[yamledit._event_map(event)]))
+    assert yamledit.event_text(event) == dumped.removeprefix("events:\n")
+
+
+@pytest.mark.parametrize("event", [
+    {"timestamp": "t", "action": "x", "message": 'a "quoted" word'},
+    {"timestamp": "t", "action": "x", "message": "non-ASCII é"},
+    {"timestamp": "t", "action": "x", "vm_states": {"yes": {"state": "Creating"}}},
+])
+def test_an_event_the_text_writer_cannot_quote_is_left_to_the_round_trip(event):
+    assert yamledit.event_text(event) is None
+
+
+def test_an_event_with_a_500_vm_change_is_one_line_that_reads_back_the_same():
+    vms = {f"vm-{i:04d}": {"state": "Creating", "generation": 1} for i in range(500)}
+    text = yamledit.event_text({"timestamp": "t", "action": "vm_launch_started",
+                                "message": "x", "vm_states": vms})
+    assert text is not None and len(text.splitlines()) == 4
+    assert yamledit.load_mapping("events:\n" + text)["events"][0]["vm_states"] == vms

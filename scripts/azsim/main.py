@@ -33,6 +33,7 @@ from .vm_commands import (
     cmd_vm_delete,
     cmd_vm_get_instance_view,
     cmd_vm_list,
+    cmd_vm_list_ip_addresses,
     cmd_vm_show,
     cmd_vm_wait,
 )
@@ -64,6 +65,8 @@ COMMANDS = {
     "vm show": ([*_ref_opts(), DETAILS], cmd_vm_show),
     "vm get-instance-view": (_ref_opts(), cmd_vm_get_instance_view),
     "vm list": ([Opt("--resource-group", "-g"), DETAILS], cmd_vm_list),
+    "vm list-ip-addresses": ([Opt("--resource-group", "-g"), Opt("--name", "-n")],
+                             cmd_vm_list_ip_addresses),
     "vm delete": ([*_ref_opts(), Opt("--yes", "-y", kind="flag"), Opt("--no-wait", kind="bool"),
                    Opt("--force-deletion", kind="bool")], cmd_vm_delete),
     "vm wait": ([*_ref_opts(), Opt("--created", kind="flag"), Opt("--deleted", kind="flag"),

@@ -1,4 +1,5 @@
-"""`az vm show/list/delete/wait` and `az vm run-command invoke`, with cloud-init's output."""
+"""`az vm show/list/list-ip-addresses/delete/wait` and `az vm run-command invoke`, with
+cloud-init's output."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from .context import Ctx, target
 from .errors import CONFLICT, NO_TTY, AzError, http_error, not_found
 from .output import add_resource_group
 from .query import search
-from .resources import iso, vm_resource
+from .resources import iso, nic_resource, public_ip_resource, vm_resource
 from .state import FOREVER, find, power_state, provisioning_state
 
 CI_ERROR = ("('scripts_user', RuntimeError('Runparts: 1 failures (part-001) in 1 attempted "
@@ -45,6 +46,39 @@ def cmd_vm_list(ctx: Ctx, a: dict):
     vms = sorted(st["vms"].values(), key=lambda vm: vm["name"].lower())
     return [vm_resource(vm, t, details=a["show_details"]) for vm in vms
             if not rg or vm["resource_group"].lower() == rg.lower()]
+
+
+def cmd_vm_list_ip_addresses(ctx: Ctx, a: dict):
+    """azure-cli's list-ip-addresses: every NIC attached to a VM (of the group and name,
+    if given) with its private IPs and the public IPs they point to. It reads NICs and
+    public IPs only, never a VM."""
+    rg, name = a["resource_group"], a["name"]
+    if rg:
+        ctx.require_rg(rg)
+    st, t = ctx.view()
+    pips = {res["id"].lower(): res for res in
+            (public_ip_resource(st, pip, t) for pip in st["public_ips"].values())}
+    found = []
+    for nic in sorted(st["nics"].values(), key=lambda nic: nic["name"].lower()):
+        res = nic_resource(st, nic)
+        if "virtualMachine" not in res:
+            continue
+        parts = res["virtualMachine"]["id"].split("/")
+        vm_rg, vm_name = parts[4], parts[-1]
+        if (rg and rg.lower() != vm_rg.lower()) or (name and name.lower() != vm_name.lower()):
+            continue
+        network: dict = {"privateIpAddresses": [], "publicIpAddresses": []}
+        for conf in res["ipConfigurations"]:
+            network["privateIpAddresses"].append(conf["privateIPAddress"])
+            pip = pips.get(conf.get("publicIPAddress", {}).get("id", "").lower())
+            if pip is not None:
+                network["publicIpAddresses"].append({
+                    "id": pip["id"], "ipAddress": pip.get("ipAddress"),
+                    "ipAllocationMethod": pip["publicIPAllocationMethod"], "name": pip["name"],
+                    "zone": (pip.get("zones") or [None])[0]})
+        found.append({"virtualMachine": {"name": vm_name, "network": network,
+                                         "resourceGroup": vm_rg}})
+    return found
 
 
 def cmd_vm_delete(ctx: Ctx, a: dict):

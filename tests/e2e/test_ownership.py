@@ -84,13 +84,13 @@ def untouched(az_sim: AzSim) -> dict[str, Any]:
 @pytest.mark.parametrize("code", ["TooManyRequests", "InternalServerError"])
 def test_a_throttled_read_of_our_succeeded_vm_adopts_it_and_deletes_nothing(az_sim, code):
     existing_vm(az_sim, TAG)
-    throttle(az_sim, code, 2)
+    throttle(az_sim, code, 2, commands=["vm list"])  # how the launcher reads it: listings
 
     done = launch(az_sim)
 
     assert done.returncode == 0, done.stdout + done.stderr
     untouched(az_sim)
-    assert az_sim.state()["calls"]["vm show"] == 3  # two unknowns, then the answer
+    assert az_sim.state()["calls"]["vm list"] == 3  # two unknowns, then the answer
     (complete,) = [p for p in events(done) if isinstance(p, Complete)]
     assert complete.public_ip == az_sim.state()["vms"]["vm1"]["public_ip"]
     assert not [p for p in events(done) if isinstance(p, Failed)]  # no read was an attempt

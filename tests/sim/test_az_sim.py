@@ -192,6 +192,26 @@ def test_show_d_reports_creating_without_ips_and_later_succeeded_with_ips(sim):
         ("quick", "Succeeded", done["publicIps"]), ("slow", "Creating", "")]
 
 
+def test_list_ip_addresses_gives_each_vms_nic_and_public_ips_as_azure_cli_does(sim):
+    sim.create("one", "--no-wait")
+    sim.create("two", "--no-wait", "--public-ip-address", "")
+    done = wait_for(lambda: (s := sim.show("one", "-d"))["provisioningState"] == "Succeeded"
+                    and s, what="Succeeded")
+
+    listed = sim.ok("vm", "list-ip-addresses", "-g", RG)
+
+    assert [entry["virtualMachine"]["name"] for entry in listed] == ["one", "two"]
+    one = listed[0]["virtualMachine"]
+    assert (one["resourceGroup"], one["network"]["privateIpAddresses"]) == (
+        RG, [done["privateIps"]])
+    (public,) = one["network"]["publicIpAddresses"]
+    assert public == {"id": public["id"], "ipAddress": done["publicIps"],
+                      "ipAllocationMethod": "Static", "name": "onePublicIP",
+                      "resourceGroup": RG, "zone": None}
+    assert listed[1]["virtualMachine"]["network"]["publicIpAddresses"] == []
+    assert sim.ok("vm", "list-ip-addresses", "-g", RG, "-n", "two") == [listed[1]]
+
+
 def test_public_ip_early_shows_the_standard_ip_while_creating(sim):
     sim.scenario(public_ip_early=True, public_ip="127.0.0.1", defaults={"create_seconds": 500})
     sim.create("early", "--no-wait")

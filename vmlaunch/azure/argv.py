@@ -84,7 +84,7 @@ def vm_show_args(resource_group: str, name: str) -> list[str]:
 
 # What a tracker reads of each listed VM (its state, ownership, zone and size): az prints
 # nothing else, which spares it (and us) formatting and parsing the rest of every VM.
-TRACKED_FIELDS = ("[].{name: name, provisioningState: provisioningState, tags: tags, "
+TRACKED_FIELDS = ("[].{name: name, id: id, provisioningState: provisioningState, tags: tags, "
                   "zones: zones, hardwareProfile: {vmSize: hardwareProfile.vmSize}}")
 
 
@@ -95,6 +95,11 @@ def vm_list_args(resource_group: str, *, details: bool = True,
     only TRACKED_FIELDS are printed."""
     return ["vm", "list", "-g", resource_group, *(["-d"] if details else []),
             *(["--query", TRACKED_FIELDS] if tracked_fields else []), *_COMMON]
+
+
+def vm_ip_addresses_args(resource_group: str) -> list[str]:
+    """Every VM's IPs in the group in one call: its NICs and public IPs, a GET a page each."""
+    return ["vm", "list-ip-addresses", "-g", resource_group, *_COMMON]
 
 
 def vm_instance_view_args(resource_group: str, name: str) -> list[str]:

@@ -30,6 +30,7 @@ from vmlaunch.azure.argv import (
     vm_create_command,
     vm_delete_args,
     vm_instance_view_args,
+    vm_ip_addresses_args,
     vm_list_args,
     vm_show_args,
     vm_wait_args,
@@ -147,6 +148,9 @@ class AzCli:
                        details: bool = True, tracked_fields: bool = False) -> AzResult:
         return await self.run(vm_list_args(resource_group, details=details,
                                            tracked_fields=tracked_fields), timeout=timeout)
+
+    async def ip_addresses(self, resource_group: str, *, timeout: float = 300) -> AzResult:
+        return await self.run(vm_ip_addresses_args(resource_group), timeout=timeout)
 
     async def instance_view(self, resource_group: str, name: str, *,
                             timeout: float = 120) -> AzResult:

@@ -78,6 +78,16 @@ def listed(item: dict[str, Any] | None) -> Seen:
                               "provisioning state", FailureKind.TRANSIENT))
 
 
+def addresses(entry: dict[str, Any]) -> dict[str, str] | None:
+    """One `az vm list-ip-addresses` entry's IPs as `az vm show -d` gives them
+    ("privateIps"/"publicIps", comma-joined); None when it holds no private IP yet."""
+    network = (entry.get("virtualMachine") or {}).get("network") or {}
+    private = [ip for ip in network.get("privateIpAddresses") or [] if isinstance(ip, str)]
+    public = [ip for item in network.get("publicIpAddresses") or [] if isinstance(item, dict)
+              and isinstance(ip := item.get("ipAddress"), str)]
+    return {"privateIps": ",".join(private), "publicIps": ",".join(public)} if private else None
+
+
 async def look(az: AzCli, spec: VMSpec, deadline: float) -> Seen:
     """`az vm show -d` until an authoritative answer, or the deadline (time.monotonic())."""
     tries = 0

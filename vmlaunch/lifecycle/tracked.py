@@ -3,8 +3,10 @@
 A create is `az vm create --no-wait`: its process lives for validation and the PUT only
 (azure-cli.md §7). Every VM followed in one resource group is read from ONE `az vm list -g
 RG` (no `-d`: one GET per page, §6) per interval, whatever their number, and only while
-some VM waits for a listing. A VM that reaches Succeeded is shown once with `az vm show -d`
-(its IPs); one that reaches Failed gets one `az vm get-instance-view`, whose
+some VM waits for a listing. The IPs of the VMs that reach Succeeded come from ONE `az vm
+list-ip-addresses -g RG` per interval for all of them (its NICs and public IPs: a GET a
+page each), `az vm show -d` only if that listing does not say; a VM that reaches Failed gets
+one `az vm get-instance-view`, whose
 `ProvisioningState/failed/<Code>` goes through the one failure table. A listing that fails
 is unknown for every VM of the group, never absent: readers wait for the next one.
 """
@@ -17,11 +19,12 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from vmlaunch.azure.azcli import AzCli, AzError, FailureKind
+from vmlaunch.azure.azcli import AzCli, AzError, AzResult, FailureKind
 from vmlaunch.azure.failures import provisioning_failure
-from vmlaunch.azure.look import HOPELESS, Seen, listed, look
+from vmlaunch.azure.look import HOPELESS, Seen, addresses, listed, look
 from vmlaunch.azure.writebudget import LocalBudget, WriteBudget, note_throttle
 from vmlaunch.lifecycle.observe import settled
 from vmlaunch.schema.vmspec import VMSpec
@@ -39,32 +42,35 @@ SUBMIT_TIMEOUT = 600.0  # validation and the PUT: seconds, never the create itse
 # long after the submit is "not yet", not "gone".
 ABSENT_GRACE = 30.0
 Listing = dict[str, dict[str, Any]] | AzError
+Fetch = Callable[[], Awaitable[AzResult]]
 
 
 class GroupTracker:
-    """The listings of one resource group. A read is answered by the first listing *started*
-    after it was asked for, so it is never older than the question."""
+    """One kind of listing of one resource group (`fetch`; `key` names a VM's entry). A
+    read is answered by the first listing *started* after it was asked for, so it is
+    never older than the question."""
 
-    def __init__(self, az: AzCli, group: str, interval: float) -> None:
-        self.az, self.group, self.interval = az, group, interval
+    def __init__(self, fetch: Fetch, key: Callable[[dict[str, Any]], Any], *, what: str,
+                 interval: float) -> None:
+        self.fetch, self.key, self.what, self.interval = fetch, key, what, interval
         self.waiting, self.next_at = 0, 0.0
         self.last: tuple[float, Listing] = (-math.inf, {})  # when it started, what it gave
         self.fresh = asyncio.Condition()
         self.task: asyncio.Task[None] | None = None
 
-    async def read(self, name: str) -> Seen:
-        """The VM as the next listing shows it; unknown when that listing failed."""
+    async def read(self, name: str) -> dict[str, Any] | AzError | None:
+        """The VM's entry in the next listing (None: not listed), or that listing's error."""
         asked = time.monotonic()
         self.waiting += 1
         try:
             if self.task is None or self.task.done():
-                self.task = asyncio.create_task(self._poll(), name=f"track-{self.group}")
+                self.task = asyncio.create_task(self._poll(), name=f"track {self.what}")
             async with self.fresh:
                 await self.fresh.wait_for(lambda: self.last[0] >= asked)
                 result = self.last[1]
         finally:
             self.waiting -= 1
-        return Seen(error=result) if isinstance(result, AzError) else listed(result.get(name))
+        return result if isinstance(result, AzError) else result.get(name)
 
     async def _poll(self) -> None:
         """Lists while anyone waits (then ends), at most once per interval."""
@@ -79,20 +85,19 @@ class GroupTracker:
 
     async def _list(self) -> Listing:
         try:
-            result = await self.az.list_vms(self.group, timeout=LIST_TIMEOUT, details=False,
-                                             tracked_fields=True)
+            result = await self.fetch()
         except OSError as exc:  # az missing or not executable
             return AzError("AzNotRunnable", str(exc), FailureKind.PERMANENT)
         except Exception as exc:  # a bug must not leave every reader of the group waiting
-            log.exception("listing %s failed", self.group)
+            log.exception("%s failed", self.what)
             return AzError("InternalError", f"{type(exc).__name__}: {exc}", FailureKind.TRANSIENT)
         if result.ok and isinstance(result.data, list):
-            return {item["name"]: item for item in result.data
-                    if isinstance(item, dict) and "name" in item}
-        error = result.error or AzError("Unknown", "az vm list printed no JSON list",
+            entries = [item for item in result.data if isinstance(item, dict)]
+            return {name: item for item in entries if isinstance(name := self.key(item), str)}
+        error = result.error or AzError("Unknown", f"{self.what} printed no JSON list",
                                         FailureKind.TRANSIENT)
-        log.warning("az vm list -g %s failed (%s: %s): every VM of the group is unknown until "
-                    "the next listing", self.group, error.code, error.message)
+        log.warning("%s failed (%s: %s): every VM of the group is unknown until the next "
+                    "listing", self.what, error.code, error.message)
         return error
 
     async def close(self) -> None:
@@ -111,7 +116,8 @@ class Tracked:
         if interval <= 0:
             raise ValueError(f"the track interval must be positive, not {interval}")
         self.az, self.interval = az, interval
-        self.groups: dict[str, GroupTracker] = {}
+        self.groups: dict[str, GroupTracker] = {}  # provisioning states, by group
+        self.addresses: dict[str, GroupTracker] = {}  # IPs, by group
         self.creates = asyncio.Semaphore(creates) if creates else None
         self.budget: WriteBudget = budget or LocalBudget()  # the worker's is the fleet's
 
@@ -124,11 +130,29 @@ class Tracked:
         """The write budget's go for one create (awaited before the fence is checked)."""
         await self.budget.admit()
 
-    def _group(self, spec: VMSpec) -> GroupTracker:
+    async def _listed(self, spec: VMSpec) -> Seen:
+        """The VM as the next listing of its group shows it; unknown if that one failed."""
         group = spec.resource_group
         if group not in self.groups:
-            self.groups[group] = GroupTracker(self.az, group, self.interval)
-        return self.groups[group]
+            self.groups[group] = GroupTracker(
+                lambda: self.az.list_vms(group, timeout=LIST_TIMEOUT, details=False,
+                                         tracked_fields=True),
+                lambda item: item.get("name"), what=f"az vm list -g {group}",
+                interval=self.interval)
+        entry = await self.groups[group].read(spec.name)
+        return Seen(error=entry) if isinstance(entry, AzError) else listed(entry)
+
+    async def _addresses(self, spec: VMSpec) -> dict[str, str] | None:
+        """The VM's IPs as `show -d` gives them, from the next `az vm list-ip-addresses` of
+        its group (one for every VM that succeeded meanwhile); None if it did not say."""
+        group = spec.resource_group
+        if group not in self.addresses:
+            self.addresses[group] = GroupTracker(
+                lambda: self.az.ip_addresses(group, timeout=LIST_TIMEOUT),
+                lambda item: (item.get("virtualMachine") or {}).get("name"),
+                what=f"az vm list-ip-addresses -g {group}", interval=self.interval)
+        entry = await self.addresses[group].read(spec.name)
+        return None if entry is None or isinstance(entry, AzError) else addresses(entry)
 
     async def look(self, spec: VMSpec) -> Seen:
         seen = await self._read(spec)
@@ -138,7 +162,7 @@ class Tracked:
         """The next listing's answer; after a failed one, the next, until `create_timeout`."""
         deadline = time.monotonic() + spec.create_timeout
         while True:
-            seen = await self._group(spec).read(spec.name)
+            seen = await self._listed(spec)
             error = seen.error
             if error is None or error.code in HOPELESS or time.monotonic() >= deadline:
                 return seen
@@ -146,7 +170,7 @@ class Tracked:
     async def wait(self, spec: VMSpec, deadline: float) -> Seen:
         seen = Seen(VmState.CREATING)
         while time.monotonic() < deadline:
-            seen = await self._group(spec).read(spec.name)
+            seen = await self._listed(spec)
             if settled(seen):
                 return await self._settled(spec, seen)
         return seen
@@ -178,7 +202,7 @@ class Tracked:
         listed_by = time.monotonic() + ABSENT_GRACE
         seen = Seen(VmState.CREATING)
         while time.monotonic() < deadline:
-            seen = await self._group(spec).read(spec.name)
+            seen = await self._listed(spec)
             if seen.absent and time.monotonic() >= listed_by:
                 return AzError("VmMissing", f"{spec.name} was submitted but is not listed in "
                                f"Azure after {ABSENT_GRACE:g} s", FailureKind.TRANSIENT)
@@ -200,12 +224,15 @@ class Tracked:
         return seen
 
     async def _shown(self, spec: VMSpec, seen: Seen) -> Seen:
-        """`az vm show -d` once (the IPs a listing without -d lacks); if that read fails,
-        the listing's answer stands (it was authoritative)."""
+        """The listed VM with its IPs (which a listing without -d lacks): from the group's
+        next IP listing, else one `az vm show -d`; if that read fails too, the listing's
+        answer stands (it was authoritative)."""
+        if (ips := await self._addresses(spec)) is not None:
+            return dataclasses.replace(seen, data={**seen.data, **ips})
         shown = await look(self.az, spec, time.monotonic() + spec.create_timeout)
         return seen if shown.unknown else shown
 
     async def close(self) -> None:
         """End the listings (they end on their own once nobody waits)."""
-        for tracker in self.groups.values():
+        for tracker in (*self.groups.values(), *self.addresses.values()):
             await tracker.close()

@@ -28,7 +28,7 @@ from vmlaunch.lifecycle.lease import OPEN, Fence, Handover
 from vmlaunch.lifecycle.machine import LaunchResult, Lifecycle, Outcome, Step, deadline_error
 from vmlaunch.lifecycle.report import Reporter
 from vmlaunch.lifecycle.tracked import Tracked
-from vmlaunch.schema.messages import Failed, Message, Status
+from vmlaunch.schema.messages import Complete, Failed, Message, Status
 from vmlaunch.schema.vmspec import VMSpec
 
 pytestmark = pytest.mark.timeout(60)
@@ -116,7 +116,7 @@ async def test_the_trackers_listing_prints_only_what_the_lifecycle_reads(sim: Az
     result = await AzCli().list_vms(RG, details=False, tracked_fields=True)
 
     (item,) = result.data
-    assert set(item) == {"name", "provisioningState", "tags", "zones", "hardwareProfile"}
+    assert set(item) == {"name", "id", "provisioningState", "tags", "zones", "hardwareProfile"}
     assert (listed(item).state, owner(item)) == ("Creating", DEPLOYMENT)
     found = as_found(vm_spec(zone="1", size="Standard_D2s_v5"), item)
     assert (found.zone, found.size) == ("2", "Standard_D4s_v5")
@@ -136,6 +136,18 @@ async def test_an_absent_vm_is_created_then_verified(sim: AzSim, launch: Launche
     assert run.path == [L, C, V, OK]
     assert (run.result.outcome, run.result.attempts) == (Outcome.READY, 1)
     assert sim.state()["create_counts"] == {"vm-1": 1}
+
+
+async def test_a_created_vms_ips_come_from_the_groups_ip_listing_not_a_show(sim: AzSim,
+                                                                            launch: Launcher):
+    run = await launch()
+
+    (complete,) = [e.payload for e in run.events if isinstance(e.payload, Complete)]
+    azure = sim.state()
+    vm = azure["vms"]["vm-1"]
+    assert (complete.public_ip, complete.private_ip) == (vm["public_ip"], vm["private_ip"])
+    assert complete.vm_id.endswith("/virtualMachines/vm-1")
+    assert azure["calls"]["vm list-ip-addresses"] == 1 and "vm show" not in azure["calls"]
 
 
 async def test_a_vm_in_flight_is_adopted_and_waited_for_never_created_again(

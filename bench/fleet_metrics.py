@@ -49,9 +49,10 @@ def observed_by_tool(events: list[dict]) -> dict[str, float]:
 def arm_gets(spec: RunSpec, log: list[tuple[float, str]], created: list[float]) -> int:
     """Estimated ARM GETs of the logged `az` calls (weights from azure-cli.md §3, §6, §7):
     `vm list` 1 (one page), `vm list -d` 1 + 3 per VM existing then, `vm show` 1,
-    `vm show -d` 3, `vm list-ip-addresses` 2, `get-instance-view` 1, `vm create` 1 client-side lookup (+1 without
-    `--location`, +1 SKU list with `--zone`) and, when blocking, one status GET per 30 s
-    poll, `run-command invoke` one per poll, anything else 1."""
+    `vm show -d` 3, `vm list-ip-addresses` 2, `get-instance-view` 1, `vm create` 1
+    client-side lookup (+1 without `--location`, +1 SKU list with `--zone`) and, when
+    blocking, one status GET per 30 s poll, `run-command invoke` one per poll, anything
+    else 1."""
     total = 0
     for when, argv in log:
         words = argv.split()

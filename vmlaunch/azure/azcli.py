@@ -52,6 +52,9 @@ AZ_ENV = {"AZURE_CORE_COLLECT_TELEMETRY": "no", "AZURE_EXTENSION_USE_DYNAMIC_INS
 # Creates are not among them: the fleet's write budget paces those (writebudget.py) for
 # every worker together, and a per-process rate would only cap a burst the budget allows.
 RATE_LIMITED = frozenset({"vm delete"})
+# Short reads that many VMs wait on: they may take the az slots kept from creates.
+QUICK_READS = frozenset({"vm list", "vm list-ip-addresses", "vm show", "vm get-instance-view",
+                         "group show"})
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,8 @@ class AzCli:
     async def run(self, args: list[str], *, timeout: float | None = None) -> AzResult:
         """Run az to completion; see `procs.run_process`."""
         argv = await self._admit(args)
-        async with self.slots.held():  # the timeout starts once the process does
+        read = command_key(args) in QUICK_READS
+        async with self.slots.held(read=read):  # the timeout starts once the process does
             done = await run_process(argv, timeout=timeout, env=AZ_ENV,
                                      kill_grace=self.kill_grace)
         result = AzResult(**{**dataclasses.asdict(done), "argv": redact(argv)},

@@ -6,7 +6,9 @@ launch) takes a slot from the same files in the private runtime directory
 (`customdata.shared_dir`), so together they run at most N at once (processes configured
 with different N share the first slots: the smallest N holds for them). A lock is released
 by the kernel when its holder dies, so a killed process never leaks a slot. The files are
-opened close-on-exec: an az child never inherits a lock.
+opened close-on-exec: an az child never inherits a lock. The last slots are kept for quick
+reads (`held(read=True)`): a listing every VM waits on must not queue behind hundreds of
+creates waiting for a slot.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ SLOTS_DIR = "az-slots"
 PAUSE, PAUSE_CAP = 0.01, 0.2  # between tries while every slot is busy (other processes)
 
 
+def reserved(limit: int) -> int:
+    """Slots only reads may take: an eighth (4 of 32), none when there is only one."""
+    return limit // 8 if limit >= 8 else min(1, limit - 1)
+
+
 class MachineSlots:
     """At most `limit` holders at once across this host's processes. Plain file locks and
     no asyncio primitive: one instance serves every event loop of the process."""
@@ -34,31 +41,34 @@ class MachineSlots:
             raise ValueError(f"the az process limit must be at least 1, not {limit}")
         self.limit = limit
         self._free: list[int] | None = None  # descriptors this process does not hold now
+        self._number: dict[int, int] = {}  # descriptor -> slot number
 
     def _descriptors(self) -> list[int]:
         if self._free is None:
             where = shared_dir(SLOTS_DIR)
             self._free = [os.open(where / str(i), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
                                   0o600) for i in range(self.limit)]
+            self._number = {fd: i for i, fd in enumerate(self._free)}
         return self._free
 
-    def _try(self) -> int | None:
-        """A descriptor whose lock we just took, or None when every slot is busy."""
-        free = self._descriptors()
+    def _try(self, *, read: bool) -> int | None:
+        """A descriptor whose lock we just took, or None when every slot it may take is busy."""
+        allowed = self.limit if read else self.limit - reserved(self.limit)
+        free = [fd for fd in self._descriptors() if self._number[fd] < allowed]
         for fd in random.sample(free, len(free)):  # spread processes over the slots
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue
-            free.remove(fd)
+            self._descriptors().remove(fd)
             return fd
         return None
 
     @contextlib.asynccontextmanager
-    async def held(self) -> AsyncIterator[None]:
-        """One slot for the body (one az process's life)."""
+    async def held(self, *, read: bool = False) -> AsyncIterator[None]:
+        """One slot for the body (one az process's life); a `read` may take a reserved one."""
         pause = PAUSE
-        while (fd := self._try()) is None:
+        while (fd := self._try(read=read)) is None:
             await asyncio.sleep(pause * random.uniform(0.5, 1.0))
             pause = min(pause * 1.5, PAUSE_CAP)
         try:

@@ -49,7 +49,7 @@ async def test_at_most_the_limit_hold_a_slot_at_once_within_one_process(private_
 
     async def one() -> None:
         nonlocal inside, peak
-        async with slots.held():
+        async with slots.held(read=True):
             inside += 1
             peak = max(peak, inside)
             await asyncio.sleep(0.05)
@@ -57,6 +57,27 @@ async def test_at_most_the_limit_hold_a_slot_at_once_within_one_process(private_
 
     await asyncio.gather(*(one() for _ in range(12)))
     assert peak == 3
+
+
+async def test_creates_leave_the_reserved_slots_to_reads(private_tmp: Path):
+    slots, writing = azslots.MachineSlots(16), asyncio.Event()
+    holding = 0
+
+    async def write() -> None:
+        nonlocal holding
+        async with slots.held():
+            holding += 1
+            await writing.wait()
+
+    writers = [asyncio.create_task(write()) for _ in range(20)]
+    await async_wait_until(lambda: holding == 16 - azslots.reserved(16), timeout=10,
+                           message="the writers to take every slot they may")
+    try:
+        async with slots.held(read=True):  # at once, however many writers wait
+            assert holding == 14
+    finally:
+        writing.set()
+        await asyncio.gather(*writers)
 
 
 async def test_a_slot_held_by_another_process_is_freed_when_it_is_killed(private_tmp: Path):

@@ -1,7 +1,8 @@
 """Checks that a created VM is usable: SSH answers, and cloud-init has finished.
 
 Run by the VM lifecycle (lifecycle/machine.py), in every mode. A check returns a result; it
-never raises for a failed check. SSH checks are light `ssh` processes and need no pool; a
+never raises for a failed check. SSH checks are light `ssh` processes, at most SSH_AT_ONCE at
+once per process (a worker follows hundreds of VMs, which may all succeed together); a
 run-command check is an `az` process of ~100 MB that lasts >= 20 s (azure-cli.md §4, §7),
 so those wait for a slot of their own pool, one per `AzCli` (`limit_run_commands`).
 """
@@ -26,12 +27,23 @@ SSH_FAILED = 255  # ssh's own exit code (refused, reset, denied); others are the
 # Run-command allows one invocation per VM at a time; a busy VM is asked again after this.
 RUN_COMMAND_BUSY_PAUSE = 5.0
 DEFAULT_RUN_COMMAND_CONCURRENCY = 8
+SSH_AT_ONCE = 32  # ssh clients (each with its procguard) running at once in one process
 _STATUS_LINE = re.compile(r"^status:\s*(\w+)", re.M)
 # Since cloud-init 23.4 a recoverable error shows as "status: done" with
 # "extended_status: degraded done"; older releases print "status: degraded".
 _EXTENDED_LINE = re.compile(r"^extended_status:\s*(\w+)", re.M)
 # Keyed by the AzCli, the one object every lifecycle of a worker or a poller shares.
 _pools: weakref.WeakKeyDictionary[AzCli, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+# One ssh gate per event loop (a semaphore belongs to the loop it is first used in).
+_ssh_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary())
+
+
+def _ssh_gate() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    if loop not in _ssh_gates:
+        _ssh_gates[loop] = asyncio.Semaphore(SSH_AT_ONCE)
+    return _ssh_gates[loop]
 
 
 @dataclass(frozen=True)
@@ -74,8 +86,10 @@ async def _over_ssh(spec: VMSpec, *, ip: str, private_key: str | None, command: 
     """`command` over ssh, up to SSH_TRIES times while `again` says the try did not count."""
     attempt = 1
     while True:
-        result = await procs.run_process(
-            ssh_args(spec, ip=ip, private_key=private_key, command=command), timeout=timeout)
+        async with _ssh_gate():
+            result = await procs.run_process(
+                ssh_args(spec, ip=ip, private_key=private_key, command=command),
+                timeout=timeout)
         if attempt == SSH_TRIES or not again(result):
             return result
         await asyncio.sleep(backoff * attempt)

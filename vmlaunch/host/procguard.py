@@ -75,15 +75,6 @@ def _end_group(deadline: float) -> None:
 
 def main(argv: list[str]) -> int:
     grace, parent, niceness, command = float(argv[0]), int(argv[1]), int(argv[2]), argv[3:]
-    if not on_parent_death(signal.SIGTERM, parent):
-        return 128 + signal.SIGTERM
-    os.nice(niceness)
-    child = os.fork()
-    if child == 0:
-        try:
-            os.execvp(command[0], command)
-        finally:
-            os._exit(127)
     stopped_at: list[float] = []
 
     def stop(signum: int, frame: object) -> None:
@@ -95,8 +86,25 @@ def main(argv: list[str]) -> int:
         signal.signal(signal.SIGALRM, lambda *_: _signal_others(signal.SIGKILL))
         signal.setitimer(signal.ITIMER_REAL, grace)
 
+    # Handlers first: a parent that dies once the prctl holds must find us able to pass
+    # the SIGTERM on, even to a child forked a moment later (it is in our group).
     for sig in _STOP_SIGNALS:
         signal.signal(sig, stop)
+    if not on_parent_death(signal.SIGTERM, parent):
+        return 128 + signal.SIGTERM
+    os.nice(niceness)
+    if stopped_at:  # told to stop before the command started: it never starts
+        return 128 + signal.SIGTERM
+    child = os.fork()
+    if child == 0:
+        try:
+            for sig in _STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            os.execvp(command[0], command)
+        finally:
+            os._exit(127)
+    if stopped_at:  # the stop came during the fork: the child may have missed it
+        _signal_others(signal.SIGTERM)
     _, status = os.waitpid(child, 0)
     # Nothing of the command outlives it, and a stop keeps its deadline.
     _end_group((stopped_at[0] if stopped_at else time.monotonic()) + grace)

@@ -41,6 +41,7 @@ SUBMIT_TIMEOUT = 600.0  # validation and the PUT: seconds, never the create itse
 # Real ARM may list a just-submitted VM only once its deployment reaches it: absent this
 # long after the submit is "not yet", not "gone".
 ABSENT_GRACE = 30.0
+IP_LISTING_TRIES = 3  # IP listings read (one per interval) before one `show -d` instead
 Listing = dict[str, dict[str, Any]] | AzError
 Fetch = Callable[[], Awaitable[AzResult]]
 
@@ -151,8 +152,11 @@ class Tracked:
                 lambda: self.az.ip_addresses(group, timeout=LIST_TIMEOUT),
                 lambda item: (item.get("virtualMachine") or {}).get("name"),
                 what=f"az vm list-ip-addresses -g {group}", interval=self.interval)
-        entry = await self.addresses[group].read(spec.name)
-        return None if entry is None or isinstance(entry, AzError) else addresses(entry)
+        for _ in range(IP_LISTING_TRIES):  # a failed one is not worth a show -d per VM
+            entry = await self.addresses[group].read(spec.name)
+            if not isinstance(entry, AzError):
+                return None if entry is None else addresses(entry)
+        return None
 
     async def look(self, spec: VMSpec) -> Seen:
         seen = await self._read(spec)

@@ -90,6 +90,7 @@ class NatsRun:
         self.deadline_at, self.deadline_reason = deadline_at, deadline_reason
         self.loop = asyncio.get_running_loop()
         self.request_seqs: dict[str, int] = {}
+        self._failing_since: float | None = None  # publishing fails since (one for all)
         self.ack_wait = ACK_WAIT  # the workers' lease on a request (the consumer's AckWait)
         self._announcing: asyncio.Task[None] | None = None
         self._generations: Generations | None = None
@@ -151,12 +152,14 @@ class NatsRun:
         return all(published)
 
     async def _publish_one(self, js: JetStreamContext, name: str, ticket: Ticket) -> bool:
-        failing_since, tries = None, 0
+        """False once publishing (any request's) has failed for longer than the grace."""
+        tries = 0
         while name not in self.request_seqs:
             try:
                 self.request_seqs[name] = await publish_request(
                     js, self.plan.spec(name), deployment_id=self.plan.deployment_id,
                     generation=ticket.generation, fresh=ticket.fresh)
+                self._failing_since = None
             except DuplicateRequest as exc:
                 tries += 1
                 if tries >= DUPLICATE_TRIES:
@@ -165,8 +168,8 @@ class NatsRun:
                     break
                 ticket = await self._next_generation(name, ticket, ticket.generation + 1)
             except NATS_ERRORS:
-                failing_since = failing_since or self.loop.time()
-                if self.loop.time() - failing_since > self.grace:
+                self._failing_since = self._failing_since or self.loop.time()
+                if self.loop.time() - self._failing_since > self.grace:
                     return False
                 if self.stop.is_set():
                     return True

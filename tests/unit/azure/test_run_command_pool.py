@@ -4,7 +4,9 @@ from its slot, not from its place in the queue. Real az-sim processes through Az
 from __future__ import annotations
 
 import asyncio
+import threading
 
+import psutil
 import pytest
 from conftest import AZ_SIM, AzSim
 from verifykit import peak_processes
@@ -52,3 +54,39 @@ async def test_a_check_longer_than_its_timeout_fails_and_frees_its_slot(az_sim, 
                                                 "cloud-init did not finish within 2 s")
     assert az_sim.az_processes() == []  # the run-command process was killed
     assert verify.run_command_pool(az).locked() is False
+
+
+async def test_ssh_checks_run_at_most_ssh_at_once_however_many_vms_wait():
+    """A listener that never answers holds each ssh for its ConnectTimeout: 40 checks at
+    once (a worker's VMs that all succeeded together) keep SSH_AT_ONCE clients running."""
+    silent = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    spec = VMSpec(name="vm-1", resource_group="rg", image="Debian12", location="westus2",
+                  ssh_port=port, ssh_connect_timeout=1)
+    counts: list[int] = []
+    stop = threading.Event()
+
+    def ssh(proc: psutil.Process) -> bool:
+        try:
+            return proc.name() == "ssh"
+        except psutil.Error:  # gone meanwhile
+            return False
+
+    def sample() -> None:
+        me = psutil.Process()
+        while not stop.is_set():
+            counts.append(sum(1 for child in me.children(recursive=True) if ssh(child)))
+            stop.wait(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        results = await asyncio.gather(*(verify.check_ssh(spec, ip="127.0.0.1",
+                                                          private_key=None, backoff=0.01)
+                                         for _ in range(40)))
+    finally:
+        stop.set()
+        sampler.join()
+        silent.close()
+    assert not any(result.ok for result in results)
+    assert verify.SSH_AT_ONCE - 4 <= max(counts) <= verify.SSH_AT_ONCE

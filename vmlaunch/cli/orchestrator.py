@@ -101,14 +101,12 @@ def cli() -> None:
                    "every --poll-interval (legacy mode).")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="Embedded mode: local worker processes.")
-@click.option("--worker-concurrency", type=click.IntRange(min=1),
-              help="Embedded mode: VMs in flight at once per worker (serve's --concurrency). "
-                   "[default: the worker's]")
+@click.option("--worker-concurrency", type=click.IntRange(min=1), help="Embedded mode: "
+              "VMs in flight per worker (serve's --concurrency). [default: the worker's]")
 @cliopts.track_interval_option("Given to the embedded workers (legacy mode: --poll-interval).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=FOLLOWED_AT_ONCE,
-              show_default=True,
-              help="Legacy mode: VMs in flight at once (each holds no process while "
-                   "followed; az processes are bounded by --max-az-processes).")
+              show_default=True, help="Legacy mode: VMs in flight at once (a followed VM "
+              "holds no process; az processes: --max-az-processes).")
 @cliopts.run_command_concurrency_option("Per embedded worker, and for legacy mode.")
 @cliopts.adopt_untagged_option("Given to the embedded workers and the legacy poller.")
 @click.option("--poll-interval", type=POSITIVE,
@@ -150,9 +148,8 @@ def _deploy_options(params: dict[str, Any], plan: Plan) -> deployment.DeployOpti
                                         Path(plan.ssh_private_key).is_file() else None)
     return deployment.DeployOptions(
         state_file=params["state_file"], events_file=cliopts.events_file(params),
-        az=params["az_path"], ssh_private_key=key,
+        az=params["az_path"], ssh_private_key=key, require_nats=params["require_nats"],
         nats=natsoptions.nats_settings(params, name="vm-launch-orchestrator"),
-        require_nats=params["require_nats"],
         legacy_poll=params["legacy_poll"], nats_grace=params["nats_grace"],
         workers=WorkerOptions(count=params["workers"], az=params["az_path"],
                               concurrency=params["worker_concurrency"], ssh_private_key=key,
@@ -164,8 +161,8 @@ def _deploy_options(params: dict[str, Any], plan: Plan) -> deployment.DeployOpti
                               write_budget=params["write_budget"]),
         concurrency=params["concurrency"], adopt_untagged=params["adopt_untagged"],
         run_command_concurrency=params["run_command_concurrency"],
-        poll_interval=params["poll_interval"],
-        deadline=params["deadline"], confirm=_confirm(params["yes"]))
+        poll_interval=params["poll_interval"], deadline=params["deadline"],
+        confirm=_confirm(params["yes"]))
 
 
 @cli.command("plan")

@@ -28,7 +28,6 @@ _ONE_LINE_VALUE = re.compile(
     r"""[ \t]*(?:"(?:[^"\\\n]|\\.)*"|'(?:[^'\n]|'')*'|[^\s"'|>&*!%@`{\[#][^\n#]*?|)"""
     r"([ \t]+#[^\n]*|[ \t]*)\n")
 _SIMPLE_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
-_SIMPLE_STRING = re.compile(r'[ !#-\[\]-~]*')  # printable ASCII but " and \
 # Line breaks other than \n, and multi-document markers: the round trip handles those.
 _ODD_TEXT = re.compile(rf"[{yamledit.OTHER_BREAKS}]|^(?:---|\.\.\.|%)", re.M)
 
@@ -238,19 +237,8 @@ def _lines_of(node: CommentedMap, indent: str) -> list[str] | None:
             if (inner := _lines_of(value, indent + "  ")) is None:
                 return None
             lines += [f"{indent}{key}:{'' if value else ' {}'}\n", *inner]
-        elif (scalar := _scalar(value)) is not None:
+        elif (scalar := yamledit.scalar_text(value)) is not None:
             lines.append(f"{indent}{key}: {scalar}\n")
         else:
             return None
     return lines
-
-
-def _scalar(value: Any) -> str | None:
-    """A value as the round trip writes it: ints and booleans plain, strings double-quoted."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str) and _SIMPLE_STRING.fullmatch(value):
-        return f'"{value}"'
-    return None

@@ -145,14 +145,12 @@ def _parsing(path: Path) -> Iterator[None]:
 # --- locking and atomic replace -------------------------------------------------------------
 
 
-def _update_file(
-    path: Path,
-    initial: Callable[[], str],
-    mutate: Callable[[Any, bool], None],
-    *,
-    edit_text: Callable[[str], str | None] | None = None,
-    written: Callable[[str, Any], None] | None = None,
-) -> None:
+EditText = Callable[[str], str | None]  # the new text from the old, or None: round-trip
+Written = Callable[[str, Any], None]  # told the text and document a round trip wrote
+
+
+def _update_file(path: Path, initial: Callable[[], str], mutate: Callable[[Any, bool], None],
+                 *, edit_text: EditText | None = None, written: Written | None = None) -> None:
     """Locked read-modify-write; a missing or blank file starts from ``initial()``.
 
     ``mutate(doc, blank)`` learns whether an existing file was blank. ``edit_text`` may return
@@ -161,11 +159,11 @@ def _update_file(
     """
     def new_text(text: str | None) -> str:
         blank = text is not None and yamledit.is_blank(text)
-        base = initial() if text is None else text  # a new file is edited as the template
+        base = initial() if text is None or blank else text  # a new file: the template
         if not blank and edit_text and (edited := edit_text(base)) is not None:
             return edited
         with _parsing(path):
-            doc = yamledit.load_mapping(initial() if text is None or blank else text)
+            doc = yamledit.load_mapping(base)
         mutate(doc, blank)
         text = yamledit.dump_text(doc)
         if written is not None:
@@ -190,15 +188,9 @@ class _YamlFile:
         self.deployment_id = deployment_id  # only used when the file has to be created
         self.rewrites = 0  # files replaced by this object; lets tests count coalescing
 
-    def _update(
-        self,
-        template: str,
-        mutate: Callable[[Any, bool], None],
-        edit_text: Callable[[str], str | None] | None = None,
-        *,
-        created: str | None = None,
-        written: Callable[[str, Any], None] | None = None,
-    ) -> None:
+    def _update(self, template: str, mutate: Callable[[Any, bool], None],
+                edit_text: EditText | None = None, *, created: str | None = None,
+                written: Written | None = None) -> None:
         def initial() -> str:
             ts = min(created or utc_now_str(), utc_now_str())
             return template.format(ts=ts, id=json.dumps(self.deployment_id or ""))

@@ -239,7 +239,8 @@ _FLOW_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _SIMPLE_TEXT = re.compile(r'[ !#-\[\]-~]*')  # printable ASCII but " and \: quoted as it is
 
 
-def _text_scalar(value: Any, *, plain_words: bool) -> str | None:
+def scalar_text(value: Any, *, plain_words: bool = False) -> str | None:
+    """A value as the round trip writes it; None when it needs escaping."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -256,8 +257,7 @@ def _flow_text(fields: Mapping[str, Any]) -> str | None:
     for key, value in fields.items():
         if not (isinstance(key, str) and _FLOW_KEY.fullmatch(key)) or key.lower() in YAML_WORDS:
             return None
-        text = (_flow_text(value) if isinstance(value, Mapping)
-                else _text_scalar(value, plain_words=False))
+        text = _flow_text(value) if isinstance(value, Mapping) else scalar_text(value)
         if text is None:
             return None
         parts.append(f"{key}: {text}")
@@ -271,7 +271,7 @@ def event_text(event: Mapping[str, Any]) -> str | None:
     lines = []
     for key, value in event.items():
         text = (_flow_text(value) if isinstance(value, Mapping)
-                else _text_scalar(value, plain_words=key != "timestamp"))
+                else scalar_text(value, plain_words=key != "timestamp"))
         if text is None or not _FLOW_KEY.fullmatch(key):
             return None
         lines.append(f"{'    ' if lines else '  - '}{key}: {text}\n")

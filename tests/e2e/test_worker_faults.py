@@ -12,6 +12,7 @@ from hostile import PUBLISHABLE
 from workerkit import Bus, RestartableNats, no_orphans, running, spec
 
 from vmlaunch.bus.connection import REQUESTS_STREAM, WORKER_CONSUMER
+from vmlaunch.bus.streams import consumer_exists
 from vmlaunch.schema.messages import Complete, DeadLetter, Status
 
 pytestmark = pytest.mark.timeout(120)
@@ -130,7 +131,11 @@ async def test_a_deleted_stream_is_recreated_and_the_next_request_served(
         await bus.wait_for_workers(1)
         await bus.js.delete_stream(REQUESTS_STREAM)
         await async_wait_until(lambda: "recreating it" in w.log("w1"), timeout=20,
-                               message="the worker to recreate the stream and consumer")
+                               message="the worker to start recreating the stream")
+        for _ in range(200):  # the log line comes first; publish once the stream is back
+            if await consumer_exists(bus.js):
+                break
+            await asyncio.sleep(0.1)
         await bus.request(spec("vm-after-stream-loss"))
         await bus.wait_for(lambda: bus.of("vm-after-stream-loss", Complete), timeout=30)
 

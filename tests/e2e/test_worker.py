@@ -6,6 +6,7 @@ unless a test sets its own; the shared consumer's AckWait is 2 s (`--ack-wait`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -284,11 +285,15 @@ async def test_the_micro_service_reports_each_workers_counts(nats_server, az_sim
         await bus.request(spec("vm-yes"))
         await bus.request(spec("vm-no"))
         await bus.wait_for(lambda: bus.of("vm-yes", Complete) and bus.of("vm-no", Failed))
-        (stats,) = await bus.services()
-        assert stats["name"] == "vm-launcher" and stats["metadata"] == {"worker_id": "w1"}
-        (endpoint,) = stats["endpoints"]
         expected = {"worker_id": "w1", "in_flight": 0, "completed": 1, "failed": 1,
                     "concurrency": 3}
+        for _ in range(50):  # a job is counted once settled, a moment after its last event
+            (stats,) = await bus.services()
+            (endpoint,) = stats["endpoints"]
+            if endpoint["data"].items() >= expected.items():
+                break
+            await asyncio.sleep(0.1)
+        assert stats["name"] == "vm-launcher" and stats["metadata"] == {"worker_id": "w1"}
         assert endpoint["data"].items() >= expected.items()
         reply = await bus.nc.request("vm-launcher.status", b"", timeout=5)
         assert json.loads(reply.data).items() >= expected.items()

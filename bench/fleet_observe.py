@@ -87,7 +87,7 @@ class StateWatcher:
 
 def kind_of(cmdline: list[str]) -> str | None:
     """The kind of a process, by its program (a worker's arguments name the az path too)."""
-    line = " ".join(cmdline[:3])
+    line = " ".join(cmdline[:4])  # az-sim runs as `python3 -I -S az-sim ...`
     if "vmlaunch.cli.launcher" in line or "vm_launcher.py" in line:
         return "worker"
     if "orchestrator.py" in line:

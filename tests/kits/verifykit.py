@@ -107,10 +107,11 @@ def peak_processes(az_sim: AzSim, word: str, *, interval: float = 0.05) -> Itera
 
 
 def _is(proc: psutil.Process, word: str, state_path: str) -> bool:
-    """The az-sim process itself (`python az-sim ...`, not its procguard) of this simulator
-    with `word` in its command line; the command line is read first, as it is cheap."""
+    """The az-sim process itself (`python3 -I -S az-sim ...`, not its procguard) of this
+    simulator with `word` in its command line; the command line is read first, as it is
+    cheap."""
     argv = proc.info["cmdline"] or []
-    if len(argv) < 2 or not argv[1].endswith("az-sim") or word not in argv:
+    if not any(arg.endswith("az-sim") for arg in argv[1:4]) or word not in argv:
         return False
     try:
         return proc.environ().get("AZ_SIM_STATE") == state_path

@@ -101,8 +101,9 @@ class Sim:
             p.communicate(timeout=5)
 
 
-@pytest.fixture
-def sim(tmp_path: Path):
+@pytest.fixture(name="sim")
+def sim_fixture(tmp_path: Path):
+    """The other tests/sim modules import it: a conftest.py here would shadow tests/'."""
     s = Sim(tmp_path)
     yield s
     s.close()

@@ -11,20 +11,13 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from test_az_sim import RG, Sim
+from test_az_sim import RG, sim_fixture  # noqa: F401 (the fixture `sim`)
 
 sys.path.insert(0, str(REPO / "scripts"))
 from azsim.output import format_output
 from azsim.query import OrderedHash
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def sim(tmp_path: Path):
-    s = Sim(tmp_path)
-    yield s
-    s.close()
 
 
 def knack_json(value) -> str:

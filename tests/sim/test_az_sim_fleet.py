@@ -7,19 +7,11 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
-from test_az_sim import RG, Sim, wait_for
+from test_az_sim import RG, sim_fixture, wait_for  # noqa: F401 (the fixture `sim`)
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def sim(tmp_path: Path):
-    s = Sim(tmp_path)
-    yield s
-    s.close()
 
 PUT_VM3MIN = ("(TooManyRequests) The request is being throttled as the limit has been reached "
               "for operation type - PutVM3Min. For more information, see - "

@@ -1,0 +1,135 @@
+"""The az simulator's fork server: `scripts/az-sim` is a thin client of it
+(`python -m azsim.server NAME`, started by the first client that finds none).
+
+A simulated call used to be a whole Python start-up plus the imports of argparse, yaml,
+jmespath and this package (~30 ms of CPU before any work, ~60 ms at 500 VMs with the
+work), where the tool's own cost is what the fleet benchmark measures. This server imports
+all of that once and forks one child per call. The child takes over the client's
+stdin/stdout/stderr (passed over the socket), its argv, environment, working directory
+and niceness, runs `main` exactly as `scripts/az-sim` did, and sends the exit code
+back. The client is the `az` process as the tool sees it: it lives for the call, prints
+through the same descriptors and exits with the call's code.
+
+Nothing is kept between calls: the state stays in its file (state.py), so the server can
+be killed at any moment and the next client starts a new one. A child dies with its
+client (a killed `az` does nothing more). The server is one per user and version of the code, on an
+abstract socket that only the same uid may use, and exits when idle.
+
+Protocol: the client connects, sends a 4-byte big-endian length with its fds 0, 1, 2 as
+SCM_RIGHTS, then that many bytes of `marshal.dumps((argv, env, cwd, niceness))`;
+the child answers one byte, the exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import marshal
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+import traceback
+
+import jmespath  # noqa: F401  (imported here once, not in every child)
+import yaml  # noqa: F401
+
+from .main import main
+
+IDLE_SECONDS = 30.0  # a server with no call for this long exits
+CODE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # scripts/
+
+
+def _same_user(conn: socket.socket) -> bool:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1] == os.getuid()
+
+
+def _receive(conn: socket.socket) -> tuple[list[str], dict[str, str], str, int]:
+    head, fds, _, _ = socket.recv_fds(conn, 4, 3)
+    if len(head) != 4 or len(fds) != 3:
+        raise ConnectionError("a client sent no request")
+    size, payload = int.from_bytes(head, "big"), b""
+    while len(payload) < size:
+        chunk = conn.recv(size - len(payload))
+        if not chunk:
+            raise ConnectionError("the client left mid-request")
+        payload += chunk
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    return marshal.loads(payload)
+
+
+def _take_over(argv: list[str], env: dict[str, str], cwd: str, niceness: int) -> None:
+    """Become the client's process as far as the command can tell."""
+    os.environ.clear()
+    os.environ.update(env)
+    with contextlib.suppress(OSError):  # lowering it needs privileges: then stay nicer
+        os.setpriority(os.PRIO_PROCESS, 0, niceness)
+    os.chdir(cwd)
+    sys.argv = [os.path.join(CODE_DIR, "az-sim"), *argv]
+
+
+def _exit_with(conn: socket.socket) -> None:
+    """The client is gone (killed, or done): so is this call, as a killed `az` would be."""
+    with contextlib.suppress(OSError):
+        conn.recv(1)
+    os._exit(1)
+
+
+def _child(conn: socket.socket) -> None:
+    """Run one call in a forked child; never returns."""
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        conn.settimeout(None)
+        request = _receive(conn)
+        _take_over(*request)
+        threading.Thread(target=_exit_with, args=(conn,), daemon=True).start()
+        code = main(request[0])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:  # as an uncaught exception ends a Python program: exit 1
+        traceback.print_exc()
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        conn.sendall(bytes([code & 0xFF]))
+    os._exit(0)
+
+
+def serve(listener: socket.socket) -> None:
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    listener.settimeout(IDLE_SECONDS)
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            return
+        if not _same_user(conn):
+            conn.close()
+            continue
+        if os.fork() == 0:
+            listener.close()
+            _child(conn)
+        conn.close()
+
+
+def run(name: str) -> int:
+    """Serve on the abstract socket `name` (the client names it after the user and the
+    code, so that an edited simulator gets a server of its own)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(f"\0{name}")
+    except OSError:
+        return 0  # another client started one first: that one serves
+    listener.listen(512)
+    os.chdir("/")
+    serve(listener)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1]))

@@ -1,0 +1,146 @@
+"""Self-tests of the simulator's fork server (scripts/azsim/server.py): `scripts/az-sim` is a
+thin client whose call runs in a child of a long-lived server. Real processes and signals;
+the server is the one every test of this checkout shares, except where a test needs one of
+its own (a copy of scripts/ is another code directory, hence another server).
+"""
+
+from __future__ import annotations
+
+import json
+import marshal
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import REPO
+from test_az_sim import AZ_SIM, RG, Sim, sim_fixture, wait_for  # noqa: F401 (`sim`)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def servers(code_dir: Path) -> list[psutil.Process]:
+    """Live fork servers listening for the simulator in `code_dir`."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        cmd, env = proc.info["cmdline"] or [], proc.info["environ"] or {}
+        if cmd[-3:-1] == ["-m", "azsim.server"] and env.get("PYTHONPATH") == str(code_dir):
+            found.append(proc)
+    return found
+
+
+def calls_in(cwd: Path) -> list[psutil.Process]:
+    """The server's children running a call whose client works in `cwd` (a child takes
+    over its client's working directory, and no other test uses this one)."""
+    found = []
+    for server in servers(REPO / "scripts"):
+        for child in server.children():
+            try:
+                if child.cwd() == str(cwd):
+                    found.append(child)
+            except psutil.Error:
+                continue
+    return found
+
+
+def run_in(sim: Sim, cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(AZ_SIM), *args], env={**sim.env, **env}, cwd=cwd,
+                          capture_output=True, text=True, timeout=30)
+
+
+# ---------------------------------------------------------------- same call, same answer
+
+
+CALLS = [
+    ("version",),
+    ("vm", "show", "-g", RG, "-n", "absent"),  # ResourceNotFound, exit 3
+    ("vm", "list", "-g", RG, "--query", "[?"),  # a bad query: usage error, exit 2
+    ("vm", "create", "-g", RG),  # a missing required argument, exit 2
+    ("vm", "list", "-g", RG, "--query", "[].name", "-o", "tsv"),
+    ("vm", "bogus"),
+]
+
+
+@pytest.mark.parametrize("args", CALLS, ids=[" ".join(c[:3]) for c in CALLS])
+def test_a_call_through_the_server_prints_and_exits_as_one_without(sim, tmp_path, args):
+    assert sim.create("a").returncode == 0
+    served = run_in(sim, tmp_path, *args)
+    alone = run_in(sim, tmp_path, *args, AZ_SIM_SERVER="0")
+    assert (served.returncode, served.stdout, served.stderr) == (
+        alone.returncode, alone.stdout, alone.stderr)
+    assert servers(REPO / "scripts"), "no fork server ran the call"
+
+
+def test_the_call_gets_the_clients_directory_and_environment(sim, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "key.pub").write_text("ssh-ed25519 AAAAC3Nza relative@key\n")
+    (tmp_path / "other").mkdir()
+    other = Sim(tmp_path / "other")  # another state file, through the same server
+    created = run_in(sim, work, "vm", "create", "-g", RG, "-n", "k", "--image", "Ubuntu2204",
+                     "--ssh-key-values", "key.pub")
+    assert created.returncode == 0, created.stderr
+    assert other.create("elsewhere").returncode == 0
+    vms = sim.state()["vms"]
+    assert vms["k"]["ssh_keys"] == ["ssh-ed25519 AAAAC3Nza relative@key"]
+    assert "elsewhere" not in vms and list(other.state()["vms"]) == ["elsewhere"]
+
+
+def test_a_killed_client_ends_its_call_in_the_server(sim, tmp_path):
+    """...and the call ran as nice as its client (the tool runs `az` at niceness 19)."""
+    sim.scenario(defaults={"create_seconds": 100_000})  # a blocking create for 1,000 s
+    assert sim.run("version").returncode == 0  # a server runs (not started by a nice client)
+    create = [str(AZ_SIM), "vm", "create", "-g", RG, "-n", "slow", "--image", "Ubuntu2204"]
+    client = subprocess.Popen(["nice", "-n", "7", *create], env=sim.env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    call = wait_for(lambda: calls_in(tmp_path), what="the call in a child of the server")
+    assert call[0].nice() == min(19, os.nice(0) + 7)
+    client.kill()
+    client.communicate(timeout=10)
+    wait_for(lambda: not calls_in(tmp_path), what="the call to end with its client")
+    assert sim.state()["vms"]["slow"]["ready_at"]  # the PUT was made: Azure goes on
+
+
+def test_a_killed_server_is_replaced_by_the_next_call(sim, tmp_path):
+    copy = tmp_path / "scripts"  # a server of this test's own: others keep theirs
+    shutil.copytree(REPO / "scripts", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    az = [str(copy / "az-sim"), "vm", "list", "-g", RG]
+    assert subprocess.run(az, env=sim.env, capture_output=True, timeout=30).returncode == 0
+    first = wait_for(lambda: servers(copy), what="a server for the copy")
+    first[0].kill()
+    wait_for(lambda: not servers(copy), what="the killed server to go")
+    again = subprocess.run(az, env=sim.env, capture_output=True, text=True, timeout=30)
+    assert (again.returncode, json.loads(again.stdout)) == (0, [])
+    assert [p.pid for p in servers(copy)] != [first[0].pid]
+    for proc in servers(copy):
+        proc.send_signal(signal.SIGTERM)
+
+
+def test_another_user_gets_no_answer(sim, tmp_path):
+    """The socket is abstract (no file permissions): the server checks the peer's uid."""
+    if os.getuid() != 0:
+        pytest.skip("switching to another user needs root")
+    assert sim.run("version").returncode == 0  # the server is up
+    name = servers(REPO / "scripts")[-1].cmdline()[-1]
+    payload = marshal.dumps((["vm", "list", "-g", RG], sim.env, str(tmp_path), 0))
+    probe = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        f"s.connect({chr(0) + name!r})\n"
+        "try:\n"
+        f"    socket.send_fds(s, [({len(payload)}).to_bytes(4, 'big')], [0, 1, 2])\n"
+        f"    s.sendall({payload!r})\n"
+        "except OSError:\n"
+        "    pass  # closed before the request was all sent\n"
+        "try:\n"
+        "    print(repr(s.recv(1)))\n"
+        "except ConnectionResetError:\n"
+        "    print(repr(b''))  # closed with the request unread\n")
+    # /root and the venv behind it are root's only: a system python runs the probe.
+    seen = subprocess.run(["/usr/bin/python3", "-I", "-c", probe], capture_output=True, text=True,
+                          timeout=30, user=65534, group=65534)
+    assert (seen.returncode, seen.stdout.strip()) == (0, "b''"), seen.stderr
+    assert "vm list" not in sim.state()["calls"]

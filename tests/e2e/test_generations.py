@@ -264,8 +264,9 @@ async def test_a_request_handed_to_the_poller_does_not_stay_queued_after_the_run
     # w1 holds vm-1's request when NATS goes away, and dies during the outage; the poller
     # finishes the VM and the run ends once NATS is back. The request stayed in the work
     # queue: a worker started later, with no memory of the handover, would serve it and
-    # create the VM again (after a reset, say) with nobody following it.
-    az_sim.scenario({"time_scale": 0.01, "vms": [{"match": "vm-1", "create_seconds": 150}]})
+    # create the VM again (after a reset, say) with nobody following it. The create lasts
+    # 4 s: NATS is back (and the orchestrator reconnected) well before the poller ends the run.
+    az_sim.scenario({"time_scale": 0.01, "vms": [{"match": "vm-1", "create_seconds": 400}]})
     server = RestartableNats(tmp_path / "nats")
     server.start()
     cwd = tmp_path / "run"

@@ -97,9 +97,16 @@ def vm_list_args(resource_group: str, *, details: bool = True,
             *(["--query", TRACKED_FIELDS] if tracked_fields else []), *_COMMON]
 
 
+# What a tracker reads of each VM's IPs, in the shape az prints them (look.addresses reads
+# it): a third of the text, without the public IPs' ids, names and allocation methods.
+IP_FIELDS = ("[].{virtualMachine: {name: virtualMachine.name, network: {privateIpAddresses: "
+             "virtualMachine.network.privateIpAddresses, publicIpAddresses: "
+             "virtualMachine.network.publicIpAddresses[].{ipAddress: ipAddress}}}}")
+
+
 def vm_ip_addresses_args(resource_group: str) -> list[str]:
     """Every VM's IPs in the group in one call: its NICs and public IPs, a GET a page each."""
-    return ["vm", "list-ip-addresses", "-g", resource_group, *_COMMON]
+    return ["vm", "list-ip-addresses", "-g", resource_group, "--query", IP_FIELDS, *_COMMON]
 
 
 def vm_instance_view_args(resource_group: str, name: str) -> list[str]:

@@ -4,8 +4,10 @@ A create is `az vm create --no-wait`: its process lives for validation and the P
 (azure-cli.md §7). Every VM followed in one resource group is read from ONE `az vm list -g
 RG` (no `-d`: one GET per page, §6) per interval, whatever their number, and only while
 some VM waits for a listing. The IPs of the VMs that reach Succeeded come from ONE `az vm
-list-ip-addresses -g RG` per interval for all of them (its NICs and public IPs: a GET a
-page each), `az vm show -d` only if that listing does not say; a VM that reaches Failed gets
+list-ip-addresses -g RG` (its NICs and public IPs: a GET a page each) started with each
+listing of the group, so that a VM listed Succeeded has its IPs from the same moment instead
+of one listing later; `az vm show -d` only if the IP listings do not say. A VM that reaches
+Failed gets
 one `az vm get-instance-view`, whose
 `ProvisioningState/failed/<Code>` goes through the one failure table. A listing that fails
 is unknown for every VM of the group, never absent: readers wait for the next one.
@@ -57,11 +59,13 @@ class GroupTracker:
         self.waiting, self.next_at = 0, 0.0
         self.last: tuple[float, Listing] = (-math.inf, {})  # when it started, what it gave
         self.fresh = asyncio.Condition()
+        self.running = asyncio.Lock()  # one listing at a time, whoever starts it
         self.task: asyncio.Task[None] | None = None
 
-    async def read(self, name: str) -> dict[str, Any] | AzError | None:
-        """The VM's entry in the next listing (None: not listed), or that listing's error."""
-        asked = time.monotonic()
+    async def read(self, name: str, since: float | None = None) -> dict[str, Any] | AzError | None:
+        """The VM's entry in the first listing started at or after `since` (default: now;
+        None: not listed), or that listing's error."""
+        asked = time.monotonic() if since is None else since
         self.waiting += 1
         try:
             if self.task is None or self.task.done():
@@ -77,6 +81,15 @@ class GroupTracker:
         """Lists while anyone waits (then ends), at most once per interval."""
         while self.waiting:
             await asyncio.sleep(max(0.0, self.next_at - time.monotonic()))  # others ask too
+            await self.listing()
+
+    async def listing(self) -> None:
+        """One listing now; if one is running already, its end instead (its readers are
+        served by it, and the interval counts from its start)."""
+        if self.running.locked():
+            async with self.running:
+                return
+        async with self.running:
             started = time.monotonic()
             self.next_at = started + self.interval
             result = await self._list()
@@ -119,6 +132,7 @@ class Tracked:
         self.az, self.interval = az, interval
         self.groups: dict[str, GroupTracker] = {}  # provisioning states, by group
         self.addresses: dict[str, GroupTracker] = {}  # IPs, by group
+        self.paired: set[asyncio.Task[None]] = set()  # IP listings started with a listing
         self.creates = asyncio.Semaphore(creates) if creates else None
         self.budget: WriteBudget = budget or LocalBudget()  # the worker's is the fleet's
 
@@ -136,31 +150,46 @@ class Tracked:
         group = spec.resource_group
         if group not in self.groups:
             self.groups[group] = GroupTracker(
-                lambda: self.az.list_vms(group, timeout=LIST_TIMEOUT, details=False,
-                                         tracked_fields=True),
-                lambda item: item.get("name"), what=f"az vm list -g {group}",
-                interval=self.interval)
+                lambda: self._with_ips(group), lambda item: item.get("name"),
+                what=f"az vm list -g {group}", interval=self.interval)
         entry = await self.groups[group].read(spec.name)
         return Seen(error=entry) if isinstance(entry, AzError) else listed(entry)
 
-    async def _addresses(self, spec: VMSpec) -> dict[str, str] | None:
-        """The VM's IPs as `show -d` gives them, from the next `az vm list-ip-addresses` of
-        its group (one for every VM that succeeded meanwhile); None if it did not say."""
-        group = spec.resource_group
+    def _ips_of(self, group: str) -> GroupTracker:
         if group not in self.addresses:
             self.addresses[group] = GroupTracker(
                 lambda: self.az.ip_addresses(group, timeout=LIST_TIMEOUT),
                 lambda item: (item.get("virtualMachine") or {}).get("name"),
                 what=f"az vm list-ip-addresses -g {group}", interval=self.interval)
+        return self.addresses[group]
+
+    async def _with_ips(self, group: str) -> AzResult:
+        """The group's listing, with its IP listing started alongside (in the background:
+        the listing's readers do not wait for it)."""
+        paired = asyncio.create_task(self._ips_of(group).listing(), name=f"IPs of {group}")
+        self.paired.add(paired)
+        paired.add_done_callback(self.paired.discard)
+        return await self.az.list_vms(group, timeout=LIST_TIMEOUT, details=False,
+                                      tracked_fields=True)
+
+    async def _addresses(self, spec: VMSpec, since: float) -> dict[str, str] | None:
+        """The VM's IPs as `show -d` gives them: from the IP listing started with the one
+        that showed it Succeeded (`since`: before that one started), else from the next
+        ones; None if they did not say."""
+        ips = self._ips_of(spec.resource_group)
+        entry = await ips.read(spec.name, since)
+        if isinstance(entry, dict) and (found := addresses(entry)) is not None:
+            return found
         for _ in range(IP_LISTING_TRIES):  # a failed one is not worth a show -d per VM
-            entry = await self.addresses[group].read(spec.name)
+            entry = await ips.read(spec.name)
             if not isinstance(entry, AzError):
                 return None if entry is None else addresses(entry)
         return None
 
     async def look(self, spec: VMSpec) -> Seen:
+        asked = time.monotonic()
         seen = await self._read(spec)
-        return await self._shown(spec, seen) if seen.state == VmState.SUCCEEDED else seen
+        return await self._shown(spec, seen, asked) if seen.state == VmState.SUCCEEDED else seen
 
     async def _read(self, spec: VMSpec) -> Seen:
         """The next listing's answer; after a failed one, the next, until `create_timeout`."""
@@ -173,10 +202,10 @@ class Tracked:
 
     async def wait(self, spec: VMSpec, deadline: float) -> Seen:
         seen = Seen(VmState.CREATING)
-        while time.monotonic() < deadline:
+        while (asked := time.monotonic()) < deadline:
             seen = await self._listed(spec)
             if settled(seen):
-                return await self._settled(spec, seen)
+                return await self._settled(spec, seen, asked)
         return seen
 
     async def create(self, spec: VMSpec, *, deployment_id: str,
@@ -193,31 +222,33 @@ class Tracked:
         if not died and error.kind is not FailureKind.LOOK:
             return error  # refused before or at the PUT: nothing to follow
         # The PUT may have been accepted before our client ended: Azure decides.
+        asked = time.monotonic()
         seen = await self._read(spec)
         if seen.state in AZURE_IN_FLIGHT and submitted.timed_out:
             return await self._follow(spec, deadline)  # a Timeout once it has passed
         if seen.state in AZURE_IN_FLIGHT:  # killed: say so, then wait for it
             return dataclasses.replace(seen, how=f" (exit {submitted.exit_code})")
         settled_seen = seen.state in (VmState.SUCCEEDED, VmState.FAILED)
-        return await self._settled(spec, seen) if settled_seen else error
+        return await self._settled(spec, seen, asked) if settled_seen else error
 
     async def _follow(self, spec: VMSpec, deadline: float) -> Seen | AzError:
         """Until settled or `deadline`; absent is "not listed yet" for ABSENT_GRACE."""
         listed_by = time.monotonic() + ABSENT_GRACE
         seen = Seen(VmState.CREATING)
-        while time.monotonic() < deadline:
+        while (asked := time.monotonic()) < deadline:
             seen = await self._listed(spec)
             if seen.absent and time.monotonic() >= listed_by:
                 return AzError("VmMissing", f"{spec.name} was submitted but is not listed in "
                                f"Azure after {ABSENT_GRACE:g} s", FailureKind.TRANSIENT)
             if settled(seen) and not seen.absent:
-                return await self._settled(spec, seen)
+                return await self._settled(spec, seen, asked)
         return seen
 
-    async def _settled(self, spec: VMSpec, seen: Seen) -> Seen:
-        """A settled VM with what the lifecycle needs next: IPs, or why it failed."""
+    async def _settled(self, spec: VMSpec, seen: Seen, asked: float) -> Seen:
+        """A settled VM (`seen` by a listing started after `asked`) with what the lifecycle
+        needs next: IPs, or why it failed."""
         if seen.state == VmState.SUCCEEDED:
-            return await self._shown(spec, seen)
+            return await self._shown(spec, seen, asked)
         if seen.state == VmState.FAILED:
             view = await self.az.instance_view(spec.resource_group, spec.name)
             failure = provisioning_failure(view.data) if view.ok else None
@@ -227,16 +258,19 @@ class Tracked:
             return dataclasses.replace(seen, failure=failure)
         return seen
 
-    async def _shown(self, spec: VMSpec, seen: Seen) -> Seen:
+    async def _shown(self, spec: VMSpec, seen: Seen, asked: float) -> Seen:
         """The listed VM with its IPs (which a listing without -d lacks): from the group's
-        next IP listing, else one `az vm show -d`; if that read fails too, the listing's
+        IP listings, else one `az vm show -d`; if that read fails too, the listing's
         answer stands (it was authoritative)."""
-        if (ips := await self._addresses(spec)) is not None:
+        if (ips := await self._addresses(spec, asked)) is not None:
             return dataclasses.replace(seen, data={**seen.data, **ips})
         shown = await look(self.az, spec, time.monotonic() + spec.create_timeout)
         return seen if shown.unknown else shown
 
     async def close(self) -> None:
         """End the listings (they end on their own once nobody waits)."""
+        for paired in list(self.paired):
+            paired.cancel()
+        await asyncio.gather(*self.paired, return_exceptions=True)
         for tracker in (*self.groups.values(), *self.addresses.values()):
             await tracker.close()

@@ -37,7 +37,7 @@ from vmlaunch.azure.argv import (
 )
 from vmlaunch.azure.failures import AzError, FailureKind, classify
 from vmlaunch.host import azslots
-from vmlaunch.host.procs import KILL_GRACE, ProcessResult, run_process
+from vmlaunch.host.procs import COMMAND_NICENESS, KILL_GRACE, ProcessResult, run_process
 from vmlaunch.schema.vmspec import VMSpec
 
 # Importers of this module's names from before the split keep working.
@@ -52,9 +52,12 @@ AZ_ENV = {"AZURE_CORE_COLLECT_TELEMETRY": "no", "AZURE_EXTENSION_USE_DYNAMIC_INS
 # Creates are not among them: the fleet's write budget paces those (writebudget.py) for
 # every worker together, and a per-process rate would only cap a burst the budget allows.
 RATE_LIMITED = frozenset({"vm delete"})
-# Short reads that many VMs wait on: they may take the az slots kept from creates.
+# Short reads that many VMs wait on: they may take the az slots kept from creates, and run
+# at READ_NICENESS rather than COMMAND_NICENESS: a listing is what every report of the
+# group waits for, so on a busy machine it must not wait for the CPU behind the creates.
 QUICK_READS = frozenset({"vm list", "vm list-ip-addresses", "vm show", "vm get-instance-view",
                          "group show"})
+READ_NICENESS = 0
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,8 @@ class AzCli:
         read = command_key(args) in QUICK_READS
         async with self.slots.held(read=read):  # the timeout starts once the process does
             done = await run_process(argv, timeout=timeout, env=AZ_ENV,
-                                     kill_grace=self.kill_grace)
+                                     kill_grace=self.kill_grace,
+                                     niceness=READ_NICENESS if read else COMMAND_NICENESS)
         result = AzResult(**{**dataclasses.asdict(done), "argv": redact(argv)},
                           data=_parse_json(done.stdout))
         log.debug("%s: exit %s in %.1f s%s", result.command, result.exit_code, result.duration,

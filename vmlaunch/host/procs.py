@@ -120,16 +120,17 @@ def _without_nats(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 async def spawn(argv: list[str], *, capture: bool = False, env: Mapping[str, str] | None = None,
-                kill_grace: float = KILL_GRACE) -> asyncio.subprocess.Process:
-    """Start a command in its own session that dies with us, COMMAND_NICENESS nicer than
-    we are. Output is dropped unless `capture`, in which case the caller must read it
+                kill_grace: float = KILL_GRACE,
+                niceness: int = COMMAND_NICENESS) -> asyncio.subprocess.Process:
+    """Start a command in its own session that dies with us, `niceness` nicer than we
+    are. Output is dropped unless `capture`, in which case the caller must read it
     (`communicate()`)."""
     pipe = asyncio.subprocess.PIPE if capture else asyncio.subprocess.DEVNULL
     # No preexec_fn: procguard ties itself to us (and lowers its priority), so the spawn
     # can take the vfork path: a fork with a preexec_fn copies our page tables and runs
     # Python in the child, ~25 ms of a blocked event loop per command on a busy worker.
     guarded = [sys.executable, "-I", "-S", _GUARD, str(kill_grace), str(os.getpid()),
-               str(COMMAND_NICENESS), *argv]
+               str(niceness), *argv]
     starting = asyncio.ensure_future(asyncio.create_subprocess_exec(
         *guarded, stdin=asyncio.subprocess.DEVNULL, stdout=pipe, stderr=pipe,
         env={**_without_nats(os.environ), **(env or {})}, start_new_session=True,
@@ -193,13 +194,13 @@ async def _end_session(proc: asyncio.subprocess.Process, *, pipe_wait: float) ->
 
 
 async def run_process(argv: list[str], *, timeout: float | None = None,
-                      env: Mapping[str, str] | None = None,
-                      kill_grace: float = KILL_GRACE) -> ProcessResult:
+                      env: Mapping[str, str] | None = None, kill_grace: float = KILL_GRACE,
+                      niceness: int = COMMAND_NICENESS) -> ProcessResult:
     """Run a command to completion. A failure is a result; a timeout kills the tree and is
     a result with `timed_out`; a cancellation kills the tree and propagates. `env` is
     added to ours."""
     started = time.monotonic()
-    proc = await spawn(argv, capture=True, env=env, kill_grace=kill_grace)
+    proc = await spawn(argv, capture=True, env=env, kill_grace=kill_grace, niceness=niceness)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except (TimeoutError, asyncio.CancelledError) as exc:

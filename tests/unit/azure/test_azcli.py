@@ -15,7 +15,14 @@ import pytest
 from conftest import DATA, REPO
 
 from vmlaunch.azure import argv, azcli, failures
-from vmlaunch.azure.azcli import AzCli, AzResult, FailureKind, TokenBucket, classify
+from vmlaunch.azure.azcli import (
+    READ_NICENESS,
+    AzCli,
+    AzResult,
+    FailureKind,
+    TokenBucket,
+    classify,
+)
 from vmlaunch.host import procs
 from vmlaunch.schema.vmspec import VMSpec
 
@@ -632,6 +639,18 @@ async def test_token_bucket_spaces_calls() -> None:
     for _ in range(5):
         await bucket.acquire()
     assert 0.18 <= time.monotonic() - started < 1.0
+
+
+async def test_quick_reads_run_at_our_priority_and_the_other_commands_nicer(
+        tmp_path: Path) -> None:
+    """A listing is what every report waits for: it must not queue for the CPU behind the
+    creates (which run 19 nicer, as does everything else az does)."""
+    az = AzCli(executable=script(tmp_path, '#!/bin/bash\necho "[$(nice)]"\n'))
+    ours = os.nice(0)
+    for read in (["vm", "list", "-g", "rg"], ["vm", "list-ip-addresses", "-g", "rg"]):
+        assert (await az.run(read, timeout=30)).data == [ours + READ_NICENESS]
+    for other in (["vm", "create", "-n", "x"], ["vm", "run-command", "invoke"]):
+        assert (await az.run(other, timeout=30)).data == [min(19, ours + procs.COMMAND_NICENESS)]
 
 
 async def test_only_deletes_are_rate_limited_creates_are_left_to_the_write_budget() -> None:

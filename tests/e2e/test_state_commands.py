@@ -129,7 +129,7 @@ def test_a_rerun_rebuilds_a_truncated_state_file_from_the_events_log(tmp_path, a
     assert az_sim.state()["create_counts"] == {"vm-1": 1, "vm-2": 1}  # nothing twice
     written = [*(tmp_path / "state").glob("deployment-*"),
                *(tmp_path / "state" / "nats").glob("worker-*.log")]
-    assert len(written) == 5 + 2  # both files, their locks, the run lock, two workers' logs
+    assert len(written) == 5 + 1  # both files, their locks, the run lock, the worker's log
     assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in written} == {
         path.name: 0o600 for path in written}
 

@@ -99,8 +99,8 @@ def cli() -> None:
 @click.option("--legacy-poll", is_flag=True,
               help="No NATS: one az vm create --no-wait per VM, followed with az vm list "
                    "every --poll-interval (legacy mode).")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Embedded mode: local worker processes.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Embedded mode: local workers (each one lists every group it follows).")
 @click.option("--worker-concurrency", type=click.IntRange(min=1), help="Embedded mode: "
               "VMs in flight per worker (serve's --concurrency). [default: the worker's]")
 @cliopts.track_interval_option("Given to the embedded workers (legacy mode: --poll-interval).")

@@ -88,7 +88,9 @@ def simulator(work: Path, time_scale: float) -> None:
     (work / "scenario.yaml").write_text(
         f"time_scale: {time_scale}\nlocation: westus2\npublic_ip: 127.0.0.1\n"
         f"defaults: {{create_seconds: 1, run_command_seconds: {RUN_COMMAND_SECONDS}}}\n")
-    os.environ.update(AZ_CLI=str(REPO / "scripts" / "az-sim"),
+    # AZ_SIM_SERVER=0: each call a whole process of ours, so that its CPU and memory are
+    # counted here (the fork server's children are not our descendants).
+    os.environ.update(AZ_CLI=str(REPO / "scripts" / "az-sim"), AZ_SIM_SERVER="0",
                       AZ_SIM_STATE=str(work / "sim.json"),
                       AZ_SIM_SCENARIO=str(work / "scenario.yaml"),
                       PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")

@@ -111,7 +111,10 @@ class AzSim:
         return found
 
     def az_processes(self) -> list[psutil.Process]:
-        """Live `az-sim` processes of this simulator (not workers or orchestrators)."""
+        """Live `az-sim` processes of this simulator (not workers or orchestrators): the
+        clients, the `az` processes the tool ran. A call's work runs in a child of the
+        simulator's fork server, which dies with its client (tests/sim/
+        test_az_sim_server.py), so a client is what a leftover call leaves behind."""
         alive = []
         for proc in self.processes():
             try:

@@ -1,23 +1,25 @@
 """The az simulator's fork server: `scripts/az-sim` is a thin client of it
-(`python -m azsim.server NAME`, started by the first client that finds none).
+(`python -P -m azsim.server NAME`, started by the first client that finds none).
 
 A simulated call used to be a whole Python start-up plus the imports of argparse, yaml,
 jmespath and this package (~30 ms of CPU before any work, ~60 ms at 500 VMs with the
 work), where the tool's own cost is what the fleet benchmark measures. This server imports
 all of that once and forks one child per call. The child takes over the client's
-stdin/stdout/stderr (passed over the socket), its argv, environment, working directory
-and niceness, runs `main` exactly as `scripts/az-sim` did, and sends the exit code
-back. The client is the `az` process as the tool sees it: it lives for the call, prints
-through the same descriptors and exits with the call's code.
+stdin/stdout/stderr (passed over the socket), its argv, environment and working directory,
+runs `main` exactly as `scripts/az-sim` did, and sends the exit code back. The client is
+the `az` process as the tool sees it: it lives for the call, prints through the same
+descriptors and exits with the call's code.
 
 Nothing is kept between calls: the state stays in its file (state.py), so the server can
 be killed at any moment and the next client starts a new one. A child dies with its
-client (a killed `az` does nothing more). The server is one per user and version of the code, on an
-abstract socket that only the same uid may use, and exits when idle.
+client (a killed `az` does nothing more). A server serves one user, one version of the
+code and one niceness (the client names it so: a child runs as nice as the server that
+forked it), on an abstract socket that only that uid may use; it exits when idle.
 
 Protocol: the client connects, sends a 4-byte big-endian length with its fds 0, 1, 2 as
-SCM_RIGHTS, then that many bytes of `marshal.dumps((argv, env, cwd, niceness))`;
-the child answers one byte, the exit code.
+SCM_RIGHTS, then that many bytes of `marshal.dumps((argv, env, cwd))`; the child answers
+one byte once it holds the request (before that a client may safely run the call itself),
+then one byte more, the exit code.
 """
 
 from __future__ import annotations
@@ -31,14 +33,12 @@ import struct
 import sys
 import threading
 import traceback
-
-import jmespath  # noqa: F401  (imported here once, not in every child)
-import yaml  # noqa: F401
-
-from .main import main
+from collections.abc import Callable
 
 IDLE_SECONDS = 30.0  # a server with no call for this long exits
 CODE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # scripts/
+ACCEPTED = b"\x01"  # the child has the request: it runs the call, whatever happens next
+Main = Callable[[list[str]], int]
 
 
 def _same_user(conn: socket.socket) -> bool:
@@ -46,7 +46,7 @@ def _same_user(conn: socket.socket) -> bool:
     return struct.unpack("3i", creds)[1] == os.getuid()
 
 
-def _receive(conn: socket.socket) -> tuple[list[str], dict[str, str], str, int]:
+def _receive(conn: socket.socket) -> tuple[list[str], dict[str, str], str]:
     head, fds, _, _ = socket.recv_fds(conn, 4, 3)
     if len(head) != 4 or len(fds) != 3:
         raise ConnectionError("a client sent no request")
@@ -62,12 +62,10 @@ def _receive(conn: socket.socket) -> tuple[list[str], dict[str, str], str, int]:
     return marshal.loads(payload)
 
 
-def _take_over(argv: list[str], env: dict[str, str], cwd: str, niceness: int) -> None:
+def _take_over(argv: list[str], env: dict[str, str], cwd: str) -> None:
     """Become the client's process as far as the command can tell."""
     os.environ.clear()
     os.environ.update(env)
-    with contextlib.suppress(OSError):  # lowering it needs privileges: then stay nicer
-        os.setpriority(os.PRIO_PROCESS, 0, niceness)
     os.chdir(cwd)
     sys.argv = [os.path.join(CODE_DIR, "az-sim"), *argv]
 
@@ -79,28 +77,49 @@ def _exit_with(conn: socket.socket) -> None:
     os._exit(1)
 
 
-def _child(conn: socket.socket) -> None:
+def _call(conn: socket.socket, main: Main) -> int:
+    """The call's exit code, as a Python process running `main` would end."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    conn.settimeout(None)
+    request = _receive(conn)
+    _take_over(*request)
+    conn.sendall(ACCEPTED)
+    threading.Thread(target=_exit_with, args=(conn,), daemon=True).start()
+    try:
+        code = main(request[0])
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            code = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
+            code = 1
+    except BaseException:  # as an uncaught exception ends a Python program: exit 1
+        traceback.print_exc()
+        code = 1
+    try:
+        sys.stdout.flush()
+    except OSError as e:  # what Python does when stdout cannot be flushed at exit
+        print(f"Exception ignored in: {sys.stdout!r}\n{type(e).__name__}: {e}",
+              file=sys.stderr)
+        code = 120
+    return code
+
+
+def _child(conn: socket.socket, main: Main) -> None:
     """Run one call in a forked child; never returns."""
     code = 1
     try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        conn.settimeout(None)
-        request = _receive(conn)
-        _take_over(*request)
-        threading.Thread(target=_exit_with, args=(conn,), daemon=True).start()
-        code = main(request[0])
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    except BaseException:  # as an uncaught exception ends a Python program: exit 1
-        traceback.print_exc()
-    with contextlib.suppress(OSError, ValueError):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        conn.sendall(bytes([code & 0xFF]))
-    os._exit(0)
+        code = _call(conn, main)
+    except BaseException:  # the client left, or no request came: nobody to answer
+        pass
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stderr.flush()
+            conn.sendall(bytes([code & 0xFF]))
+        os._exit(0)
 
 
-def serve(listener: socket.socket) -> None:
+def serve(listener: socket.socket, main: Main) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     listener.settimeout(IDLE_SECONDS)
     while True:
@@ -113,13 +132,15 @@ def serve(listener: socket.socket) -> None:
             continue
         if os.fork() == 0:
             listener.close()
-            _child(conn)
+            _child(conn, main)
         conn.close()
 
 
 def run(name: str) -> int:
-    """Serve on the abstract socket `name` (the client names it after the user and the
-    code, so that an edited simulator gets a server of its own)."""
+    """Serve on the abstract socket `name`; exit 0 at once if another server has it."""
+    # The first client's descriptors other than 0-2 are not ours to hold (a pipe held
+    # here would never see its end of file).
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         listener.bind(f"\0{name}")
@@ -127,7 +148,13 @@ def run(name: str) -> int:
         return 0  # another client started one first: that one serves
     listener.listen(512)
     os.chdir("/")
-    serve(listener)
+    # Imported once here, after the bind (a server that loses the race spares itself),
+    # and never again in a child: jmespath and yaml are only imported on use there.
+    import jmespath  # noqa: F401
+    import yaml  # noqa: F401
+
+    from .main import main
+    serve(listener, main)
     return 0
 
 

@@ -6,13 +6,17 @@ its own (a copy of scripts/ is another code directory, hence another server).
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import json
 import marshal
 import os
+import select
 import shutil
 import signal
 import subprocess
 from pathlib import Path
+from types import ModuleType
 
 import psutil
 import pytest
@@ -49,6 +53,26 @@ def calls_in(cwd: Path) -> list[psutil.Process]:
 def run_in(sim: Sim, cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(AZ_SIM), *args], env={**sim.env, **env}, cwd=cwd,
                           capture_output=True, text=True, timeout=30)
+
+
+def own_copy(tmp_path: Path) -> Path:
+    """A copy of scripts/: another version of the simulator, so a server of its own."""
+    copy = tmp_path / "scripts"
+    shutil.copytree(REPO / "scripts", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def client(scripts: Path) -> ModuleType:
+    """scripts/az-sim as a module (it runs a call only as __main__)."""
+    loader = importlib.machinery.SourceFileLoader("az_sim_client", str(scripts / "az-sim"))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+def stop(procs: list[psutil.Process]) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
 
 
 # ---------------------------------------------------------------- same call, same answer
@@ -105,8 +129,7 @@ def test_a_killed_client_ends_its_call_in_the_server(sim, tmp_path):
 
 
 def test_a_killed_server_is_replaced_by_the_next_call(sim, tmp_path):
-    copy = tmp_path / "scripts"  # a server of this test's own: others keep theirs
-    shutil.copytree(REPO / "scripts", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    copy = own_copy(tmp_path)  # a server of this test's own: others keep theirs
     az = [str(copy / "az-sim"), "vm", "list", "-g", RG]
     assert subprocess.run(az, env=sim.env, capture_output=True, timeout=30).returncode == 0
     first = wait_for(lambda: servers(copy), what="a server for the copy")
@@ -115,8 +138,59 @@ def test_a_killed_server_is_replaced_by_the_next_call(sim, tmp_path):
     again = subprocess.run(az, env=sim.env, capture_output=True, text=True, timeout=30)
     assert (again.returncode, json.loads(again.stdout)) == (0, [])
     assert [p.pid for p in servers(copy)] != [first[0].pid]
-    for proc in servers(copy):
-        proc.send_signal(signal.SIGTERM)
+    stop(servers(copy))
+
+
+def test_a_server_holds_none_of_its_first_clients_other_descriptors(sim, tmp_path):
+    """A pipe the client was given (a shell's, make's) reaches its end of file when the
+    client exits: the server it started must not keep the pipe open."""
+    copy = own_copy(tmp_path)
+    read_end, write_end = os.pipe()
+    try:
+        started = subprocess.run([str(copy / "az-sim"), "version"], env=sim.env,
+                                 capture_output=True, pass_fds=(write_end,), timeout=30)
+        assert started.returncode == 0 and servers(copy)
+        os.close(write_end)
+        readable, _, _ = select.select([read_end], [], [], 10)
+        assert readable and os.read(read_end, 1) == b""  # end of file: nobody holds it
+    finally:
+        os.close(read_end)
+        stop(servers(copy))
+
+
+SQUATTER = """import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind("\\0" + sys.argv[1])
+s.listen(8)
+print("listening", flush=True)
+while True:
+    conn, _ = s.accept()
+    if got := conn.recv(65536):
+        print(f"got {len(got)} bytes", flush=True)
+    conn.close()
+"""
+
+
+def test_a_server_of_another_user_is_never_handed_a_call(sim, tmp_path):
+    """The socket's name is predictable: another user may take it before our server does.
+    The client checks the server's uid and then runs the call itself."""
+    if os.getuid() != 0:
+        pytest.skip("a server of another user needs root to start")
+    copy = own_copy(tmp_path)
+    name = client(copy).server_name()  # ours: this uid, niceness and copy of the code
+    squatter = subprocess.Popen(["/usr/bin/python3", "-I", "-c", SQUATTER, name], user=65534,
+                                group=65534, stdout=subprocess.PIPE, text=True)
+    try:
+        assert squatter.stdout.readline() == "listening\n"
+        listed = subprocess.run([str(copy / "az-sim"), "vm", "list", "-g", RG], env=sim.env,
+                                capture_output=True, text=True, timeout=30)
+        assert (listed.returncode, listed.stdout, listed.stderr) == (0, "[]\n", "")
+        assert sim.state()["calls"].get("vm list") == 1  # it ran, without any server
+        assert not servers(copy)
+    finally:
+        squatter.kill()
+        out, _ = squatter.communicate(timeout=10)
+    assert "got" not in out  # the squatter saw no byte of the request (argv, environment)
 
 
 def test_another_user_gets_no_answer(sim, tmp_path):
@@ -125,7 +199,7 @@ def test_another_user_gets_no_answer(sim, tmp_path):
         pytest.skip("switching to another user needs root")
     assert sim.run("version").returncode == 0  # the server is up
     name = servers(REPO / "scripts")[-1].cmdline()[-1]
-    payload = marshal.dumps((["vm", "list", "-g", RG], sim.env, str(tmp_path), 0))
+    payload = marshal.dumps((["vm", "list", "-g", RG], sim.env, str(tmp_path)))
     probe = (
         "import socket, sys\n"
         "s = socket.socket(socket.AF_UNIX)\n"

@@ -31,10 +31,12 @@ class Window:
 
 
 DEFAULT_WINDOWS = (Window(240, 180.0), Window(1200, 1800.0))  # PutVM3Min, PutVM30Min
-# No writes for this long after a throttle that named no retry-after (a Compute 429 names
-# it only in a header az does not print): a twelfth of the PutVM3Min window, so a blind
-# pause slows the fleet without stopping it; each VM's own retry still backs off.
-THROTTLE_PAUSE = 15.0
+# After a throttle that named no retry-after (a Compute 429 names it only in a header az
+# does not print), no writes for this part of the budget's shortest window (15 s of the
+# PutVM3Min one): a blind pause slows the fleet without stopping it, and stays in
+# proportion to a budget given in another time (the simulator's); each VM's own retry
+# still backs off.
+BLIND_PAUSE_SHARE = 1 / 12
 LONGEST_PAUSE = 3600.0  # a retry-after (or a stored pause) beyond this is not believed
 LEDGER_VERSION = 1
 
@@ -59,6 +61,8 @@ def parse_windows(texts: tuple[str, ...]) -> tuple[Window, ...]:
 
 
 class WriteBudget(Protocol):
+    windows: tuple[Window, ...]
+
     async def admit(self) -> None:
         """Return once one write fits every window and no throttle pause holds (counted)."""
 
@@ -66,16 +70,18 @@ class WriteBudget(Protocol):
         """Azure throttled a write: no writes, by anyone sharing this budget, for this long."""
 
 
-def throttle_pause(error: AzError | None) -> float | None:
-    """How long to hold all writes after `error`; None when it is not a throttle."""
+def throttle_pause(error: AzError | None, windows: tuple[Window, ...]) -> float | None:
+    """How long to hold all writes of a budget of `windows` after `error`; None when it is
+    not a throttle."""
     if error is None or error.code not in THROTTLE_CODES:
         return None
-    return min(error.retry_after or THROTTLE_PAUSE, LONGEST_PAUSE)
+    blind = BLIND_PAUSE_SHARE * min(window.seconds for window in windows)
+    return min(error.retry_after or blind, LONGEST_PAUSE)
 
 
 def note_throttle(budget: WriteBudget, error: AzError | None) -> None:
     """Tell `budget` about `error` if it is a throttle."""
-    pause = throttle_pause(error)
+    pause = throttle_pause(error, budget.windows)
     if pause is not None:
         budget.throttled(pause)
 

@@ -9,8 +9,8 @@ import pytest
 
 from vmlaunch.azure.failures import classify
 from vmlaunch.azure.writebudget import (
+    DEFAULT_WINDOWS,
     LONGEST_PAUSE,
-    THROTTLE_PAUSE,
     Ledger,
     Window,
     parse_windows,
@@ -79,5 +79,9 @@ def test_throttles_pause_for_their_retry_after_other_failures_not_at_all():
     compute = classify(1, "ERROR: (TooManyRequests) The request is being throttled as the "
                           "limit has been reached for operation type - PutVM3Min.")
     capacity = classify(1, "ERROR: (ZonalAllocationFailed) no capacity")
-    assert (throttle_pause(arm), throttle_pause(compute)) == (17.0, THROTTLE_PAUSE)
-    assert throttle_pause(capacity) is None and throttle_pause(None) is None
+    assert (throttle_pause(arm, DEFAULT_WINDOWS), throttle_pause(compute, DEFAULT_WINDOWS)) == (
+        17.0, 15.0)  # Compute names none: a twelfth of PutVM3Min's 3 minutes
+    # A budget in another time (the simulator's, scaled) pauses in proportion.
+    assert throttle_pause(compute, (Window(240, 9.0), Window(1200, 90.0))) == 0.75
+    assert throttle_pause(capacity, DEFAULT_WINDOWS) is None
+    assert throttle_pause(None, DEFAULT_WINDOWS) is None

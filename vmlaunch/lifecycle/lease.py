@@ -58,6 +58,10 @@ class Lease(Fence):
         self.lapsed = self.lapsed or self._clock() >= self.expires_at
         return self.lapsed
 
+    def held(self) -> bool:
+        """Whether the request is still ours (cancelled or not): the lease has not lapsed."""
+        return not self._expired()
+
     def open_now(self) -> bool:
         return self._cancelled() is None and not self._expired()
 

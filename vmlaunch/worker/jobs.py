@@ -80,12 +80,22 @@ class JobRunner:
             if job.stop_reason != "shutdown":
                 raise
             if not job.settled:
-                await self.release(job.msg)  # another worker (or a restart) takes it
+                await self.give_back(job)
         except Exception:  # a bug must not leave the request unsettled for ever
             log.exception("handling request %s failed; it returns after AckWait/3",
                           job.msg.metadata.sequence.stream)
             if not job.settled:
                 await self._settle(job, "nak", delay=self.ack_wait / 3)
+
+    async def give_back(self, job: Job) -> None:
+        """On a graceful stop: release the request if it is still ours. Once the lease has
+        lapsed the server may have given it to another worker, and a nak would then hand
+        it to a third one while the second still drives the VM (two creates)."""
+        if job.lease is None or job.lease.held():
+            await self.release(job.msg)  # another worker (or a restart) takes it
+        else:
+            log.info("request %s: its lease lapsed, so it is not given back (the server "
+                     "redelivers it)", job.msg.metadata.sequence.stream)
 
     async def release(self, msg: Msg) -> None:
         """Give a request back on a graceful stop; recorded first, so that this delivery

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import marshal
 import os
+import select
 import signal
 import socket
 import struct
@@ -34,6 +35,8 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
+
+from . import state
 
 IDLE_SECONDS = 30.0  # a server with no call for this long exits
 CODE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # scripts/
@@ -77,12 +80,22 @@ def _exit_with(conn: socket.socket) -> None:
     os._exit(1)
 
 
+def _unless_gone(conn: socket.socket) -> Callable[[], None]:
+    """state.before_commit for this call: a client that is gone (its end of the socket is
+    readable: it sends nothing after the request) commits nothing more."""
+    def check() -> None:
+        if select.select([conn], [], [], 0)[0]:
+            os._exit(1)
+    return check
+
+
 def _call(conn: socket.socket, main: Main) -> int:
     """The call's exit code, as a Python process running `main` would end."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     conn.settimeout(None)
     request = _receive(conn)
     _take_over(*request)
+    state.before_commit = _unless_gone(conn)
     conn.sendall(ACCEPTED)
     threading.Thread(target=_exit_with, args=(conn,), daemon=True).start()
     try:

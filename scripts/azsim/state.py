@@ -33,6 +33,16 @@ def empty_state() -> dict:
             "put_vm_throttled": {}, "private_counter": 0, "public_counter": 0}
 
 
+def _always() -> None:
+    """A process of its own: if it was killed, it is not here to commit anything."""
+
+
+# Called just before a state file is replaced. The fork server's child sets it to end the
+# call if its client is gone: a call keeps a killed client's semantics (nothing written
+# after the kill), though the child notices the kill a moment later.
+before_commit = _always
+
+
 def empty_counters() -> dict:
     return {"calls": {}, "throttle_seen": 0, "fault_calls_seen": 0, "faults_injected": {}}
 
@@ -64,6 +74,7 @@ class StateStore:
             fcntl.flock(fd, fcntl.LOCK_EX)
             state = self.read()
             yield state
+            before_commit()
             tmp = f"{self.path}.{os.getpid()}.tmp"
             with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
                            encoding="utf-8") as f:

@@ -126,6 +126,7 @@ def test_a_killed_client_ends_its_call_in_the_server(sim, tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     call = wait_for(lambda: calls_in(tmp_path), what="the call in a child of the server")
     assert call[0].nice() == min(19, os.nice(0) + 7)
+    wait_for(lambda: "slow" in sim.state()["vms"], what="the PUT")  # then the long wait
     client.kill()
     client.communicate(timeout=10)
     wait_for(lambda: not calls_in(tmp_path), what="the call to end with its client")

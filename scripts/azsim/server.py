@@ -14,12 +14,8 @@ Nothing is kept between calls: the state stays in its file (state.py), so the se
 be killed at any moment and the next client starts a new one. A child dies with its
 client (a killed `az` does nothing more). A server serves one user, one version of the
 code and one niceness (the client names it so: a child runs as nice as the server that
-forked it), on an abstract socket that only that uid may use; it exits when idle.
-
-Protocol: the client connects, sends a 4-byte big-endian length with its fds 0, 1, 2 as
-SCM_RIGHTS, then that many bytes of `marshal.dumps((argv, env, cwd))`; the child answers
-one byte once it holds the request (before that a client may safely run the call itself),
-then one byte more, the exit code.
+forked it), on an abstract socket that only that uid may use; it exits when idle. The
+protocol is in wire.py.
 """
 
 from __future__ import annotations
@@ -30,28 +26,22 @@ import os
 import select
 import signal
 import socket
-import struct
 import sys
 import threading
 import traceback
 from collections.abc import Callable
 
 from . import state
+from .wire import ACCEPTED, SIZE_BYTES, peer_uid
 
 IDLE_SECONDS = 30.0  # a server with no call for this long exits
 CODE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # scripts/
-ACCEPTED = b"\x01"  # the child has the request: it runs the call, whatever happens next
 Main = Callable[[list[str]], int]
 
 
-def _same_user(conn: socket.socket) -> bool:
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1] == os.getuid()
-
-
 def _receive(conn: socket.socket) -> tuple[list[str], dict[str, str], str]:
-    head, fds, _, _ = socket.recv_fds(conn, 4, 3)
-    if len(head) != 4 or len(fds) != 3:
+    head, fds, _, _ = socket.recv_fds(conn, SIZE_BYTES, 3)
+    if len(head) != SIZE_BYTES or len(fds) != 3:
         raise ConnectionError("a client sent no request")
     size, payload = int.from_bytes(head, "big"), b""
     while len(payload) < size:
@@ -140,7 +130,7 @@ def serve(listener: socket.socket, main: Main) -> None:
             conn, _ = listener.accept()
         except TimeoutError:
             return
-        if not _same_user(conn):
+        if peer_uid(conn) != os.getuid():
             conn.close()
             continue
         if os.fork() == 0:

@@ -17,7 +17,7 @@ own, and so to the command's.
 """
 
 # Every az command starts one of these: no `signal` (it imports enum) and no contextlib
-# (functools and collections), 5 ms of each command's start.
+# (functools and collections), ~4 ms of each command's start.
 import _signal as signal
 import ctypes
 import os

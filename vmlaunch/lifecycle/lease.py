@@ -63,7 +63,7 @@ class Lease(Fence):
         return not self._expired()
 
     def open_now(self) -> bool:
-        return self._cancelled() is None and not self._expired()
+        return self._cancelled() is None and self.held()
 
     async def allow(self, action: str, vm: str) -> None:
         reason = self._cancelled()

@@ -7,9 +7,8 @@ some VM waits for a listing. The IPs of the VMs that reach Succeeded come from O
 list-ip-addresses -g RG` (its NICs and public IPs: a GET a page each) started with each
 listing of the group, so that a VM listed Succeeded has its IPs from the same moment instead
 of one listing later; `az vm show -d` only if the IP listings do not say. A VM that reaches
-Failed gets
-one `az vm get-instance-view`, whose
-`ProvisioningState/failed/<Code>` goes through the one failure table. A listing that fails
+Failed gets one `az vm get-instance-view`, whose `ProvisioningState/failed/<Code>` goes
+through the one failure table. A listing that fails
 is unknown for every VM of the group, never absent: readers wait for the next one.
 """
 

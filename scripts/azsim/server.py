@@ -110,16 +110,14 @@ def _call(conn: socket.socket, main: Main) -> int:
 
 def _child(conn: socket.socket, main: Main) -> None:
     """Run one call in a forked child; never returns."""
-    code = 1
     try:
         code = _call(conn, main)
-    except BaseException:  # the client left, or no request came: nobody to answer
-        pass
-    finally:
-        with contextlib.suppress(BaseException):
-            sys.stderr.flush()
-            conn.sendall(bytes([code & 0xFF]))
-        os._exit(0)
+    except BaseException:  # no request, or none taken: no answer (the call did not run)
+        os._exit(1)
+    with contextlib.suppress(BaseException):
+        sys.stderr.flush()
+        conn.sendall(bytes([code & 0xFF]))
+    os._exit(0)
 
 
 def serve(listener: socket.socket, main: Main) -> None:

@@ -14,6 +14,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 from pathlib import Path
 from types import ModuleType
@@ -223,3 +224,24 @@ def test_another_user_gets_no_answer(sim, tmp_path):
                           timeout=30, user=65534, group=65534)
     assert (seen.returncode, seen.stdout.strip()) == (0, "b''"), seen.stderr
     assert "vm list" not in sim.state()["calls"]
+
+
+@pytest.mark.parametrize("request_bytes", [b"", b"\x00\x00\x00\x05hello", b"\xff" * 4,
+                                           b"\x00\x00\x00\x08" + b"\x00" * 8],
+                         ids=["nothing", "not-marshal", "huge-size", "wrong-shape"])
+def test_bytes_that_are_no_request_get_no_answer_and_the_server_keeps_serving(
+        sim, tmp_path, request_bytes):
+    """No answer at all: a client that gets none runs the call itself (it never ran)."""
+    assert sim.run("version").returncode == 0
+    name = client(REPO / "scripts").server_name()
+    conn = socket.socket(socket.AF_UNIX)
+    conn.connect(f"\0{name}")
+    if request_bytes:
+        socket.send_fds(conn, [request_bytes[:4]], [0, 1, 2])
+        conn.sendall(request_bytes[4:])
+    conn.shutdown(socket.SHUT_WR)
+    conn.settimeout(10)
+    assert conn.recv(4) == b""
+    conn.close()
+    assert sim.run("vm", "list", "-g", RG).returncode == 0
+    assert sim.state()["calls"] == {"version": 1, "vm list": 1}

@@ -105,7 +105,7 @@ def workspace(spec: RunSpec) -> tuple[Path, dict]:
                        f'"{work}/az.log"\nexec "{AZ_SIM}" "$@"\n')
     wrapper.chmod(0o755)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "AZ_CLI": str(wrapper), "AZ_SIM_STATE": str(work / "sim.json"),
+           "AZ_CLI": str(wrapper), "AZ_SIM_STATE": str(work / "sim-state"),
            "AZ_SIM_SCENARIO": str(work / "scenario.json")}
     for name in ("NATS_URL", "VMLAUNCH_NATS_URL", "VMLAUNCH_LEGACY_POLL"):
         env.pop(name, None)

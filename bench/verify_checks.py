@@ -91,7 +91,7 @@ def simulator(work: Path, time_scale: float) -> None:
     # AZ_SIM_SERVER=0: each call a whole process of ours, so that its CPU and memory are
     # counted here (the fork server's children are not our descendants).
     os.environ.update(AZ_CLI=str(REPO / "scripts" / "az-sim"), AZ_SIM_SERVER="0",
-                      AZ_SIM_STATE=str(work / "sim.json"),
+                      AZ_SIM_STATE=str(work / "sim-state"),
                       AZ_SIM_SCENARIO=str(work / "scenario.yaml"),
                       PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
 

@@ -10,7 +10,7 @@ work="$repo/demo"
 rm -rf "$work" && mkdir -p "$work"
 export PATH="$repo/.venv/bin:$PATH"
 export AZ_CLI="$repo/scripts/az-sim"
-export AZ_SIM_STATE="$work/az-sim-state.json"
+export AZ_SIM_STATE="$work/az-sim-state"
 export AZ_SIM_SCENARIO="$repo/scripts/demo/scenario.yaml"
 echo "== Simulated Azure (AZ_CLI=scripts/az-sim): six VMs, k0s-worker-2 fails once in zone 3"
 status=0

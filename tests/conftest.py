@@ -68,7 +68,7 @@ class AzSim:
     """One private simulated Azure: its state file, scenario and environment."""
 
     def __init__(self, root: Path) -> None:
-        self.state_path = root / "az-sim-state.json"
+        self.state_path = root / "az-sim-state"
         self.scenario_path = root / "az-sim-scenario.yaml"
         self.scenario({"time_scale": 0.01})
 

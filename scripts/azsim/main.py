@@ -96,7 +96,7 @@ COMMANDS = {
 
 
 def state_path() -> str:
-    return os.environ.get("AZ_SIM_STATE") or os.path.expanduser("~/.az-sim/state.json")
+    return os.environ.get("AZ_SIM_STATE") or os.path.expanduser("~/.az-sim/state")
 
 
 def resolve_command(argv: list[str]) -> tuple[str | None, list[str]]:

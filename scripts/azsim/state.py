@@ -1,22 +1,28 @@
-"""The az simulator's shared state: the JSON state file and the time model of its records.
+"""The az simulator's shared state: the state file and the time model of its records.
 
 A VM's provisioning state is a pure function of the times stored in its record, so every
 process computes it lazily and a killed client does not stop provisioning (as in Azure).
-The JSON state file is shared by many concurrent processes: writers take an exclusive flock
+The state file is shared by many concurrent processes: writers take an exclusive flock
 on a sidecar lock file and replace the file atomically; readers take no lock. The per-call
 counters live in a small file of their own next to it (`<state>.calls.json`, its own lock),
 so that counting a read-only call neither waits for nor rewrites the big state.
+
+The state is stored with `marshal`, not JSON: every create reads and rewrites all of it
+(~1 MB at 500 VMs), and marshal does that 3x faster (15 ms against 45 ms here). It holds
+only JSON's types, lives in a 0700 directory, and is read by `az sim state`, which prints
+JSON. The counters file stays JSON: it is small, and tests read it.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import marshal
 import os
 from collections.abc import Callable
 from contextlib import contextmanager
 
-FOREVER = 1e18  # a busy-until time that never comes (JSON has no infinity)
+FOREVER = 1e18  # a busy-until time that never comes (`sim state` prints JSON: no infinity)
 
 
 def bump(counter: dict, key: str) -> int:
@@ -47,21 +53,30 @@ def empty_counters() -> dict:
     return {"calls": {}, "throttle_seen": 0, "fault_calls_seen": 0, "faults_injected": {}}
 
 
-class StateStore:
-    """A JSON file shared by every az-sim process: the state, or (empty=empty_counters) the
-    counters file."""
+def _json_bytes(value: dict) -> bytes:
+    # json.dump would take the pure-Python encoder; dumps without indent is C.
+    return json.dumps(value, separators=(",", ":")).encode()
 
-    def __init__(self, path: str, empty: Callable[[], dict] = empty_state) -> None:
+
+class StateStore:
+    """A file shared by every az-sim process: the state (marshal), or (empty=empty_counters)
+    the counters file (JSON)."""
+
+    def __init__(self, path: str, empty: Callable[[], dict] = empty_state, *,
+                 load: Callable[[bytes], dict] = marshal.loads,
+                 dump: Callable[[dict], bytes] = marshal.dumps) -> None:
         self.path = path
         self.empty = empty
+        self.load, self.dump = load, dump
 
     def counters(self) -> StateStore:
-        return StateStore(self.path + ".calls.json", empty_counters)
+        return StateStore(self.path + ".calls.json", empty_counters, load=json.loads,
+                          dump=_json_bytes)
 
     def read(self) -> dict:
         try:
-            with open(self.path, encoding="utf-8") as f:
-                return {**self.empty(), **json.load(f)}
+            with open(self.path, "rb") as f:
+                return {**self.empty(), **self.load(f.read())}
         except FileNotFoundError:
             return self.empty()
 
@@ -76,10 +91,9 @@ class StateStore:
             yield state
             before_commit()
             tmp = f"{self.path}.{os.getpid()}.tmp"
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
-                           encoding="utf-8") as f:
-                # json.dump would take the pure-Python encoder; dumps without indent is C.
-                f.write(json.dumps(state, separators=(",", ":")))
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                           "wb") as f:
+                f.write(self.dump(state))
             os.replace(tmp, self.path)
         finally:
             os.close(fd)  # closing releases the flock

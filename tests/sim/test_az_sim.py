@@ -50,7 +50,7 @@ class Sim:
     """One isolated simulator: its own state file and scenario file."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.state_path = tmp_path / "state.json"
+        self.state_path = tmp_path / "az-sim-state"
         self.scenario_path = tmp_path / "scenario.json"
         self.env = {**os.environ, "AZ_SIM_STATE": str(self.state_path),
                     "AZ_SIM_SCENARIO": str(self.scenario_path),
@@ -728,7 +728,7 @@ def test_twenty_concurrent_creates_all_succeed_with_distinct_ips(sim):
     created = [json.loads(out) for out, _ in outputs]
     assert len({c["publicIpAddress"] for c in created}) == 20
     assert len({c["privateIpAddress"] for c in created}) == 20
-    state = json.loads(sim.state_path.read_text())
+    state = sim.state()
     assert state["create_counts"] == dict.fromkeys(names, 1)
     assert {v["name"] for v in sim.ok("vm", "list", "-g", RG)} == set(names)
 

@@ -85,7 +85,7 @@ def _script(path: Path, body: str) -> Path:
 @contextlib.contextmanager
 def peak_processes(az_sim: AzSim, word: str, *, interval: float = 0.05) -> Iterator[list[int]]:
     """Samples, in a thread, how many of the simulator's az processes have `word` in their
-    command line (each also has a procguard parent, not counted); yields the list of
+    command line (their parent is the launcher's guard, not counted); yields the list of
     counts, complete once the block ends."""
     counts: list[int] = []
     stop = threading.Event()
@@ -107,7 +107,7 @@ def peak_processes(az_sim: AzSim, word: str, *, interval: float = 0.05) -> Itera
 
 
 def _is(proc: psutil.Process, word: str, state_path: str) -> bool:
-    """The az-sim process itself (`python3 -I -S az-sim ...`, not its procguard) of this
+    """The az-sim process itself (`python3 -I -S az-sim ...`, not the guard) of this
     simulator with `word` in its command line; the command line is read first, as it is
     cheap."""
     argv = proc.info["cmdline"] or []

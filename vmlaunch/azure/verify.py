@@ -27,7 +27,7 @@ SSH_FAILED = 255  # ssh's own exit code (refused, reset, denied); others are the
 # Run-command allows one invocation per VM at a time; a busy VM is asked again after this.
 RUN_COMMAND_BUSY_PAUSE = 5.0
 DEFAULT_RUN_COMMAND_CONCURRENCY = 8
-SSH_AT_ONCE = 32  # ssh clients (each with its procguard) running at once in one process
+SSH_AT_ONCE = 32  # ssh clients running at once in one process
 _STATUS_LINE = re.compile(r"^status:\s*(\w+)", re.M)
 # Since cloud-init 23.4 a recoverable error shows as "status: done" with
 # "extended_status: degraded done"; older releases print "status: degraded".

@@ -1,10 +1,11 @@
 """Process lifetimes, in one place: every child is spawned here, tied to our life, and
 stopped here (SIGTERM, then SIGKILL of its whole tree or session after a grace period).
 
-Short commands (az, ssh) run under procguard with a timeout and are killed as whole trees
-(`spawn`, `run_process`, `stop_process`); long-lived children (the embedded nats-server
-and workers) are started by `spawn_child` and stopped by `stop_child`, which signals only
-the child itself, since it stops its own children in order.
+Short commands (az, ssh) run with a timeout under this process's guard (`run_process`,
+guarded.py and procguard.py), which ends each one's whole process group; long-lived
+children (the embedded nats-server and workers) are started by `spawn_child` and stopped
+by `stop_child`, which signals only the child itself, since it stops its own children in
+order.
 """
 
 from __future__ import annotations
@@ -14,15 +15,12 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO
 
-import psutil
-
+from vmlaunch.host import guarded
 from vmlaunch.host.procguard import on_parent_death
 
 log = logging.getLogger("procs")
@@ -54,11 +52,6 @@ class ProcessResult:
         return self.exit_code == 0 and not self.timed_out
 
 
-# Every command runs under procguard.py, so a launcher that forks the CLI (rather than
-# exec'ing it) cannot leave an orphan when we die.
-_GUARD = str(Path(__file__).with_name("procguard.py"))
-
-
 # Commands (az, ssh) run this much nicer than we do: 32 az processes of ~1 s of CPU each
 # would otherwise take the CPU from the worker or orchestrator that reports their results,
 # and a busy machine would delay every report instead of the commands' own work.
@@ -74,84 +67,10 @@ def die_with_parent(parent: int) -> Callable[[], None]:
     return preexec
 
 
-def terminate_tree(pid: int, *, grace: float, create_time: float | None = None) -> None:
-    """SIGTERM a process and its descendants, SIGKILL what survives `grace` seconds. With
-    `create_time`, a different process now holding `pid` (PID reuse) is left alone. Never
-    reaps (waitpid): the asyncio child watcher owns our children's exit status."""
-    try:
-        root = psutil.Process(pid)
-        if create_time is not None and abs(root.create_time() - create_time) > 0.01:
-            return
-        tree = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return
-    _signal_all(tree, signal.SIGTERM)
-    _signal_all(_wait_gone(tree, grace), signal.SIGKILL)
-    _wait_gone(tree, grace)
-
-
-def _signal_all(procs: list[psutil.Process], sig: int) -> None:
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.send_signal(sig)  # psutil checks the create time first
-
-
-def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    """Poll until every process is gone or a zombie; return the ones still alive."""
-    deadline = time.monotonic() + timeout
-    alive = [p for p in procs if _alive(p)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.02)
-        alive = [p for p in alive if _alive(p)]
-    return alive
-
-
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def _without_nats(environ: Mapping[str, str]) -> dict[str, str]:
     """Our environment for az and ssh: no NATS_* setting, which they never need and which
     may hold a password, a token or a URL with credentials."""
     return {key: value for key, value in environ.items() if not key.startswith("NATS_")}
-
-
-async def spawn(argv: list[str], *, capture: bool = False, env: Mapping[str, str] | None = None,
-                kill_grace: float = KILL_GRACE,
-                niceness: int = COMMAND_NICENESS) -> asyncio.subprocess.Process:
-    """Start a command in its own session that dies with us, `niceness` nicer than we
-    are. Output is dropped unless `capture`, in which case the caller must read it
-    (`communicate()`)."""
-    pipe = asyncio.subprocess.PIPE if capture else asyncio.subprocess.DEVNULL
-    # No preexec_fn: procguard ties itself to us (and lowers its priority), so the spawn
-    # can take the vfork path: a fork with a preexec_fn copies our page tables and runs
-    # Python in the child, ~25 ms of a blocked event loop per command on a busy worker.
-    guarded = [sys.executable, "-I", "-S", _GUARD, str(kill_grace), str(os.getpid()),
-               str(niceness), *argv]
-    starting = asyncio.ensure_future(asyncio.create_subprocess_exec(
-        *guarded, stdin=asyncio.subprocess.DEVNULL, stdout=pipe, stderr=pipe,
-        env={**_without_nats(os.environ), **(env or {})}, start_new_session=True,
-    ))
-    try:
-        return await asyncio.shield(starting)
-    except asyncio.CancelledError:
-        # The process may exist before the spawn returns: never leave it running unowned.
-        await stop_process(await starting, grace=kill_grace)
-        raise
-
-
-async def stop_process(proc: asyncio.subprocess.Process, *, grace: float,
-                       create_time: float | None = None) -> None:
-    """Kill a spawned process with its whole tree, and reap it. With `create_time` (see
-    `terminate_tree`), a PID that now belongs to another process is left alone."""
-    if proc.returncode is None:  # once reaped, the pid may belong to someone else
-        # Shielded so a second cancel cannot leave the tree half killed.
-        await asyncio.shield(asyncio.to_thread(terminate_tree, proc.pid, grace=grace,
-                                               create_time=create_time))
-    await _end_session(proc, pipe_wait=grace)
 
 
 async def spawn_child(argv: list[str], *, env: Mapping[str, str] | None = None,
@@ -196,22 +115,27 @@ async def _end_session(proc: asyncio.subprocess.Process, *, pipe_wait: float) ->
 async def run_process(argv: list[str], *, timeout: float | None = None,
                       env: Mapping[str, str] | None = None, kill_grace: float = KILL_GRACE,
                       niceness: int = COMMAND_NICENESS) -> ProcessResult:
-    """Run a command to completion. A failure is a result; a timeout kills the tree and is
-    a result with `timed_out`; a cancellation kills the tree and propagates. `env` is
-    added to ours."""
+    """Run a command under this process's guard (procguard.py): in a session of its own
+    that dies with us, `niceness` nicer than we are. A failure is a result; a timeout
+    kills the group and is a result with `timed_out`; a cancellation kills the group and
+    propagates. `env` is added to ours."""
     started = time.monotonic()
-    proc = await spawn(argv, capture=True, env=env, kill_grace=kill_grace, niceness=niceness)
+    call = guarded.guard().run(argv, env={**_without_nats(os.environ), **(env or {})},
+                               niceness=niceness, grace=kill_grace)
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        code = await asyncio.wait_for(asyncio.shield(call.exited), timeout)
     except (TimeoutError, asyncio.CancelledError) as exc:
-        await stop_process(proc, grace=kill_grace)
+        # Shielded so a second cancel cannot leave the group half killed.
+        await asyncio.shield(call.stop(grace=kill_grace))
         if isinstance(exc, asyncio.CancelledError):
             raise
+        code = call.exited.result() if call.exited.done() else guarded.LOST
         out, err, timed_out = b"", b"", True
     else:
+        out, err = await call.output(wait=kill_grace)
         timed_out = False
     return ProcessResult(
-        argv=argv, exit_code=-1 if proc.returncode is None else proc.returncode,
-        stdout=out.decode(errors="replace"), stderr=err.decode(errors="replace"),
-        duration=time.monotonic() - started, timed_out=timed_out,
+        argv=argv, exit_code=code, stdout=out.decode(errors="replace"),
+        stderr=err.decode(errors="replace"), duration=time.monotonic() - started,
+        timed_out=timed_out,
     )

@@ -620,19 +620,6 @@ async def test_cancelling_while_az_is_being_spawned_leaves_nothing_behind(
         assert await all_gone([int(pid) for pid in pidfile.read_text().split()])
 
 
-def test_terminate_tree_leaves_a_reused_pid_alone() -> None:
-    proc = subprocess.Popen(["sleep", "30"])
-    try:
-        created = psutil.Process(proc.pid).create_time()
-        procs.terminate_tree(proc.pid, grace=0.5, create_time=created + 100)
-        assert not gone(proc.pid)
-        procs.terminate_tree(proc.pid, grace=0.5, create_time=created)
-        assert gone(proc.pid)
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 async def test_token_bucket_spaces_calls() -> None:
     bucket = TokenBucket(rate=20, burst=1)
     started = time.monotonic()

@@ -5,6 +5,7 @@ and with us. Real processes and signals; a grandchild that ignores SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shlex
 import signal
@@ -17,13 +18,7 @@ import psutil
 import pytest
 from conftest import PYTHON, REPO, wait_until
 
-from vmlaunch.host.procs import (
-    COMMAND_NICENESS,
-    run_process,
-    spawn,
-    spawn_child,
-    stop_child,
-)
+from vmlaunch.host.procs import COMMAND_NICENESS, run_process, spawn_child, stop_child
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -56,10 +51,9 @@ def test_a_sigkilled_parent_takes_a_grandchild_that_ignores_sigterm_with_it(tmp_
     parent_code = (
         "import asyncio, sys\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
-        "from vmlaunch.host.procs import spawn\n"
+        "from vmlaunch.host.procs import run_process\n"
         "async def main():\n"
-        f"    await spawn(sys.argv[1:], kill_grace={GRACE})\n"
-        "    await asyncio.sleep(60)\n"
+        f"    await run_process(sys.argv[1:], kill_grace={GRACE})\n"
         "asyncio.run(main())\n")
     parent = subprocess.Popen([PYTHON, "-c", parent_code,
                                *stubborn_grandchild(pidfile, then="wait")])
@@ -80,9 +74,10 @@ async def test_a_grandchild_left_behind_by_an_exited_child_is_ended_with_it(tmp_
     pidfile = tmp_path / "grandchild.pid"
     # The shell waits for the grandchild to be ready, then exits: only the grandchild is left.
     then = f'while [ ! -s {pidfile} ]; do sleep 0.02; done; exit 0'
-    proc = await spawn(stubborn_grandchild(pidfile, then=then), kill_grace=GRACE)
     try:
-        await asyncio.wait_for(proc.wait(), GRACE + 5)
+        result = await asyncio.wait_for(
+            run_process(stubborn_grandchild(pidfile, then=then), kill_grace=GRACE), GRACE + 5)
+        assert result.exit_code == 0, result.stderr
         grandchild = int(pidfile.read_text())
         assert gone(grandchild), "the guard returned while the grandchild still ran"
     finally:
@@ -158,3 +153,32 @@ async def test_commands_run_nicer_than_the_tool_so_they_cannot_starve_its_report
     result = await run_process([sys.executable, "-c", "import os; print(os.nice(0))"],
                                timeout=30)
     assert int(result.stdout) == min(19, os.nice(0) + COMMAND_NICENESS)
+
+
+async def test_commands_share_one_session_so_their_nice_values_count_against_each_other():
+    """With the scheduler's autogroups (on by default) every session gets an equal share of
+    the CPU and a nice value counts only within its session: a command in a session of its
+    own would take as much CPU as a read however nice it ran. Each command still leads a
+    process group of its own (the group the guard ends)."""
+    code = "import os; print(os.getsid(0), os.getpgrp(), os.getpid())"
+    first, second = [await run_process([sys.executable, "-c", code], timeout=30)
+                     for _ in range(2)]
+    (sid1, group1, pid1), (sid2, group2, pid2) = (
+        map(int, result.stdout.split()) for result in (first, second))
+    assert sid1 == sid2 and sid1 not in (pid1, pid2)
+    assert (group1, group2) == (pid1, pid2)
+
+
+async def test_a_command_holds_no_descriptor_but_its_standard_three():
+    """Not the guard's socket above all: a command (or a daemon it leaves) holding it would
+    keep a dead guard looking alive, and could read other calls' requests."""
+    code = "import os; print(sorted(int(fd) for fd in os.listdir('/proc/self/fd')))"
+    result = await run_process([sys.executable, "-c", code], timeout=30)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout) == [0, 1, 2, 3]  # 3: the listing's own
+
+
+async def test_what_a_command_wrote_is_kept_when_a_daemon_it_left_holds_its_output():
+    script = "echo important; setsid sleep 5 & exit 0"
+    result = await asyncio.wait_for(run_process(["sh", "-c", script], kill_grace=0.5), 10)
+    assert (result.exit_code, result.stdout) == (0, "important\n")

@@ -164,6 +164,23 @@ def test_a_server_holds_none_of_its_first_clients_other_descriptors(sim, tmp_pat
         stop(servers(copy))
 
 
+def test_a_server_runs_in_its_first_clients_session_in_a_group_of_its_own(sim, tmp_path):
+    """With the scheduler's autogroups a nice value counts only within a session: the
+    simulated work of an `az` that a tool runs nice must stay in that tool's session (as a
+    real `az` process would), yet a kill of the client's group must spare the server."""
+    copy = own_copy(tmp_path)
+    session = subprocess.Popen(  # a session of its own, as the tool's guard has
+        [str(copy / "az-sim"), "version"], env=sim.env, stdout=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        assert session.wait(timeout=30) == 0
+        server = wait_for(lambda: servers(copy), what="a server for the copy")[0]
+        assert os.getsid(server.pid) == session.pid
+        assert os.getpgid(server.pid) == server.pid
+    finally:
+        stop(servers(copy))
+
+
 SQUATTER = """import socket, sys
 s = socket.socket(socket.AF_UNIX)
 s.bind("\\0" + sys.argv[1])

@@ -54,6 +54,7 @@ class Job:
     cancel_detail: str = ""
     settled: bool = False
     lease: Lease | None = None
+    reconnects: int = 0  # the connection's reconnects when `msg` was delivered
 
 
 class JobRunner:
@@ -88,14 +89,20 @@ class JobRunner:
                 await self._settle(job, "nak", delay=self.ack_wait / 3)
 
     async def give_back(self, job: Job) -> None:
-        """On a graceful stop: release the request if it is still ours. Once the lease has
-        lapsed the server may have given it to another worker, and a nak would then hand
-        it to a third one while the second still drives the VM (two creates)."""
-        if job.lease is None or job.lease.held():
-            await self.release(job.msg)  # another worker (or a restart) takes it
+        """On a graceful stop: release the request if it is surely still ours. Once the
+        lease has lapsed, or the connection was lost since the delivery (a restarted server
+        redelivers what was pending, heartbeats or not), the server may have given it to
+        another worker, and a nak would then hand it to a third one while the second still
+        drives the VM (two creates)."""
+        if job.lease is not None and not job.lease.held():
+            why = "its lease lapsed"
+        elif self._nc.stats["reconnects"] != job.reconnects:
+            why = "NATS was lost since it was delivered"
         else:
-            log.info("request %s: its lease lapsed, so it is not given back (the server "
-                     "redelivers it)", job.msg.metadata.sequence.stream)
+            await self.release(job.msg)  # another worker (or a restart) takes it
+            return
+        log.info("request %s: %s, so it is not given back (the server redelivers it)",
+                 job.msg.metadata.sequence.stream, why)
 
     async def release(self, msg: Msg) -> None:
         """Give a request back on a graceful stop; recorded first, so that this delivery

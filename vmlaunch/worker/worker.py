@@ -211,11 +211,13 @@ class Worker:
         held = self._held(msg)
         if held is not None:  # AckWait passed while NATS was away: keep the work going
             held.msg = msg  # and ack this newer delivery when done
+            held.reconnects = self._nc.stats["reconnects"]
             await runner.record_release(msg.metadata.sequence.stream)  # not a failure
             log.info("request %s came back while in flight here; continuing it",
                      msg.metadata.sequence.stream)
             return
-        job = Job(msg=msg, deliveries=msg.metadata.num_delivered)
+        job = Job(msg=msg, deliveries=msg.metadata.num_delivered,
+                  reconnects=self._nc.stats["reconnects"])
         task = asyncio.create_task(runner.handle(job), name=f"request-{id(msg)}")
         self._jobs[task] = job
         task.add_done_callback(self._job_done)

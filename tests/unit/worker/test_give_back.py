@@ -62,3 +62,14 @@ async def test_a_request_whose_lease_lapsed_is_not_given_back(bus):
     assert not lapsed.held()
     await runner.give_back(Job(msg, deliveries=1, lease=lapsed))
     assert not await delivered_again(subscription)  # back only after AckWait, by the server
+
+
+async def test_a_request_delivered_before_a_reconnect_is_not_given_back(bus):
+    """A restarted nats-server redelivers what was pending although our heartbeats went on
+    after the reconnect: the chaos test saw a worker's stop nak such a delivery while a
+    second worker drove the VM, and a third created it again."""
+    runner, subscription = bus
+    (msg,) = await subscription.fetch(1, timeout=5)
+    before = runner._nc.stats["reconnects"] - 1  # fetched on the connection before this one
+    await runner.give_back(Job(msg, deliveries=1, lease=Lease(ACK_WAIT), reconnects=before))
+    assert not await delivered_again(subscription)  # back only after AckWait, by the server

@@ -4,8 +4,10 @@ For state files of 10 to 5,000 VMs (the sample file with generated VM blocks) it
 VM update written the old way (a full comment-preserving ruamel round trip of the file) and
 the new way (`StateFile.update` re-rendering only that VM's block in the text it last
 wrote), plus the new way's first write (a full parse, as at start or after another writer
-changed the file). Then the latency from a change to the state file through an idle
-`StateWriter` (events file first, then state file), which no longer waits its 50 ms timer.
+changed the file). Then a new file's first write of every VM at once (the start of a run),
+a full round trip before and one VM's round trip plus text edits now. Then the latency from
+a change to the state file through an idle `StateWriter` (events file first, then state
+file), which no longer waits its 50 ms timer.
 
     .venv/bin/python bench/state_writes.py [--sizes 10,100,500,2000,5000] [--latency 60]
 """
@@ -86,6 +88,24 @@ def per_size(vms: int) -> list[tuple[float, float]]:
     return [old, first, new]
 
 
+def batch(vms: int) -> dict[str, dict[str, object]]:
+    return {f"vm-{n:05d}": {"state": "Creating", "zone": str(1 + n % 3), "attempt": 1,
+                            "last_checked": utc_now_str()} for n in range(vms)}
+
+
+def first_batch(vms: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(wall, CPU) of writing ``vms`` VMs into a new file at once: old round trip, new."""
+    work = Path(tempfile.mkdtemp(prefix="bench-state-"))
+    template = yamledit.STATE_TEMPLATE.format(ts=utc_now_str(), id='"bench"')
+
+    def old(i: int) -> None:
+        statefile._update_file(work / f"old-{i}.yaml", lambda: template,
+                               lambda doc, _blank: yamledit.apply_state(
+                                   doc, batch(vms), None, utc_now_str()))
+
+    return timed(old, 3), timed(lambda i: StateFile(work / f"new-{i}.yaml").update(batch(vms)), 3)
+
+
 async def writer_latency(vms: int, samples: int) -> list[float]:
     """Seconds from ``record()`` on an idle writer to the change being in the state file."""
     path = state_file_of(vms)
@@ -118,6 +138,12 @@ def main() -> None:
         print(f"{vms:>6}", *(f"{w * 1000:>11.1f} / {c * 1000:>6.1f}" for w, c in cells[:2]),
               f"{cells[2][0] * 1000:>7.2f} / {cells[2][1] * 1000:>5.2f}",
               f"{cells[0][1] / cells[2][1]:>14.0f}x")
+    print("\na new file's first write of every VM at once, median ms, wall / CPU")
+    print(f"{'VMs':>6} {'old round trip':>20} {'new':>20} {'speed-up (CPU)':>15}")
+    for vms in (int(size) for size in args.sizes.split(",")):
+        old, new = first_batch(vms)
+        print(f"{vms:>6}", *(f"{w * 1000:>11.1f} / {c * 1000:>6.1f}" for w, c in (old, new)),
+              f"{old[1] / new[1]:>14.0f}x")
     if args.latency:
         took = asyncio.run(writer_latency(500, args.latency))
         p50, p99 = took[len(took) // 2], took[min(len(took) - 1, int(len(took) * 0.99))]

@@ -278,16 +278,19 @@ def event_text(event: Mapping[str, Any]) -> str | None:
     return "".join(lines)
 
 
-def append_events_text(text: str, events: Iterable[Mapping[str, Any]], now: str) -> str | None:
+def append_events_text(text: str, events: Iterable[Mapping[str, Any]], now: str, *,
+                       checked: int = 0) -> str | None:
     """``apply_events`` on the text itself, when ``events:`` is the last top-level key.
 
     A round trip costs ~0.5 ms per existing event; this keeps appends cheap as the log grows.
-    Returns None (use the round trip) for any other layout.
+    Returns None (use the round trip) for any other layout. The first ``checked`` characters
+    are known to be in that layout (our own last text): only what follows is looked at.
     """
     head, sep, body = text.rpartition("\nevents:\n")
     if not sep or not body.startswith("  - ") or not body.endswith("\n"):
         return None
-    if _NOT_IN_LIST.search(body):
+    # From just before the checked part's end, so its last line break is looked at again.
+    if _NOT_IN_LIST.search(body, max(0, checked - len(head) - len(sep) - 1)):
         return None  # another top-level key or a column-0 comment follows the list
     head, count = _LAST_UPDATED_LINE.subn(f'last_updated: "{now}"', head)
     if count != 1:

@@ -463,3 +463,17 @@ def test_yamledit_appends_events_above_trailing_comments_and_keeps_eol_ones(coun
     assert yamledit.dump_text(doc) == (
         'last_updated: "now"\nevents:\n  - a: 1  # eol\n' + added + "# trailing\n\nz: 2\n"
     )
+
+
+def test_an_events_file_changed_by_another_writer_between_our_appends_is_looked_at_again(
+        events_path: Path) -> None:
+    """Our appends look only at what they added last time; text another writer changed (a
+    key added after the list) is looked at whole again, so it goes to the round trip."""
+    ours = EventsFile(events_path)
+    ours.append([make_event("first", "one", timestamp="t1")])
+    ours.append([make_event("second", "two", timestamp="t2")])
+    events_path.write_text(events_path.read_text() + "other: 2\n")
+    ours.append([make_event("third", "three", timestamp="t3")])
+    data = yaml.safe_load(events_path.read_text())
+    assert data["other"] == 2
+    assert [e["action"] for e in data["events"][-3:]] == ["first", "second", "third"]

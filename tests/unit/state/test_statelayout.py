@@ -255,3 +255,28 @@ def test_an_event_with_a_500_vm_change_is_one_line_that_reads_back_the_same():
                                 "message": "x", "vm_states": vms})
     assert text is not None and len(text.splitlines()) == 4
     assert yamledit.load_mapping("events:\n" + text)["events"][0]["vm_states"] == vms
+
+
+def test_a_first_write_of_many_vms_into_a_new_file_round_trips_only_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start of a run writes every VM at once into the template's empty ``vm_states``:
+    one VM goes through ruamel (~1 ms per VM, GIL held), the others are edited into the
+    layout that gives. The file is what the full round trip writes."""
+    path = tmp_path / "state.yaml"
+    path.write_text(yamledit.STATE_TEMPLATE.format(ts="t0", id='"dep"'))
+    vms = {f"vm-{n:03d}": {"state": "Creating", "zone": str(1 + n % 3), "attempt": 1,
+                           "last_error": "quota exceeded" if n % 7 == 0 else "",
+                           "last_checked": "t"} for n in range(60)}
+    expected = round_trip(path.read_text(), vms, "launching")
+    dumped: list[int] = []
+    dump_text = yamledit.dump_text
+
+    def counting_dump(doc: CommentedMap) -> str:
+        dumped.append(len(doc.get("vm_states") or {}))
+        return dump_text(doc)
+
+    monkeypatch.setattr(yamledit, "dump_text", counting_dump)
+    StateFile(path).update(vms, phase="launching")
+    assert path.read_text() == stamped(expected, path)
+    assert max(dumped) == 1, dumped

@@ -1,20 +1,24 @@
 """Self-tests of what keeps the simulator cheap per call without changing what it shows: the
-per-call counters in their own file, and `-o json` written byte for byte as json.dumps would.
+per-call counters in their own file, `-o json` written byte for byte as json.dumps would, and
+azure-cli's `resourceGroup` added as its recursive walk adds it.
 Real `scripts/az-sim` subprocesses, as in tests/sim/test_az_sim.py.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import REPO
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_az_sim import RG, sim_fixture  # noqa: F401 (the fixture `sim`)
 
 sys.path.insert(0, str(REPO / "scripts"))
-from azsim.output import format_output
+from azsim.output import add_resource_group, format_output
 from azsim.query import OrderedHash
 
 pytestmark = pytest.mark.timeout(60)
@@ -111,3 +115,38 @@ def test_a_listed_fleet_prints_exactly_as_json_dumps_would(sim):
     assert listed.stdout == knack_json(json.loads(listed.stdout))
     shown = sim.run("vm", "get-instance-view", "-g", RG, "-n", "vm1")
     assert shown.stdout == knack_json(json.loads(shown.stdout))
+
+
+def azure_cli_adds_resource_group(obj) -> None:
+    """azure-cli's own walk (knack's result transform), written plainly: the reference."""
+    if isinstance(obj, dict):
+        if isinstance(obj.get("id"), str) and "resourcegroup" not in (k.lower() for k in obj):
+            parts = obj["id"].split("/")
+            lowered = [p.lower() for p in parts]
+            if "resourcegroups" in lowered and lowered.index("resourcegroups") + 1 < len(parts):
+                obj["resourceGroup"] = parts[lowered.index("resourcegroups") + 1]
+        values = list(obj.values())
+    else:
+        values = obj if isinstance(obj, list) else []
+    for value in values:
+        azure_cli_adds_resource_group(value)
+
+
+IDS = st.sampled_from([
+    "/subscriptions/s/resourceGroups/rg-1/providers/x/vm-1", "/subscriptions/s/RESOURCEGROUPS/Rg",
+    "/subscriptions/s/resourceGroups", "/subscriptions/s/resourceGroups//x", "no-slashes",
+    "resourcegroups/first/resourceGroups/second", "/a/resourcegroupsX/b", ""])
+TREES = st.recursive(
+    st.none() | st.integers() | IDS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["id", "name", "ResourceGroup", "nested", "items"]), inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(tree=TREES)
+def test_resource_group_is_added_exactly_where_azure_cli_adds_it(tree) -> None:
+    expected, ours = copy.deepcopy(tree), copy.deepcopy(tree)
+    azure_cli_adds_resource_group(expected)
+    add_resource_group(ours)
+    assert ours == expected

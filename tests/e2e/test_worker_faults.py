@@ -90,7 +90,10 @@ async def test_redeliveries_to_a_holder_whose_work_went_on_are_not_failures(
     async with Bus(nats_server.url) as bus, running(nats_server.url, az_sim, tmp_path) as w:
         w.start("a", *args, ack_wait=1.0)
         await bus.request(spec("vm-frozen"))
-        await bus.wait_for_event("vm-frozen", "creating")
+        # Its PUT in Azure, not only the "creating" event: a freeze before the PUT fences
+        # the create (the lease lapsed), and the next worker would create it itself.
+        await async_wait_until(lambda: "vm-frozen" in az_sim.state()["vms"], timeout=30,
+                               message="the create to reach Azure")
 
         def comebacks() -> int:
             return w.log("a").count("came back while in flight")

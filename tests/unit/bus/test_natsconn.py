@@ -6,7 +6,9 @@ import asyncio
 import signal
 import socket
 
+import psutil
 import pytest
+from conftest import async_wait_until
 
 from vmlaunch.bus.connection import (
     EVENTS_STREAM,
@@ -72,6 +74,10 @@ async def test_a_round_trip_that_times_out_leaves_the_connection_alone(nats_serv
     try:
         nats_server.process.send_signal(signal.SIGSTOP)
         try:
+            # Stopped for sure before the ping: under load a server still running answers it.
+            await async_wait_until(lambda: psutil.Process(nats_server.process.pid).status()
+                                   == psutil.STATUS_STOPPED, timeout=10,
+                                   message="nats-server to stop")
             with pytest.raises(TimeoutError):
                 await round_trip(nc, 0.3)
         finally:

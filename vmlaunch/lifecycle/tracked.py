@@ -38,6 +38,9 @@ TRACK_INTERVAL = 2.0  # seconds between two listings of a group (`--track-interv
 # (processes are bounded per machine, writes by the budget), so this bounds memory only.
 FOLLOWED_AT_ONCE = 256
 LIST_TIMEOUT = 300.0
+# At close, how long a listing in flight may finish: a read killed half way gains nothing,
+# and Azure would count a call we never saw the end of.
+CLOSE_WAIT = 2.0
 SUBMIT_TIMEOUT = 600.0  # validation and the PUT: seconds, never the create itself
 # Real ARM may list a just-submitted VM only once its deployment reaches it: absent this
 # long after the submit is "not yet", not "gone".
@@ -267,9 +270,14 @@ class Tracked:
         return seen if shown.unknown else shown
 
     async def close(self) -> None:
-        """End the listings (they end on their own once nobody waits)."""
+        """End the listings: they end on their own once nobody waits, so one in flight is
+        let finish for up to CLOSE_WAIT, then cancelled."""
+        trackers = (*self.groups.values(), *self.addresses.values())
+        running = [*self.paired, *(t.task for t in trackers if t.task is not None)]
+        if running:
+            await asyncio.wait(running, timeout=CLOSE_WAIT)
         for paired in list(self.paired):
             paired.cancel()
         await asyncio.gather(*self.paired, return_exceptions=True)
-        for tracker in (*self.groups.values(), *self.addresses.values()):
+        for tracker in trackers:
             await tracker.close()

@@ -83,6 +83,8 @@ class GroupTracker:
         """Lists while anyone waits (then ends), at most once per interval."""
         while self.waiting:
             await asyncio.sleep(max(0.0, self.next_at - time.monotonic()))  # others ask too
+            if not self.waiting:
+                break  # its readers left during the sleep: no listing nobody reads
             await self.listing()
 
     async def listing(self) -> None:
@@ -273,11 +275,14 @@ class Tracked:
         """End the listings: they end on their own once nobody waits, so one in flight is
         let finish for up to CLOSE_WAIT, then cancelled."""
         trackers = (*self.groups.values(), *self.addresses.values())
-        running = [*self.paired, *(t.task for t in trackers if t.task is not None)]
-        if running:
-            await asyncio.wait(running, timeout=CLOSE_WAIT)
-        for paired in list(self.paired):
-            paired.cancel()
-        await asyncio.gather(*self.paired, return_exceptions=True)
-        for tracker in trackers:
-            await tracker.close()
+        running = [*self.paired, *(t.task for t in trackers
+                                   if t.task is not None and t.running.locked())]
+        try:
+            if running:
+                await asyncio.wait(running, timeout=CLOSE_WAIT)
+        finally:  # cancelled meanwhile too: nothing is left running
+            for paired in list(self.paired):
+                paired.cancel()
+            await asyncio.gather(*self.paired, return_exceptions=True)
+            for tracker in trackers:
+                await tracker.close()

@@ -94,15 +94,24 @@ class JobRunner:
         redelivers what was pending, heartbeats or not), the server may have given it to
         another worker, and a nak would then hand it to a third one while the second still
         drives the VM (two creates)."""
+        seq = job.msg.metadata.sequence.stream
         if job.lease is not None and not job.lease.held():
             why = "its lease lapsed"
-        elif self._nc.stats["reconnects"] != job.reconnects:
+        elif not self._on_delivery_connection(job):
             why = "NATS was lost since it was delivered"
         else:
-            await self.release(job.msg)  # another worker (or a restart) takes it
-            return
+            await self.record_release(seq)
+            # Again after the record's round trips: nats-py buffers a nak sent while it
+            # reconnects and counts the reconnect only once it is back.
+            if self._on_delivery_connection(job):
+                await self.settle(job.msg, "nak")  # another worker (or a restart) takes it
+                return
+            why = "NATS was lost while it was given back"
         log.info("request %s: %s, so it is not given back (the server redelivers it)",
-                 job.msg.metadata.sequence.stream, why)
+                 seq, why)
+
+    def _on_delivery_connection(self, job: Job) -> bool:
+        return self._nc.is_connected and self._nc.stats["reconnects"] == job.reconnects
 
     async def release(self, msg: Msg) -> None:
         """Give a request back on a graceful stop; recorded first, so that this delivery

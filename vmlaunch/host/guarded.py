@@ -4,7 +4,7 @@ The guard is started on first use by a thread of our own that lives as long as w
 kernel's parent-death signal follows the thread that forked, not the process) and that
 reads the guard's replies, handing each exit code to the event loop of the call it ends.
 A call's output comes back through pipes we create and read ourselves. If the guard is
-lost (it never is, short of a SIGKILL), its calls end with exit code -1 and the next call
+lost (it never is, short of a SIGKILL), its calls end with exit code NOT_RUN (-1) and the next call
 starts another guard.
 """
 
@@ -24,10 +24,11 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmlaunch.host.procguard import NOT_RUN
+
 log = logging.getLogger("procs")
 
 _GUARD = str(Path(__file__).with_name("procguard.py"))
-LOST = -1  # the exit code of a call whose guard ended under it
 
 
 @dataclass
@@ -100,7 +101,7 @@ class Guard:
         with self._lock:
             keys = list(self._waiting)
         for key in keys:
-            self._settle(key, LOST)
+            self._settle(key, NOT_RUN)
 
     def _receive(self) -> tuple | None:
         try:
@@ -143,7 +144,7 @@ class Guard:
             os.close(out_w)
             os.close(err_w)
         if not sent or not self.alive:
-            self._settle(key, LOST)
+            self._settle(key, NOT_RUN)
         return Call(self, key, exited, _Output(loop, out_r), _Output(loop, err_r))
 
 

@@ -44,7 +44,7 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _TICK = 0.02  # how often a group that is being ended is looked at again
 _STUCK = 2.0  # after the grace: a process stuck in the kernel must not hang the guard
 _MAX_MESSAGE = 1 << 20
-NOT_RUN = -1  # the exit code of a call the guard could not start
+NOT_RUN = -1  # the exit code of a call the guard could not start (or was lost under)
 
 
 def on_parent_death(sig: int, parent: int) -> bool:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from vmlaunch.host import guarded
-from vmlaunch.host.procguard import on_parent_death
+from vmlaunch.host.procguard import NOT_RUN, on_parent_death
 
 log = logging.getLogger("procs")
 
@@ -129,7 +129,7 @@ async def run_process(argv: list[str], *, timeout: float | None = None,
         await asyncio.shield(call.stop(grace=kill_grace))
         if isinstance(exc, asyncio.CancelledError):
             raise
-        code = call.exited.result() if call.exited.done() else guarded.LOST
+        code = call.exited.result() if call.exited.done() else NOT_RUN
         out, err, timed_out = b"", b"", True
     else:
         out, err = await call.output(wait=kill_grace)

@@ -1,4 +1,5 @@
-"""Read and update state/deployment-state.yaml and state/deployment-events.yaml.
+"""Read and update state/deployment-state.yaml and state/deployment-events.yaml (the
+events log's writer, ``eventsfile.EventsFile``, builds on ``YamlFile`` here).
 
 The files are shared with the legacy bash scripts, so edits go through ``yamledit``, which
 keeps comments, blank lines, unknown keys, key order and quoting (``layout`` does the same
@@ -16,7 +17,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from vmlaunch.state.shape import (
 )
 
 # Readers and writers of the files take these from here; `shape` owns them.
-__all__ = ["MAX_GENERATION", "TIME_FORMAT", "VM_STATES", "EventsFile", "LoadedState",
+__all__ = ["MAX_GENERATION", "TIME_FORMAT", "VM_STATES", "LoadedState",
            "StateFile", "StateFileError", "check_events", "check_state", "load_state",
            "make_event", "read_events", "read_state", "rebuild", "utc_now_str", "vm_fields"]
 
@@ -180,7 +181,7 @@ def _read_plain_text(path: Path, text: str) -> Any:
 # --- synchronous API --------------------------------------------------------------------------
 
 
-class _YamlFile:
+class YamlFile:
     def __init__(self, path: str | os.PathLike[str], *, deployment_id: str | None = None) -> None:
         self.path = Path(path)
         self.deployment_id = deployment_id  # only used when the file has to be created
@@ -197,7 +198,7 @@ class _YamlFile:
         self.rewrites += 1
 
 
-class StateFile(_YamlFile):
+class StateFile(YamlFile):
     """``deployment-state.yaml``: one locked, atomic read-modify-write per call.
 
     With ``events_path``, a truncated file (see ``lost_content``) gets its ``vm_states``
@@ -286,39 +287,3 @@ class StateFile(_YamlFile):
             yamledit.apply_state(doc, checked, None, utc_now_str())
 
         self._update(yamledit.STATE_TEMPLATE, mutate)
-
-
-class EventsFile(_YamlFile):
-    """``deployment-events.yaml``: appends events under the lock, atomically."""
-
-    def read(self) -> list[dict[str, Any]]:
-        return read_events(self.path)
-
-    def __init__(self, path: str | os.PathLike[str], *, deployment_id: str | None = None) -> None:
-        super().__init__(path, deployment_id=deployment_id)
-        # The text this object last wrote by appending, and how much of it had been looked at.
-        self._written: tuple[str, int] | None = None
-
-    def append(self, events: Iterable[Mapping[str, Any]]) -> None:
-        """Append events ({timestamp, action, message[, event_id]}; see ``make_event``)."""
-        items = [{"timestamp": utc_now_str(), **event} for event in events]
-        if not items:
-            return
-        now = utc_now_str()
-
-        def edit(text: str) -> str | None:
-            # Only what we appended last gets a look at its layout: the log grows by every
-            # event, and a look at all of it cost ~12 ms an append at 500 VMs (~350 kB).
-            written, checked = self._written or ("", 0)
-            new = yamledit.append_events_text(text, items, now,
-                                              checked=checked if text == written else 0)
-            self._written = None if new is None else (new, len(text))
-            return new
-
-        self._update(
-            yamledit.EVENTS_TEMPLATE,
-            lambda doc, _blank: yamledit.apply_events(doc, items, now),
-            edit_text=edit,
-            # A new file's first event must not be later than the events queued before it.
-            created=min(item["timestamp"] for item in items),
-        )

@@ -23,9 +23,9 @@ from typing import Any
 
 from vmlaunch.errors import ExitCode, StateError
 from vmlaunch.schema.messages import Message
+from vmlaunch.state.eventsfile import EventsFile
 from vmlaunch.state.reducer import Change, DeploymentView, Event
 from vmlaunch.state.statefile import (
-    EventsFile,
     StateFile,
     StateFileError,
     make_event,

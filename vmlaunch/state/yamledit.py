@@ -280,12 +280,9 @@ def event_text(event: Mapping[str, Any]) -> str | None:
 
 def append_events_text(text: str, events: Iterable[Mapping[str, Any]], now: str, *,
                        checked: int = 0) -> str | None:
-    """``apply_events`` on the text itself, when ``events:`` is the last top-level key.
-
-    A round trip costs ~0.5 ms per existing event; this keeps appends cheap as the log grows.
-    Returns None (use the round trip) for any other layout. The first ``checked`` characters
-    are known to be in that layout (our own last text): only what follows is looked at.
-    """
+    """``apply_events`` on the text itself when ``events:`` is the last top-level key (a
+    round trip costs ~0.5 ms per event); None (round-trip) for any other layout. The first
+    ``checked`` characters are known to be in that layout: only what follows is looked at."""
     head, sep, body = text.rpartition("\nevents:\n")
     if not sep or not body.startswith("  - ") or not body.endswith("\n"):
         return None

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
 from vmlaunch.state import statefile, yamledit
+from vmlaunch.state.eventsfile import EventsFile
 from vmlaunch.state.statefile import (
-    EventsFile,
     StateFile,
     StateFileError,
     make_event,
@@ -293,7 +293,8 @@ def test_utc_now_str_uses_the_files_timestamp_format() -> None:
 
 WORKER = """
 import sys
-from vmlaunch.state.statefile import EventsFile, StateFile
+from vmlaunch.state.eventsfile import EventsFile
+from vmlaunch.state.statefile import StateFile
 state, events, proc, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 for i in range(rounds):
     for vm in range(2):

@@ -194,8 +194,9 @@ def sim_state(store: StateStore, scn: Scenario) -> dict:
     return {"vms": vms, "create_counts": st["create_counts"],
             "create_attempts": st["create_attempts"],
             "succeeded_at": {k: v for k, v in succeeded.items() if v},
-            "calls": counted["calls"], "nics": st["nics"], "public_ips": st["public_ips"],
-            "disks": st["disks"], "throttled_calls_seen": counted["throttle_seen"],
+            "calls": counted["calls"], "nics": dict(st["nics"]),
+            "public_ips": dict(st["public_ips"]), "disks": dict(st["disks"]),
+            "throttled_calls_seen": counted["throttle_seen"],
             "fault_calls_seen": counted["fault_calls_seen"],
             "faults_injected": counted["faults_injected"],
             "put_vm_budget": budget_view(st, scn, t), "now": t}

@@ -21,7 +21,7 @@ def add_resource_group(obj) -> None:
         node = stack.pop()
         if type(node) is dict:
             ident = node.get("id")
-            if type(ident) is str and not any(k.lower() == "resourcegroup" for k in node) and (
+            if type(ident) is str and "resourcegroup" not in map(str.lower, node) and (
                     found := _RESOURCE_GROUP.search(ident)):
                 node["resourceGroup"] = found.group(1)
             node = node.values()

@@ -1,6 +1,7 @@
 """Self-tests of what keeps the simulator cheap per call without changing what it shows: the
-per-call counters in their own file, `-o json` written byte for byte as json.dumps would, and
-azure-cli's `resourceGroup` added as its recursive walk adds it.
+per-call counters in their own file, each record of the state decoded only when a call reads
+it, `-o json` written byte for byte as json.dumps would, and azure-cli's `resourceGroup` added
+as its recursive walk adds it.
 Real `scripts/az-sim` subprocesses, as in tests/sim/test_az_sim.py.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import marshal
 import sys
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from test_az_sim import RG, sim_fixture  # noqa: F401 (the fixture `sim`)
 sys.path.insert(0, str(REPO / "scripts"))
 from azsim.output import add_resource_group, format_output
 from azsim.query import OrderedHash
+from azsim.state import StateStore, materialize
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,6 +80,47 @@ def test_sim_reset_clears_the_counters_too(sim):
     assert (state["calls"], state["throttled_calls_seen"], state["fault_calls_seen"],
             state["faults_injected"]) == ({}, 0, 0, {})
     assert sim.run("vm", "list", "-g", RG).returncode == 1  # the throttle's window starts over
+
+
+# ---------------------------------------------------------------- records decoded on use
+
+
+def packed_vms(path: Path) -> dict:
+    return marshal.loads(path.read_bytes())["vms"]
+
+
+def test_a_transaction_decodes_and_rewrites_only_the_records_it_reads(tmp_path):
+    path = tmp_path / "state"
+    store = StateStore(str(path))
+    with store.transaction() as state:
+        state["vms"].update(a={"name": "a"}, b={"name": "b"})
+    raw = packed_vms(path)
+    raw["b"] = (None, b"not marshal")  # decoding b now would fail the transaction
+    path.write_bytes(marshal.dumps({**marshal.loads(path.read_bytes()), "vms": raw}))
+    with store.transaction() as state:
+        state["vms"]["a"]["size"] = "big"  # changed in place
+        state["vms"]["c"] = {"name": "c"}
+    after = packed_vms(path)
+    assert after["b"] == (None, b"not marshal")
+    assert marshal.loads(after["a"][1]) == {"name": "a", "size": "big"}
+    assert list(after) == ["a", "b", "c"]
+    with store.transaction() as state:
+        del state["vms"]["b"]
+    assert StateStore(str(path)).read()["vms"] == {"a": {"name": "a", "size": "big"},
+                                                   "c": {"name": "c"}}
+
+
+def test_a_vm_is_removed_once_gone_whether_or_not_its_record_was_read(tmp_path):
+    store = StateStore(str(tmp_path / "state"))
+    with store.transaction() as state:
+        for name, gone in (("early", 10.0), ("late", 30.0), ("kept", None)):
+            state["vms"][name] = {"name": name, "gone_at": gone, "nic": f"{name}-nic",
+                                  "os_disk": f"{name}-disk", "nic_delete_option": "Delete",
+                                  "os_disk_delete_option": "Delete"}
+    state = store.read()
+    state["vms"]["late"]["gone_at"] = 15.0  # read, and changed in place since it was stored
+    assert sorted(materialize(state, 20.0)["vms"]) == ["kept"]
+    assert sorted(materialize(store.read(), 20.0)["vms"]) == ["kept", "late"]
 
 
 # ---------------------------------------------------------------- -o json, byte for byte

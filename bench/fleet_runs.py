@@ -1,9 +1,9 @@
 """One run of the fleet bench: a fresh simulator, a plan of N VMs, one mode, measured.
 
 Modes: `nats` (`orchestrator.py deploy`, embedded NATS and workers), `poll`
-(`deploy --legacy-poll`), `bash` (fleet_bash.py). Every `az` call goes through a small
-wrapper that appends its time and argv to a log before it execs the simulator, so the
-estimated ARM GETs can tell `vm list` from `vm list -d`.
+(`deploy --legacy-poll`), `bash` (fleet_bash.py). The simulator appends every `az` call's
+time and argv to a log (AZ_SIM_CALL_LOG), so the estimated ARM GETs can tell `vm list` from
+`vm list -d`.
 """
 
 from __future__ import annotations
@@ -100,12 +100,9 @@ def workspace(spec: RunSpec) -> tuple[Path, dict]:
     work = Path(tempfile.mkdtemp(prefix=f"bench-{spec.label}-"))
     (work / "plan.yaml").write_text(yaml.safe_dump(plan(spec)))
     (work / "scenario.json").write_text(json.dumps(scenario(spec)))
-    wrapper = work / "az-sim-logged"
-    wrapper.write_text('#!/bin/bash\nprintf \'%s %s\\n\' "$EPOCHREALTIME" "$*" >> '
-                       f'"{work}/az.log"\nexec "{AZ_SIM}" "$@"\n')
-    wrapper.chmod(0o755)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "AZ_CLI": str(wrapper), "AZ_SIM_STATE": str(work / "sim-state"),
+           "AZ_CLI": str(AZ_SIM), "AZ_SIM_CALL_LOG": str(work / "az.log"),
+           "AZ_SIM_STATE": str(work / "sim-state"),
            "AZ_SIM_SCENARIO": str(work / "scenario.json")}
     for name in ("NATS_URL", "VMLAUNCH_NATS_URL", "VMLAUNCH_LEGACY_POLL"):
         env.pop(name, None)

@@ -11,6 +11,7 @@ import copy
 import json
 import marshal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,19 @@ def test_resource_group_is_added_exactly_where_azure_cli_adds_it(tree) -> None:
     azure_cli_adds_resource_group(expected)
     add_resource_group(ours)
     assert ours == expected
+
+
+# ---------------------------------------------------------------- the call log
+
+
+def test_each_call_is_logged_with_its_time_and_argv_when_asked(sim, tmp_path):
+    log = tmp_path / "calls.log"
+    sim.env["AZ_SIM_CALL_LOG"] = str(log)
+    before = time.time()
+    assert sim.create("a").returncode == 0
+    assert sim.run("vm", "show", "-g", RG, "-n", "nope").returncode == 3
+    lines = [line.split(" ", 1) for line in log.read_text().splitlines()]
+    assert [argv for _, argv in lines] == [f"vm create -g {RG} -n a --image Ubuntu2204",
+                                           f"vm show -g {RG} -n nope"]
+    assert before <= float(lines[0][0]) <= float(lines[1][0]) <= time.time()
+    assert log.stat().st_mode & 0o777 == 0o600

@@ -74,6 +74,16 @@ def run_lock(path: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the flock
 
 
+class NotDurable(OSError):
+    """The new text replaced the file (readers see it), but the directory's fsync failed: a
+    crash may still bring the old file back."""
+
+
+# fsync of a directory on a filesystem that cannot sync one (some FUSE and network mounts):
+# the rename is as durable as that filesystem makes it, and no retry would do better.
+CANNOT_SYNC_DIRECTORY = frozenset({errno.EINVAL, errno.ENOTSUP})
+
+
 def rewrite(path: Path, new_text: Callable[[str | None], str]) -> None:
     """Locked read-modify-write: ``new_text(current text or None)`` replaces the file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,8 +120,17 @@ def _atomic_write(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    sync_directory(path)  # make the rename itself durable
+
+
+def sync_directory(path: Path) -> None:
+    """fsync the directory of ``path``; NotDurable if that fails."""
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)  # make the rename itself durable
+        os.fsync(dir_fd)
+    except OSError as exc:
+        if exc.errno not in CANNOT_SYNC_DIRECTORY:
+            raise NotDurable(exc.errno, f"{exc.strerror}: {path} was replaced, but its "
+                             "directory's fsync failed") from exc
     finally:
         os.close(dir_fd)

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmlaunch.errors import ExitCode, StateError
+from vmlaunch.host import atomicfile
+from vmlaunch.host.atomicfile import NotDurable
 from vmlaunch.schema.messages import Message
 from vmlaunch.state.eventsfile import EventsFile
 from vmlaunch.state.reducer import Change, DeploymentView, Event
@@ -90,6 +92,7 @@ class StateWriter:
         self.failure: WriteFailed | None = None  # the last write's failure, until one succeeds
         self.on_broken = on_broken  # called once writes have failed for give_up_after s
         self._gave_up = False
+        self._events_unsynced = False  # appended, but its directory's fsync failed
         self._pending = _Pending()
         self._last_write_at = float("-inf")  # when the last write began (loop time)
         self._dirty = asyncio.Event()
@@ -148,7 +151,7 @@ class StateWriter:
         async with self._flush_lock:
             pending, self._pending = self._pending, _Pending()
             self._dirty.clear()
-            if not pending:
+            if not pending and not self._events_unsynced:
                 return
             self._last_write_at = asyncio.get_running_loop().time()
             try:
@@ -215,9 +218,16 @@ class StateWriter:
         # writes, the state file is behind (the VM looks unfinished and is followed again),
         # never ahead with its events missing. Once appended, the events are done: a retry
         # after a failed state write must not append them again.
-        if pending.events:
+        if pending.events or self._events_unsynced:
             try:
-                self.events_file.append(pending.events)
+                if self._events_unsynced:
+                    atomicfile.sync_directory(self.events_file.path)
+                    self._events_unsynced = False
+                if pending.events:
+                    self.events_file.append(pending.events)
+            except NotDurable as exc:  # appended all the same: only the sync is retried
+                pending.events, self._events_unsynced = [], True
+                raise WriteFailed(self.events_file.path, exc) from exc
             except Exception as exc:  # an OS error, a file made unusable, anything: retried
                 raise WriteFailed(self.events_file.path, exc) from exc
             pending.events = []

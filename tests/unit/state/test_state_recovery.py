@@ -6,6 +6,7 @@ run as root, where chmod does not stop writes).
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -170,3 +171,57 @@ async def test_new_files_are_0600_and_an_existing_files_mode_is_kept(
     async with StateWriter(state, events) as writer:
         writer.set_phase("vms_ready")
     assert stat.S_IMODE(state.stat().st_mode) == 0o640
+
+
+def failing_directory_fsync(monkeypatch: pytest.MonkeyPatch, error: int) -> list[int]:
+    """os.fsync fails with `error` for a directory, as on a failing disk (EIO) or on a
+    filesystem that cannot sync one (EINVAL). No local filesystem here does either, so this
+    one OS call is replaced; every file is real. Returns the failures, one per call."""
+    real, failed = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            failed.append(error)
+            raise OSError(error, os.strerror(error))
+        real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    return failed
+
+
+@pytest.mark.parametrize("apart", [False, True], ids=["one-directory", "events-elsewhere"])
+async def test_events_in_place_before_their_directory_failed_to_sync_are_not_appended_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, apart: bool) -> None:
+    state = tmp_path / "state" / "deployment-state.yaml"
+    events = tmp_path / ("log" if apart else "state") / "deployment-events.yaml"
+    async with StateWriter(state, events, deployment_id="dep-1", delay=10) as writer:
+        writer.update_vm("vm-1", state="Creating")
+        await writer.flush()  # both directories exist
+        failed = failing_directory_fsync(monkeypatch, errno.EIO)
+        writer.append_event("vm_creation_started", "go vm-1", event_id="e1")
+        writer.update_vm("vm-1", state="Succeeded")
+        for _ in range(3):
+            with pytest.raises(WriteFailed, match="directory's fsync failed"):
+                await writer.flush()
+        synced = len(failed)
+        monkeypatch.undo()  # the disk is back
+        fsyncs = []
+        monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(os.fstat(fd).st_ino))
+        await writer.flush()
+        monkeypatch.undo()
+    assert synced >= 3
+    assert [e.get("event_id") for e in read_events(events)].count("e1") == 1
+    assert read_state(state)["vm_states"]["vm-1"]["state"] == "Succeeded"
+    assert events.parent.stat().st_ino in fsyncs  # the events' directory, synced at last
+
+
+async def test_a_filesystem_that_cannot_sync_a_directory_is_written_to_all_the_same(
+        paths: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    state, events = paths
+    failed = failing_directory_fsync(monkeypatch, errno.EINVAL)
+    async with StateWriter(state, events, deployment_id="dep-1", delay=10) as writer:
+        writer.update_vm("vm-1", state="Creating")
+        writer.append_event("vm_creation_started", "go vm-1", event_id="e1")
+        await writer.flush()
+    assert failed and writer.failure is None
+    assert [e.get("event_id") for e in read_events(events)].count("e1") == 1
+    assert read_state(state)["vm_states"]["vm-1"]["state"] == "Creating"

@@ -124,13 +124,14 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def sync_directory(path: Path) -> None:
-    """fsync the directory of ``path``; NotDurable if that fails."""
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    """fsync the directory of ``path``; NotDurable if that fails, opening it included."""
     try:
-        os.fsync(dir_fd)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     except OSError as exc:
         if exc.errno not in CANNOT_SYNC_DIRECTORY:
             raise NotDurable(exc.errno, f"{exc.strerror}: {path} was replaced, but its "
                              "directory's fsync failed") from exc
-    finally:
-        os.close(dir_fd)

@@ -220,13 +220,14 @@ class StateWriter:
         # after a failed state write must not append them again.
         if pending.events or self._events_unsynced:
             try:
-                if self._events_unsynced:
-                    atomicfile.sync_directory(self.events_file.path)
-                    self._events_unsynced = False
-                if pending.events:
+                if pending.events:  # its sync of the directory covers an earlier rename too
                     self.events_file.append(pending.events)
-            except NotDurable as exc:  # appended all the same: only the sync is retried
-                pending.events, self._events_unsynced = [], True
+                else:
+                    atomicfile.sync_directory(self.events_file.path)
+                self._events_unsynced = False
+            except NotDurable as exc:
+                if pending.events:  # appended all the same: only the sync is retried
+                    pending.events, self._events_unsynced = [], True
                 raise WriteFailed(self.events_file.path, exc) from exc
             except Exception as exc:  # an OS error, a file made unusable, anything: retried
                 raise WriteFailed(self.events_file.path, exc) from exc

@@ -225,3 +225,46 @@ async def test_a_filesystem_that_cannot_sync_a_directory_is_written_to_all_the_s
     assert failed and writer.failure is None
     assert [e.get("event_id") for e in read_events(events)].count("e1") == 1
     assert read_state(state)["vm_states"]["vm-1"]["state"] == "Creating"
+
+
+async def test_events_queued_while_their_directory_still_fails_to_sync_are_not_lost(
+        paths: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    state, events = paths
+    async with StateWriter(state, events, deployment_id="dep-1", delay=10) as writer:
+        writer.update_vm("vm-1", state="Creating")
+        await writer.flush()
+        failing_directory_fsync(monkeypatch, errno.EIO)
+        writer.append_event("vm_creation_started", "go vm-1", event_id="e1")
+        with pytest.raises(WriteFailed):
+            await writer.flush()  # e1 in the file; its directory not synced
+        writer.record("vm-1", {"state": "Succeeded"}, [("vm_ready", "vm-1 ready")],
+                      event_id="e2")
+        with pytest.raises(WriteFailed):
+            await writer.flush()  # the directory still fails: e2 must stay queued
+        monkeypatch.undo()
+    ids = [e.get("event_id") for e in read_events(events)]
+    assert (ids.count("e1"), ids.count("e2")) == (1, 1)
+    assert read_state(state)["vm_states"]["vm-1"]["state"] == "Succeeded"
+
+
+async def test_a_directory_that_cannot_be_opened_after_the_rename_appends_nothing_twice(
+        paths: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    state, events = paths
+    real_open, refused = os.open, []
+
+    def open_(path, flags, *args, **kwargs):  # out of descriptors, only for the directory
+        if flags & os.O_ACCMODE == os.O_RDONLY and os.path.isdir(path):
+            refused.append(path)
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_open(path, flags, *args, **kwargs)
+    async with StateWriter(state, events, deployment_id="dep-1", delay=10) as writer:
+        writer.update_vm("vm-1", state="Creating")
+        await writer.flush()
+        monkeypatch.setattr(os, "open", open_)
+        writer.append_event("vm_creation_started", "go vm-1", event_id="e1")
+        for _ in range(3):
+            with pytest.raises(WriteFailed, match="directory's fsync failed"):
+                await writer.flush()
+        monkeypatch.undo()
+    assert refused
+    assert [e.get("event_id") for e in read_events(events)].count("e1") == 1

@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import json
 import marshal
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,7 +20,7 @@ import pytest
 from conftest import REPO
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_az_sim import RG, sim_fixture  # noqa: F401 (the fixture `sim`)
+from test_az_sim import AZ_SIM, RG, sim_fixture  # noqa: F401 (the fixture `sim`)
 
 sys.path.insert(0, str(REPO / "scripts"))
 from azsim.output import add_resource_group, format_output
@@ -211,3 +213,33 @@ def test_each_call_is_logged_with_its_time_and_argv_when_asked(sim, tmp_path):
                                            f"vm show -g {RG} -n nope"]
     assert before <= float(lines[0][0]) <= float(lines[1][0]) <= time.time()
     assert log.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_state_file_written_before_records_were_packed_is_read_as_it_was(sim):
+    assert sim.create("a").returncode == 0
+    state = marshal.loads(sim.state_path.read_bytes())
+    for kind in ("vms", "nics", "public_ips", "disks"):  # each record as a plain mapping
+        state[kind] = {name: marshal.loads(raw) for name, (_, raw) in state[kind].items()}
+    sim.state_path.write_bytes(marshal.dumps(state))
+    assert sim.ok("vm", "show", "-g", RG, "-n", "a")["name"] == "a"
+    assert sim.create("b").returncode == 0
+    assert sorted(vm["name"] for vm in sim.ok("vm", "list", "-g", RG)) == ["a", "b"]
+    assert sorted(sim.state()["vms"]) == ["a", "b"]
+
+
+def test_a_call_log_that_cannot_be_written_is_a_warning_and_the_call_runs(sim, tmp_path):
+    sim.env["AZ_SIM_CALL_LOG"] = str(tmp_path / "no-such-dir" / "calls.log")
+    done = sim.run("vm", "show", "-g", RG, "-n", "nope")
+    assert done.returncode == 3 and "ResourceNotFound" in done.stderr
+    assert "WARNING: az-sim: cannot write AZ_SIM_CALL_LOG" in done.stderr
+
+
+def test_a_logged_argument_stays_on_its_line_whatever_its_bytes(sim, tmp_path):
+    log = tmp_path / "calls.log"
+    sim.env["AZ_SIM_CALL_LOG"] = str(log)
+    odd = os.fsdecode(b"x\xff\ny")  # not UTF-8, and a newline
+    done = subprocess.run([str(AZ_SIM), "vm", "show", "-g", RG, "-n", odd], env=sim.env,
+                          capture_output=True, timeout=20)
+    assert done.returncode == 3, done.stderr
+    lines = log.read_bytes().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(b"vm show -g " + RG.encode() + b" -n x\xff\\ny")

@@ -150,6 +150,8 @@ def _stats() -> dict[int, tuple[int, int, int]]:
                 fields = f.read().rsplit(b")", 1)[1].split()  # after the command's name
         except OSError:
             continue
+        if fields[0] == b"Z":  # ended, not reaped yet: not running, as psutil counted
+            continue
         found[int(entry.name)] = (int(fields[1]), int(fields[19]), int(fields[21]) * PAGE)
     return found
 
@@ -177,7 +179,8 @@ def _kind(pid: int) -> str | None:
 def _sample(root: int, ready: Event, stop: Event, out: multiprocessing.Queue) -> None:
     peak_rss: dict[str, int] = {}
     peak_az, peak_az_rss = 0, 0
-    known_az: set[tuple[int, int]] = set()  # (pid, start time): az execs nothing more
+    known_az: set[tuple[int, int]] = set()  # (pid, start time): stays az (AZ_SIM_SERVER=0's
+    #                                          exec runs the call in the same process)
     ready.set()
     while not stop.is_set():
         az, az_rss, stats = 0, 0, _stats()

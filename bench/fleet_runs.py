@@ -149,13 +149,14 @@ def run_bash(spec: RunSpec, work: Path, env: dict) -> tuple[int, dict[str, float
 
 
 def sim_state(env: dict) -> dict:
-    return json.loads(subprocess.run([str(AZ_SIM), "sim", "state"], env=env,
+    quiet = {k: v for k, v in env.items() if k != "AZ_SIM_CALL_LOG"}  # not the tool's call
+    return json.loads(subprocess.run([str(AZ_SIM), "sim", "state"], env=quiet,
                                      capture_output=True, text=True, check=True).stdout)
 
 
 def az_log(work: Path) -> list[tuple[float, str]]:
     try:
-        lines = (work / "az.log").read_text().splitlines()
+        lines = (work / "az.log").read_text(errors="replace").splitlines()
     except OSError:
         return []
     return [(float(when), argv) for when, _, argv in (ln.partition(" ") for ln in lines)]
@@ -172,8 +173,11 @@ def measure(spec: RunSpec) -> dict:
         else:
             (code, events), observed = run_tool(spec, work, env), {}
         wall = time.time() - started
+    sim, log = sim_state(env), az_log(work)
+    if len(log) != (counted := sum(sim.get("calls", {}).values())):
+        print(f"  {spec.label}: the call log holds {len(log)} calls, the simulator counted "
+              f"{counted}: the ARM GETs are estimated from the log", file=sys.stderr)
     return {"spec": spec, "work": work, "exit": code, "wall": wall, "started": started,
             "load": round(os.getloadavg()[0], 1),  # the machine is shared: how busy it was
             "seen": dict(watcher.seen), "rewrites": watcher.rewrites, "events": events,
-            "observed": observed, "processes": sampler.result, "sim": sim_state(env),
-            "az_log": az_log(work)}
+            "observed": observed, "processes": sampler.result, "sim": sim, "az_log": log}

@@ -179,8 +179,9 @@ def _kind(pid: int) -> str | None:
 def _sample(root: int, ready: Event, stop: Event, out: multiprocessing.Queue) -> None:
     peak_rss: dict[str, int] = {}
     peak_az, peak_az_rss = 0, 0
-    known_az: set[tuple[int, int]] = set()  # (pid, start time): stays az (AZ_SIM_SERVER=0's
-    #                                          exec runs the call in the same process)
+    # (pid, start time) of az processes: one stays az (with AZ_SIM_SERVER=0 it execs the
+    # call in the same process), so its cmdline is read once.
+    known_az: set[tuple[int, int]] = set()
     ready.set()
     while not stop.is_set():
         az, az_rss, stats = 0, 0, _stats()

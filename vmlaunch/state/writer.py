@@ -23,7 +23,6 @@ from typing import Any
 
 from vmlaunch.errors import ExitCode, StateError
 from vmlaunch.host import atomicfile
-from vmlaunch.host.atomicfile import NotDurable
 from vmlaunch.schema.messages import Message
 from vmlaunch.state.eventsfile import EventsFile
 from vmlaunch.state.reducer import Change, DeploymentView, Event
@@ -225,7 +224,7 @@ class StateWriter:
                 else:
                     atomicfile.sync_directory(self.events_file.path)
                 self._events_unsynced = False
-            except NotDurable as exc:
+            except atomicfile.NotDurable as exc:
                 if pending.events:  # appended all the same: only the sync is retried
                     pending.events, self._events_unsynced = [], True
                 raise WriteFailed(self.events_file.path, exc) from exc

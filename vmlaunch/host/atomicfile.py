@@ -2,7 +2,9 @@
 
 Every rewrite holds an exclusive flock on ``<file>.lock`` and replaces the file by a rename,
 so readers never see a half-written file. New files (and their lock files) are 0600; an
-existing file keeps its mode. ``statefile`` decides what the new text is.
+existing file keeps its mode. ``statefile`` decides what the new text is. A log that only
+grows (the events file) may instead be ``append``ed to in place, but only while it is
+exactly as its writer left it (``Written``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import fcntl
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from vmlaunch.errors import ExitCode, HostError
@@ -84,11 +87,55 @@ class NotDurable(OSError):
 CANNOT_SYNC_DIRECTORY = frozenset({errno.EINVAL, errno.ENOTSUP})
 
 
-def rewrite(path: Path, new_text: Callable[[str | None], str]) -> None:
-    """Locked read-modify-write: ``new_text(current text or None)`` replaces the file."""
+@dataclass(frozen=True)
+class Written:
+    """A file as its writer left it: while its inode, size and mtime are these, nobody else
+    has written it (other writers replace it, append to it or truncate it)."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, status: os.stat_result) -> Written:
+        return cls(status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+def rewrite(path: Path, new_text: Callable[[str | None], str], *,
+            durable: bool = True) -> Written:
+    """Locked read-modify-write: ``new_text(current text or None)`` replaces the file.
+    ``durable`` False skips the directory's fsync: a crash may bring the old file back, for
+    a caller that keeps what it needs elsewhere (the state file, behind its events log)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with locked(path):
-        _atomic_write(path, new_text(read_text(path)))
+        return _atomic_write(path, new_text(read_text(path)), durable=durable)
+
+
+def append(path: Path, left: Written, data: bytes, patch: tuple[int, bytes]) -> Written | None:
+    """Locked, in place: ``data`` at the end and ``patch`` (offset, same-length bytes) over
+    what is there, then fdatasync; None, writing nothing, unless the file is as ``left``.
+
+    A short write is cut back (OSError); a failure after the append raises NotDurable: the
+    bytes are in the file, only the header and their durability are in doubt. Killed during
+    the write, the file may end mid-line: its reader drops such a tail
+    (``statefile.without_torn_tail``)."""
+    with locked(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            if Written.of(os.fstat(fd)) != left:
+                return None
+            if (count := os.pwrite(fd, data, left.size)) != len(data):
+                os.ftruncate(fd, left.size)
+                raise OSError(errno.EIO, f"{path}: {count} of {len(data)} bytes appended")
+            try:  # appended: from here a failure must not make the caller append again
+                os.pwrite(fd, patch[1], patch[0])
+                os.fdatasync(fd)
+                return Written.of(os.fstat(fd))
+            except OSError as exc:
+                raise NotDurable(exc.errno, f"{exc.strerror}: appended to {path}, but its "
+                                 "header or fsync failed") from exc
+        finally:
+            os.close(fd)
 
 
 def check_writable(path: Path) -> None:
@@ -106,7 +153,7 @@ def check_writable(path: Path) -> None:
     os.unlink(probe)
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _atomic_write(path: Path, text: str, *, durable: bool) -> Written:
     mode = mode_for(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -115,12 +162,15 @@ def _atomic_write(path: Path, text: str) -> None:
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
+            written = Written.of(os.fstat(f.fileno()))  # a rename keeps inode and mtime
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    sync_directory(path)  # make the rename itself durable
+    if durable:
+        sync_directory(path)  # make the rename itself durable
+    return written
 
 
 def sync_directory(path: Path) -> None:

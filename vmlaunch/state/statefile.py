@@ -44,7 +44,8 @@ from vmlaunch.state.shape import (
 # Readers and writers of the files take these from here; `shape` owns them.
 __all__ = ["MAX_GENERATION", "TIME_FORMAT", "VM_STATES", "LoadedState",
            "StateFile", "StateFileError", "check_events", "check_state", "load_state",
-           "make_event", "read_events", "read_state", "rebuild", "utc_now_str", "vm_fields"]
+           "make_event", "read_events", "read_state", "rebuild", "utc_now_str", "vm_fields",
+           "without_torn_tail"]
 
 log = logging.getLogger("statefile")
 
@@ -69,11 +70,39 @@ def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def read_events(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Return the events file's ``events`` list as plain dicts; ``[]`` if missing."""
-    path = Path(path)
-    data = _read_plain(path)
-    check_events(path, data)
-    events = (data or {}).get("events") or []
+    events = _read_log(Path(path)).get("events") or []
     return [e for e in events if isinstance(e, dict)]
+
+
+def _read_log(path: Path) -> dict[str, Any]:
+    """The events file as plain dicts (``{}`` if missing), shape checked, a torn tail left
+    out."""
+    with _parsing(path):
+        data = _read_plain_text(path, without_torn_tail(path, atomicfile.read_text(path) or ""))
+    check_events(path, data)
+    return data or {}
+
+
+def without_torn_tail(path: Path, text: str) -> str:
+    """The events log without a last line cut short (an append killed mid-write, see
+    ``atomicfile.append``): only for a text that ends mid-line and does not parse, but
+    does without that line. Any other text is returned as it is, for its reader to judge."""
+    if not text or text.endswith("\n") or _parses(text):
+        return text
+    cut = text[:text.rfind("\n") + 1]
+    if not _parses(cut):
+        return text
+    log.warning("%s ends with a line cut short (an append killed mid-write); reading it "
+                "without its last %d characters", path, len(text) - len(cut))
+    return cut
+
+
+def _parses(text: str) -> bool:
+    try:
+        YAML(typ="safe", pure=True).load(text)
+    except YAMLError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -119,7 +148,7 @@ def rebuild(state_path: Path, events_path: Path) -> int:
         raise FileNotFoundError(f"no events log at {events_path}")
     vms = replay(read_events(events_path))
     read_state(state_path)  # a malformed state file is refused, not overwritten
-    owner = read_state(events_path).get("deployment_id")
+    owner = _read_log(events_path).get("deployment_id")
     StateFile(state_path, deployment_id=owner).replace_vms(vms)
     return len(vms)
 
@@ -151,7 +180,8 @@ Finish = Callable[[str, Any], str]  # a round trip's text and document -> the te
 
 
 def _update_file(path: Path, initial: Callable[[], str], mutate: Callable[[Any, bool], None],
-                 *, edit_text: EditText | None = None, finish: Finish | None = None) -> None:
+                 *, edit_text: EditText | None = None, finish: Finish | None = None,
+                 durable: bool = True) -> atomicfile.Written:
     """Locked read-modify-write; a missing or blank file starts from ``initial()``.
 
     ``mutate(doc, blank)`` learns whether an existing file was blank. ``edit_text`` may return
@@ -170,7 +200,7 @@ def _update_file(path: Path, initial: Callable[[], str], mutate: Callable[[Any, 
         return text if finish is None else finish(text, doc)
 
     with _parsing(path):  # the text is read inside: it may not even be text
-        atomicfile.rewrite(path, new_text)
+        return atomicfile.rewrite(path, new_text, durable=durable)
 
 
 def _read_plain_text(path: Path, text: str) -> Any:
@@ -182,20 +212,27 @@ def _read_plain_text(path: Path, text: str) -> Any:
 
 
 class YamlFile:
-    def __init__(self, path: str | os.PathLike[str], *, deployment_id: str | None = None) -> None:
+    """``durable`` False: a rename is not followed by its directory's fsync (see
+    ``atomicfile.rewrite``); its owner syncs the directory when it is done."""
+
+    def __init__(self, path: str | os.PathLike[str], *, deployment_id: str | None = None,
+                 durable: bool = True) -> None:
         self.path = Path(path)
         self.deployment_id = deployment_id  # only used when the file has to be created
-        self.rewrites = 0  # files replaced by this object; lets tests count coalescing
+        self.durable = durable
+        self.rewrites = 0  # writes by this object; lets tests count coalescing
 
     def _update(self, template: str, mutate: Callable[[Any, bool], None],
                 edit_text: EditText | None = None, *, created: str | None = None,
-                finish: Finish | None = None) -> None:
+                finish: Finish | None = None) -> atomicfile.Written:
         def initial() -> str:
             ts = min(created or utc_now_str(), utc_now_str())
             return template.format(ts=ts, id=json.dumps(self.deployment_id or ""))
 
-        _update_file(self.path, initial, mutate, edit_text=edit_text, finish=finish)
+        written = _update_file(self.path, initial, mutate, edit_text=edit_text, finish=finish,
+                               durable=self.durable)
         self.rewrites += 1
+        return written
 
 
 class StateFile(YamlFile):
@@ -206,8 +243,9 @@ class StateFile(YamlFile):
     """
 
     def __init__(self, path: str | os.PathLike[str], *, deployment_id: str | None = None,
-                 events_path: str | os.PathLike[str] | None = None) -> None:
-        super().__init__(path, deployment_id=deployment_id)
+                 events_path: str | os.PathLike[str] | None = None,
+                 durable: bool = True) -> None:
+        super().__init__(path, deployment_id=deployment_id, durable=durable)
         self.events_path = Path(events_path) if events_path is not None else None
         self._layout: Layout | None = None  # the text this object last wrote, in pieces
 
@@ -268,7 +306,7 @@ class StateFile(YamlFile):
         if not (vms := replay(read_events(events_path))):
             return  # nothing to rebuild: a blank file starts from the template
         log.info("%s", rebuild_note(self.path, reason, events_path, len(vms)))  # commands warn
-        owner = read_state(events_path).get("deployment_id") or self.deployment_id
+        owner = _read_log(events_path).get("deployment_id") or self.deployment_id
         if "deployment_id" not in doc and owner:
             yamledit.set_key(doc, "deployment_id", owner)
         yamledit.apply_state(doc, vms, None, utc_now_str())

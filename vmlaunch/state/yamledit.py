@@ -278,6 +278,13 @@ def event_text(event: Mapping[str, Any]) -> str | None:
     return "".join(lines)
 
 
+def last_updated_value_at(text: str) -> int | None:
+    """Where the value of the header's ``last_updated: "..."`` starts in an events text of
+    the layout ``append_events_text`` edits; None if there is not exactly one."""
+    found = list(_LAST_UPDATED_LINE.finditer(text.rpartition("\nevents:\n")[0]))
+    return found[0].start() + len('last_updated: "') if len(found) == 1 else None
+
+
 def append_events_text(text: str, events: Iterable[Mapping[str, Any]], now: str, *,
                        checked: int = 0) -> str | None:
     """``apply_events`` on the text itself when ``events:`` is the last top-level key (a

@@ -89,51 +89,63 @@ CANNOT_SYNC_DIRECTORY = frozenset({errno.EINVAL, errno.ENOTSUP})
 
 @dataclass(frozen=True)
 class Written:
-    """A file as its writer left it: while its inode, size and mtime are these, nobody else
-    has written it (other writers replace it, append to it or truncate it)."""
+    """A file as its writer left it: while its inode, size, mtime and ctime are these,
+    nobody else has written it (ctime cannot be set back, as mtime can by `touch -r`)."""
 
     inode: int
     size: int
     mtime_ns: int
+    ctime_ns: int
 
     @classmethod
     def of(cls, status: os.stat_result) -> Written:
-        return cls(status.st_ino, status.st_size, status.st_mtime_ns)
+        return cls(status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
 
 
 def rewrite(path: Path, new_text: Callable[[str | None], str], *,
-            durable: bool = True) -> Written:
-    """Locked read-modify-write: ``new_text(current text or None)`` replaces the file.
-    ``durable`` False skips the directory's fsync: a crash may bring the old file back, for
-    a caller that keeps what it needs elsewhere (the state file, behind its events log)."""
+            durable: bool = True) -> Written | None:
+    """Locked read-modify-write: ``new_text(current text or None)`` replaces the file; how
+    it was left (None if another writer replaced it at once). ``durable`` False skips the
+    directory's fsync: a crash may bring the old file back, for a caller that keeps what it
+    needs elsewhere (the state file, behind its events log)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with locked(path):
-        return _atomic_write(path, new_text(read_text(path)), durable=durable)
+        inode = _atomic_write(path, new_text(read_text(path)), durable=durable)
+        with contextlib.suppress(FileNotFoundError):
+            left = Written.of(os.stat(path))  # after the rename, which sets the ctime
+            return left if left.inode == inode else None
+        return None
 
 
-def append(path: Path, left: Written, data: bytes, patch: tuple[int, bytes]) -> Written | None:
-    """Locked, in place: ``data`` at the end and ``patch`` (offset, same-length bytes) over
-    what is there, then fdatasync; None, writing nothing, unless the file is as ``left``.
+def append(path: Path, left: Written, data: bytes,
+           patch: tuple[int, bytes]) -> tuple[bool, Written | None]:
+    """Locked, in place: ``patch`` (offset, same-length bytes) over what is there, then
+    ``data`` at the end, then fdatasync. (False, None), writing nothing, unless the file is
+    as ``left``; else (True, how we left it), None there if another writer appended at the
+    same moment: the end is the kernel's (RWF_APPEND), so a script's unlocked ``>>`` is not
+    overwritten, it lands before or after ours.
 
-    A short write is cut back (OSError); a failure after the append raises NotDurable: the
-    bytes are in the file, only the header and their durability are in doubt. Killed during
-    the write, the file may end mid-line: its reader drops such a tail
-    (``statefile.without_torn_tail``)."""
+    A failure before the append is an OSError (a short write is cut back first); after it,
+    NotDurable: the bytes are in the file, only their durability is in doubt. A kill can cut
+    the write short only between two pages (the kernel checks for it per page): the last
+    line may end cut, which the reader comments out (``statefile.without_torn_tail``)."""
     with locked(path):
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         try:
             if Written.of(os.fstat(fd)) != left:
-                return None
-            if (count := os.pwrite(fd, data, left.size)) != len(data):
-                os.ftruncate(fd, left.size)
+                return False, None
+            if os.pwrite(fd, patch[1], patch[0]) != len(patch[1]):
+                raise OSError(errno.EIO, f"{path}: its header could not be rewritten")
+            if (count := os.pwritev(fd, [data], -1, os.RWF_APPEND)) != len(data):
+                os.ftruncate(fd, os.fstat(fd).st_size - count)
                 raise OSError(errno.EIO, f"{path}: {count} of {len(data)} bytes appended")
             try:  # appended: from here a failure must not make the caller append again
-                os.pwrite(fd, patch[1], patch[0])
                 os.fdatasync(fd)
-                return Written.of(os.fstat(fd))
+                now = Written.of(os.fstat(fd))
             except OSError as exc:
                 raise NotDurable(exc.errno, f"{exc.strerror}: appended to {path}, but its "
-                                 "header or fsync failed") from exc
+                                 "fsync failed") from exc
+            return True, now if now.size == left.size + len(data) else None
         finally:
             os.close(fd)
 
@@ -153,7 +165,8 @@ def check_writable(path: Path) -> None:
     os.unlink(probe)
 
 
-def _atomic_write(path: Path, text: str, *, durable: bool) -> Written:
+def _atomic_write(path: Path, text: str, *, durable: bool) -> int:
+    """Replace the file by a fsynced rename; the new file's inode."""
     mode = mode_for(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -162,7 +175,7 @@ def _atomic_write(path: Path, text: str, *, durable: bool) -> Written:
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
-            written = Written.of(os.fstat(f.fileno()))  # a rename keeps inode and mtime
+            inode = os.fstat(f.fileno()).st_ino
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -170,7 +183,7 @@ def _atomic_write(path: Path, text: str, *, durable: bool) -> Written:
         raise
     if durable:
         sync_directory(path)  # make the rename itself durable
-    return written
+    return inode
 
 
 def sync_directory(path: Path) -> None:

@@ -11,6 +11,7 @@ not know) the text is edited and the file atomically replaced, as before.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -50,18 +51,18 @@ class EventsFile(YamlFile):
         if not items:
             return
         now = utc_now_str()
-        if not self._append_in_place(items, now):
+        if self._append_in_place(items, now):
+            self.rewrites += 1
+        else:
             self._append_by_rewrite(items, now)
-        self.rewrites += 1
 
     def sync(self) -> None:
-        """Make an earlier append durable (after it raised ``atomicfile.NotDurable``)."""
-        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        atomicfile.sync_directory(self.path)
+        """Make earlier appends durable after their sync failed: the file is replaced by a
+        copy of itself (a second fsync of the same pages may report success without them on
+        the disk). A file deleted meanwhile has nothing left to sync."""
+        self._left = None
+        with contextlib.suppress(FileNotFoundError):
+            atomicfile.rewrite(self.path, _as_it_is)
 
     def _append_in_place(self, items: list[dict[str, Any]], now: str) -> bool:
         left, self._left = self._left, None  # kept only if this append succeeds
@@ -70,17 +71,19 @@ class EventsFile(YamlFile):
             return False
         data = "".join(texts).encode()  # type: ignore[arg-type]
         try:
-            written = atomicfile.append(self.path, left.file, data,
-                                        (left.stamp_at, now.encode()))
+            appended, written = atomicfile.append(self.path, left.file, data,
+                                                  (left.stamp_at, now.encode()))
         except FileNotFoundError:
             return False
-        if written is None:
-            return False
-        self._written = None  # the text we know is no longer the file's
-        self._left = _Left(written, left.stamp_at, now)
-        return True
+        if written is not None:
+            self._left = _Left(written, left.stamp_at, now)
+        if appended:
+            self._written = None  # the text we know is no longer the file's
+        return appended
 
     def _append_by_rewrite(self, items: list[dict[str, Any]], now: str) -> None:
+        edited: list[str] = []  # the text our edit made, if the rewrite took that path
+
         def edit(text: str) -> str | None:
             # Only what we appended last gets a look at its layout: the log grows by every
             # event, and a look at all of it cost ~12 ms an append at 500 VMs (~350 kB).
@@ -89,6 +92,7 @@ class EventsFile(YamlFile):
             new = yamledit.append_events_text(text, items, now,
                                               checked=checked if text == written else 0)
             self._written = None if new is None else (new, len(text))
+            edited[:] = [] if new is None else [new]
             return new
 
         file = self._update(
@@ -98,8 +102,13 @@ class EventsFile(YamlFile):
             # A new file's first event must not be later than the events queued before it.
             created=min(item["timestamp"] for item in items),
         )
-        if self._written is not None:  # our text edit: the next append may go in place
-            text = self._written[0]
-            at = yamledit.last_updated_value_at(text)
-            if at is not None:
-                self._left = _Left(file, len(text[:at].encode()), now)
+        if not edited:  # a round trip or a blank file: its text is not one we know
+            self._written = None
+        elif file is not None and (at := yamledit.last_updated_value_at(edited[0])) is not None:
+            self._left = _Left(file, len(edited[0][:at].encode()), now)
+
+
+def _as_it_is(text: str | None) -> str:
+    if text is None:
+        raise FileNotFoundError("deleted meanwhile: nothing left to sync")
+    return text

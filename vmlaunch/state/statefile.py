@@ -84,17 +84,19 @@ def _read_log(path: Path) -> dict[str, Any]:
 
 
 def without_torn_tail(path: Path, text: str) -> str:
-    """The events log without a last line cut short (an append killed mid-write, see
-    ``atomicfile.append``): only for a text that ends mid-line and does not parse, but
-    does without that line. Any other text is returned as it is, for its reader to judge."""
+    """The events log with a last line cut short (an append killed mid-write, see
+    ``atomicfile.append``) turned into a comment: only for a text that ends mid-line and
+    does not parse, but does that way. Nothing is dropped (a person's line without its
+    newline may be the one); any other text is returned as it is, for its reader to judge."""
     if not text or text.endswith("\n") or _parses(text):
         return text
-    cut = text[:text.rfind("\n") + 1]
-    if not _parses(cut):
+    whole, _, cut = text.rpartition("\n")
+    mended = f"{whole}\n  # cut short: {cut.strip()}\n" if whole else text
+    if not _parses(mended):
         return text
-    log.warning("%s ends with a line cut short (an append killed mid-write); reading it "
-                "without its last %d characters", path, len(text) - len(cut))
-    return cut
+    log.warning("%s ended with a line cut short (an append killed mid-write?); it is kept "
+                "as a comment: %r", path, cut.strip())
+    return mended
 
 
 def _parses(text: str) -> bool:
@@ -181,7 +183,7 @@ Finish = Callable[[str, Any], str]  # a round trip's text and document -> the te
 
 def _update_file(path: Path, initial: Callable[[], str], mutate: Callable[[Any, bool], None],
                  *, edit_text: EditText | None = None, finish: Finish | None = None,
-                 durable: bool = True) -> atomicfile.Written:
+                 durable: bool = True) -> atomicfile.Written | None:
     """Locked read-modify-write; a missing or blank file starts from ``initial()``.
 
     ``mutate(doc, blank)`` learns whether an existing file was blank. ``edit_text`` may return
@@ -224,7 +226,7 @@ class YamlFile:
 
     def _update(self, template: str, mutate: Callable[[Any, bool], None],
                 edit_text: EditText | None = None, *, created: str | None = None,
-                finish: Finish | None = None) -> atomicfile.Written:
+                finish: Finish | None = None) -> atomicfile.Written | None:
         def initial() -> str:
             ts = min(created or utc_now_str(), utc_now_str())
             return template.format(ts=ts, id=json.dumps(self.deployment_id or ""))

@@ -1,7 +1,8 @@
 """One owner per VM: whether a launcher may still create or delete the VM it drives.
 
 The lifecycle awaits `fence.allow(action, vm)` before every `az vm create` and every delete;
-that call is the only ownership check. A worker's fence is its `Lease` on the request: the
+that call is the only ownership check, and a create's process runs only while the fence
+holds (`while_held`). A worker's fence is its `Lease` on the request: the
 request's AckWait from delivery, renewed only by in-progress heartbeats the server
 confirmed (a flush), and void for good once it has lapsed or a cancel (e.g. one naming a
 new owner) is known; the server gives a lapsed request to someone else, so acting on it
@@ -13,10 +14,14 @@ creates anything (observing and adopting need no fence).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from vmlaunch.errors import LifecycleError
+
+T = TypeVar("T")
 
 
 class Fenced(LifecycleError):
@@ -32,6 +37,27 @@ class Fence:
     def open_now(self) -> bool:
         """Whether `allow` would let a create or delete through without waiting."""
         return True
+
+    async def closed(self) -> None:
+        """Returns once the fence has closed for good (this one never does)."""
+        await asyncio.get_running_loop().create_future()
+
+
+async def while_held(fence: Fence, action: str, vm: str, call: Awaitable[T]) -> T:
+    """`call` (an `az` write), ended with its process if the fence closes first, then
+    Fenced: a create still on its way when the lease lapses would reach Azure after the
+    request's next owner looked and found nothing, and that owner creates too."""
+    task, lapse = asyncio.ensure_future(call), asyncio.ensure_future(fence.closed())
+    try:
+        await asyncio.wait({task, lapse}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        lapse.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task  # the process and its group are ended before the cancel returns
+        await fence.allow(action, vm)  # raises Fenced, saying why
+    return task.result()
 
 
 OPEN = Fence()
@@ -64,6 +90,10 @@ class Lease(Fence):
 
     def open_now(self) -> bool:
         return self._cancelled() is None and self.held()
+
+    async def closed(self) -> None:
+        while not self._expired():  # heartbeats push expires_at on while we sleep
+            await asyncio.sleep(max(0.0, self.expires_at - self._clock()))
 
     async def allow(self, action: str, vm: str) -> None:
         reason = self._cancelled()

@@ -233,7 +233,8 @@ class Lifecycle:
             await self.fence.allow("create", self.name)
             self.until = time.monotonic() + self.spec.create_timeout
             created = await self.observer.create(
-                self.spec, deployment_id=self.report.deployment_id, deadline=self.until)
+                self.spec, deployment_id=self.report.deployment_id, deadline=self.until,
+                fence=self.fence)
         if isinstance(created, AzError):
             return await self._fail(created)
         if not created.how:

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from vmlaunch.azure.azcli import AzError
 from vmlaunch.azure.look import Seen
+from vmlaunch.lifecycle.lease import OPEN, Fence
 from vmlaunch.schema.vmspec import VMSpec
 from vmlaunch.schema.vocabulary import AZURE_IN_FLIGHT, VmState
 
@@ -34,12 +35,13 @@ class Observer(Protocol):
     async def look(self, spec: VMSpec) -> Seen:
         """An authoritative read: absent, a state, or unknown (never a guess)."""
 
-    async def create(self, spec: VMSpec, *, deployment_id: str,
-                     deadline: float) -> Seen | AzError:
+    async def create(self, spec: VMSpec, *, deployment_id: str, deadline: float,
+                     fence: Fence = OPEN) -> Seen | AzError:
         """Create and follow the VM until Azure has settled it, until our client ended with
         Azure still at work (`how` says so), or until `deadline` (time.monotonic()); an
         error when the create itself failed. A Failed VM's `failure` says why, when the
-        observer could read it."""
+        observer could read it. The create's process ends if `fence` closes before it has
+        (then Fenced: `lease.while_held`)."""
 
     async def wait(self, spec: VMSpec, deadline: float) -> Seen:
         """Follow a VM Azure is working on until it is settled or `deadline` passes."""

@@ -27,6 +27,7 @@ from vmlaunch.azure.azcli import AzCli, AzError, AzResult, FailureKind
 from vmlaunch.azure.failures import provisioning_failure
 from vmlaunch.azure.look import HOPELESS, Seen, addresses, listed, look
 from vmlaunch.azure.writebudget import LocalBudget, WriteBudget, note_throttle
+from vmlaunch.lifecycle.lease import OPEN, Fence, while_held
 from vmlaunch.lifecycle.observe import settled
 from vmlaunch.schema.vmspec import VMSpec
 from vmlaunch.schema.vocabulary import AZURE_IN_FLIGHT, VmState
@@ -212,11 +213,11 @@ class Tracked:
                 return await self._settled(spec, seen, asked)
         return seen
 
-    async def create(self, spec: VMSpec, *, deployment_id: str,
-                     deadline: float) -> Seen | AzError:
+    async def create(self, spec: VMSpec, *, deployment_id: str, deadline: float,
+                     fence: Fence = OPEN) -> Seen | AzError:
         timeout = max(1.0, min(SUBMIT_TIMEOUT, deadline - time.monotonic()))
-        submitted = await self.az.create_vm(spec, deployment_id=deployment_id,
-                                            timeout=timeout, no_wait=True)
+        submitted = await while_held(fence, "create", spec.name, self.az.create_vm(
+            spec, deployment_id=deployment_id, timeout=timeout, no_wait=True))
         error = submitted.error
         if error is not None:
             note_throttle(self.budget, error)

@@ -177,6 +177,26 @@ async def test_a_launch_without_its_lease_does_not_delete_a_failed_vm(sim: AzSim
     assert sim.state()["vms"]["vm-1"]["provisioningState"] == "Failed"
 
 
+async def test_a_create_still_on_its_way_when_the_lease_lapses_is_stopped_before_azure(
+        sim: AzSim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # `az vm create` slow to start (real az under load: a chaos run saw a create still
+    # starting 4 s after its lease lapsed, and the request's next owner created it too).
+    slow = tmp_path / "slow-az"
+    slow.write_text(f'#!/bin/sh\n[ "$1 $2" = "vm create" ] && sleep 5\n'
+                    f'exec {sim.env["AZ_CLI"]} "$@"\n')
+    slow.chmod(0o755)
+    monkeypatch.setenv("AZ_CLI", str(slow))
+    report = Reporter(lambda _message: asyncio.sleep(0), deployment_id=DEPLOYMENT,
+                      vm_name="vm-1", source="w1", id_seed="seed", generation=1)
+    lease = Lease(1.5)  # no heartbeat confirmed: it lapses while the create starts
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(Fenced, match="lapsed"):
+        await Lifecycle(vm_spec(), az=AzCli(), report=report, fence=lease).run()
+    assert asyncio.get_running_loop().time() - started < 4.5  # not after the create's end
+    assert "vm create" not in sim.state()["calls"]  # it never reached Azure
+    assert not [p for p in sim.processes() if "sleep" in " ".join(p.cmdline())]
+
+
 # --- the poller's handover ------------------------------------------------------------------
 
 async def test_the_poller_creates_nothing_before_the_handover(sim: AzSim):

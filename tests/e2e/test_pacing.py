@@ -109,6 +109,27 @@ async def test_a_throttle_met_by_one_worker_holds_every_worker_s_creates_for_its
         assert state["vms"][name]["created_at"] >= published + retry_after, name
 
 
+async def test_the_fleet_counts_a_create_from_when_its_az_ended_not_from_its_admission(
+        nats_server, az_sim, tmp_path):
+    # An `az vm create` slow to start, as a nice create on a busy machine is: Azure counts
+    # its PUT when it arrives, so the shared ledger must not keep the earlier admission.
+    slow = tmp_path / "slow-az"
+    slow.write_text(f'#!/bin/sh\n[ "$1 $2" = "vm create" ] && sleep 1.5\n'
+                    f'exec {az_sim.env["AZ_CLI"]} "$@"\n')
+    slow.chmod(0o755)
+    az_sim.scenario({"time_scale": 0.01})
+    async with Bus(nats_server.url) as bus, running(nats_server.url, az_sim, tmp_path) as w:
+        w.start("w1", env={"AZ_CLI": str(slow)}, ack_wait=10.0)
+        await bus.request(spec("vm-1"))
+        await bus.wait_for_event("vm-1", Subject.COMPLETE.value, timeout=30)
+        bucket = await bus.js.key_value(PACING_BUCKET)
+        ledger = Ledger.decode((await bucket.get(KEY)).value, time.time())
+    put_at = az_sim.state()["vms"]["vm-1"]["created_at"]  # when the simulator had it
+    assert len(ledger.times) == 1
+    # Counted from the end of its az, after the PUT (moved long before the VM completed).
+    assert ledger.times[0] >= put_at
+
+
 @pytest.mark.parametrize("value", [
     b"garbage \xff", b'{"v": 1, "times": "no"}',
     json.dumps({"v": 1, "times": [], "not_before": time.time() + 10**7}).encode()],

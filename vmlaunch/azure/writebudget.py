@@ -10,6 +10,7 @@ between every worker through NATS.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import math
 import time
@@ -60,11 +61,25 @@ def parse_windows(texts: tuple[str, ...]) -> tuple[Window, ...]:
     return tuple(windows)
 
 
+@dataclass(frozen=True)
+class Admission:
+    """One write admitted: when, on this process's ledger and (shared) on the fleet's."""
+
+    local: float
+    shared: float | None = None
+
+
 class WriteBudget(Protocol):
     windows: tuple[Window, ...]
 
-    async def admit(self) -> None:
+    async def admit(self) -> Admission:
         """Return once one write fits every window and no throttle pause holds (counted)."""
+
+    def wrote(self, admission: Admission) -> None:
+        """The admitted write's process has ended: count it from now, when Azure surely had
+        it. Azure counts a PUT when it arrives, later than its admission by the `az`
+        process's start (seconds for a nice create on a busy machine), so a window counted
+        from the admission could let in a write that Azure refuses."""
 
     def throttled(self, retry_after: float) -> None:
         """Azure throttled a write: no writes, by anyone sharing this budget, for this long."""
@@ -108,6 +123,14 @@ class Ledger:
         keep = max(w.calls for w in windows)
         self.times = [t for t in [*self.times, now] if t > now - longest][-keep:]
 
+    def moved(self, was: float, to: float) -> bool:
+        """Count the write counted at `was` at `to` instead; False if it is not here."""
+        if was not in self.times:
+            return False
+        self.times.remove(was)
+        bisect.insort(self.times, to)
+        return True
+
     def pause(self, until: float) -> None:
         self.not_before = max(self.not_before, until)
 
@@ -145,15 +168,19 @@ class LocalBudget:
         self.ledger = Ledger()
         self._turn = asyncio.Lock()  # one admission at a time: each sees the last one's write
 
-    async def admit(self) -> None:
+    async def admit(self) -> Admission:
         async with self._turn:
             while (wait := self.ledger.wait(self.windows, time.time())) > 0:
                 await asyncio.sleep(wait)
-            self.record(time.time())
+            return Admission(self.record(time.time()))
 
-    def record(self, now: float) -> None:
-        """Count a write admitted elsewhere (the shared budget) at `now`."""
+    def record(self, now: float) -> float:
+        """Count a write admitted at `now` (also one the shared budget admitted)."""
         self.ledger.add(self.windows, now)
+        return now
+
+    def wrote(self, admission: Admission) -> None:
+        self.ledger.moved(admission.local, max(admission.local, time.time()))
 
     def throttled(self, retry_after: float) -> None:
         self.ledger.pause(time.time() + retry_after)

@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from vmlaunch.azure.writebudget import Ledger, LocalBudget, Window
+from vmlaunch.azure.writebudget import Admission, Ledger, LocalBudget, Window
 from vmlaunch.bus.publish import NATS_ERRORS
 from vmlaunch.bus.streams import PACING_BUCKET, PACING_STREAM
 
@@ -57,24 +59,32 @@ class SharedBudget:
         """The server's time, as far as we know it."""
         return time.time() + self._offset
 
-    async def admit(self) -> None:
+    async def admit(self) -> Admission:
         async with self._turn:
             while time.monotonic() >= self._retry_at:
                 try:
-                    wait = await asyncio.wait_for(self._try_admit(), OP_TIMEOUT * CAS_TRIES)
+                    admitted = await asyncio.wait_for(self._try_admit(),
+                                                      OP_TIMEOUT * CAS_TRIES)
                 except (*NATS_ERRORS, OSError) as exc:
                     self._fall_back(exc)
                     break
                 self._recovered()
-                if wait <= 0:
-                    return
-                await asyncio.sleep(min(wait, MAX_SLEEP))
-            await self.local.admit()
+                if isinstance(admitted, Admission):
+                    return admitted
+                await asyncio.sleep(min(admitted, MAX_SLEEP))
+            return await self.local.admit()
+
+    def wrote(self, admission: Admission) -> None:
+        self.local.wrote(admission)
+        if admission.shared is not None:
+            self._in_background(self._record_write(admission.shared, self.now()))
 
     def throttled(self, retry_after: float) -> None:
         self.local.throttled(retry_after)
-        until = self.now() + retry_after
-        task = asyncio.get_running_loop().create_task(self._record_pause(until))
+        self._in_background(self._record_pause(self.now() + retry_after))
+
+    def _in_background(self, update: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(update)
         self._tasks.add(task)  # held until done: the loop keeps only weak references
         task.add_done_callback(self._tasks.discard)
 
@@ -83,19 +93,30 @@ class SharedBudget:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=OP_TIMEOUT)
 
-    async def _try_admit(self) -> float:
-        """0 once a write is admitted (and counted), else the seconds to wait."""
+    async def _try_admit(self) -> Admission | float:
+        """The admission once a write is admitted (and counted), else the seconds to wait."""
         for _ in range(CAS_TRIES):
             ledger, revision = await self._read()
-            now = self.now()
+            now = round(self.now(), 3)  # as the ledger stores it, to find it again
             wait = ledger.wait(self.windows, now)
             if wait > 0:
                 return wait
             ledger.add(self.windows, now)
             if await self._write(ledger, revision):
-                self.local.record(time.time())
-                return 0.0
+                return Admission(self.local.record(time.time()), now)
         return CONFLICT_PAUSE
+
+    async def _record_write(self, admitted: float, made: float) -> None:
+        """Move the fleet's count of a write from its admission to when it was made."""
+        try:
+            for _ in range(CAS_TRIES):
+                ledger, revision = await asyncio.wait_for(self._read(), OP_TIMEOUT)
+                if not ledger.moved(admitted, round(max(admitted, made), 3)):
+                    return  # left the ledger already (or replaced): nothing to move
+                if await asyncio.wait_for(self._write(ledger, revision), OP_TIMEOUT):
+                    return
+        except (*NATS_ERRORS, OSError) as exc:
+            self._fall_back(exc)  # counted from its admission, as before
 
     async def _record_pause(self, until: float) -> None:
         try:

@@ -228,13 +228,13 @@ class Lifecycle:
             where = f"zone {self.spec.zone}" if self.spec.zone else "no zone"
             await self._status(Phase.CREATING, f"az vm create {self.name} "
                                f"({self.spec.size}, {where})")
-            await self.observer.admit()  # the write budget may hold it back a while
+            admission = await self.observer.admit()  # the write budget may hold it back
             # Checked last: reporting and the budget may have waited long, the lease with it.
             await self.fence.allow("create", self.name)
             self.until = time.monotonic() + self.spec.create_timeout
             created = await self.observer.create(
                 self.spec, deployment_id=self.report.deployment_id, deadline=self.until,
-                fence=self.fence)
+                fence=self.fence, admission=admission)
         if isinstance(created, AzError):
             return await self._fail(created)
         if not created.how:

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from vmlaunch.azure.azcli import AzError
 from vmlaunch.azure.look import Seen
+from vmlaunch.azure.writebudget import Admission
 from vmlaunch.lifecycle.lease import OPEN, Fence
 from vmlaunch.schema.vmspec import VMSpec
 from vmlaunch.schema.vocabulary import AZURE_IN_FLIGHT, VmState
@@ -29,19 +30,21 @@ class Observer(Protocol):
         """Held around a whole create: a bound on creates followed at once, taken before
         the create's clock starts."""
 
-    async def admit(self) -> None:
+    async def admit(self) -> Admission:
         """Wait for the write budget's go for one create (before the fence is checked)."""
 
     async def look(self, spec: VMSpec) -> Seen:
         """An authoritative read: absent, a state, or unknown (never a guess)."""
 
     async def create(self, spec: VMSpec, *, deployment_id: str, deadline: float,
-                     fence: Fence = OPEN) -> Seen | AzError:
+                     fence: Fence = OPEN, admission: Admission | None = None
+                     ) -> Seen | AzError:
         """Create and follow the VM until Azure has settled it, until our client ended with
         Azure still at work (`how` says so), or until `deadline` (time.monotonic()); an
         error when the create itself failed. A Failed VM's `failure` says why, when the
         observer could read it. The create's process ends if `fence` closes before it has
-        (then Fenced: `lease.while_held`)."""
+        (then Fenced: `lease.while_held`). Its `admission` is counted again when the
+        submit has ended (`WriteBudget.wrote`)."""
 
     async def wait(self, spec: VMSpec, deadline: float) -> Seen:
         """Follow a VM Azure is working on until it is settled or `deadline` passes."""

@@ -26,7 +26,7 @@ from typing import Any
 from vmlaunch.azure.azcli import AzCli, AzError, AzResult, FailureKind
 from vmlaunch.azure.failures import provisioning_failure
 from vmlaunch.azure.look import HOPELESS, Seen, addresses, listed, look
-from vmlaunch.azure.writebudget import LocalBudget, WriteBudget, note_throttle
+from vmlaunch.azure.writebudget import Admission, LocalBudget, WriteBudget, note_throttle
 from vmlaunch.lifecycle.lease import OPEN, Fence, while_held
 from vmlaunch.lifecycle.observe import settled
 from vmlaunch.schema.vmspec import VMSpec
@@ -146,9 +146,9 @@ class Tracked:
         starts (a wait for a slot is not the create's time) until it is settled."""
         return self.creates or contextlib.nullcontext()
 
-    async def admit(self) -> None:
+    async def admit(self) -> Admission:
         """The write budget's go for one create (awaited before the fence is checked)."""
-        await self.budget.admit()
+        return await self.budget.admit()
 
     async def _listed(self, spec: VMSpec) -> Seen:
         """The VM as the next listing of its group shows it; unknown if that one failed."""
@@ -214,10 +214,15 @@ class Tracked:
         return seen
 
     async def create(self, spec: VMSpec, *, deployment_id: str, deadline: float,
-                     fence: Fence = OPEN) -> Seen | AzError:
+                     fence: Fence = OPEN, admission: Admission | None = None
+                     ) -> Seen | AzError:
         timeout = max(1.0, min(SUBMIT_TIMEOUT, deadline - time.monotonic()))
-        submitted = await while_held(fence, "create", spec.name, self.az.create_vm(
-            spec, deployment_id=deployment_id, timeout=timeout, no_wait=True))
+        try:
+            submitted = await while_held(fence, "create", spec.name, self.az.create_vm(
+                spec, deployment_id=deployment_id, timeout=timeout, no_wait=True))
+        finally:  # its PUT, if any, was made by now
+            if admission is not None:
+                self.budget.wrote(admission)
         error = submitted.error
         if error is not None:
             note_throttle(self.budget, error)

@@ -51,6 +51,17 @@ def test_the_ledger_keeps_only_what_its_windows_need():
     assert ledger.times == [500.0]
 
 
+def test_a_write_counts_from_when_its_process_ended_once_that_is_known():
+    ledger = Ledger()
+    for now in (0.0, 1.0):
+        ledger.add(TWO, now)
+    # Admitted at 0, its `az` started late: Azure had the PUT by 3 at the latest.
+    assert ledger.moved(0.0, 3.0)
+    assert ledger.times == [1.0, 3.0]
+    assert ledger.wait(TWO, 4.0) == 7.0  # the write at 1 leaves at 11, not the one at 0
+    assert not ledger.moved(0.0, 5.0)  # counted once: nothing left at 0 to move
+
+
 def test_a_pause_holds_every_write_and_only_ever_grows():
     ledger = Ledger()
     ledger.pause(50.0)

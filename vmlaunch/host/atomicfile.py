@@ -128,7 +128,7 @@ def append(path: Path, left: Written, data: bytes,
     A failure before the append is an OSError (a short write is cut back first); after it,
     NotDurable: the bytes are in the file, only their durability is in doubt. A kill can cut
     the write short only between two pages (the kernel checks for it per page): the last
-    line may end cut, which the reader comments out (``statefile.without_torn_tail``)."""
+    line may end cut, which the reader comments out (``logtail.without_torn_tail``)."""
     with locked(path):
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         try:

@@ -19,8 +19,9 @@ from typing import Any
 
 from vmlaunch.host import atomicfile
 from vmlaunch.state import yamledit
+from vmlaunch.state.logtail import without_torn_tail
 from vmlaunch.state.shape import utc_now_str
-from vmlaunch.state.statefile import YamlFile, read_events, without_torn_tail
+from vmlaunch.state.statefile import YamlFile, read_events
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class EventsFile(YamlFile):
         )
         if not edited:  # a round trip or a blank file: its text is not one we know
             self._written = None
-        elif file is not None and (at := yamledit.last_updated_value_at(edited[0])) is not None:
+        elif file is not None and (at := _last_updated_at(edited[0])) is not None:
             self._left = _Left(file, len(edited[0][:at].encode()), now)
 
 
@@ -112,3 +113,10 @@ def _as_it_is(text: str | None) -> str:
     if text is None:
         raise FileNotFoundError("deleted meanwhile: nothing left to sync")
     return text
+
+
+def _last_updated_at(text: str) -> int | None:
+    """Where the value of the header's ``last_updated: "..."`` starts in an events text of
+    the layout ``append_events_text`` edits; None if there is not exactly one."""
+    found = list(yamledit.LAST_UPDATED_LINE.finditer(text.rpartition("\nevents:\n")[0]))
+    return found[0].start() + len('last_updated: "') if len(found) == 1 else None

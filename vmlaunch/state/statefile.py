@@ -28,6 +28,7 @@ from ruamel.yaml.error import YAMLError
 from vmlaunch.host import atomicfile
 from vmlaunch.state import yamledit
 from vmlaunch.state.layout import Layout
+from vmlaunch.state.logtail import without_torn_tail
 from vmlaunch.state.replay import lost_content, rebuild_note, replay
 from vmlaunch.state.shape import (
     MAX_GENERATION,
@@ -44,17 +45,9 @@ from vmlaunch.state.shape import (
 # Readers and writers of the files take these from here; `shape` owns them.
 __all__ = ["MAX_GENERATION", "TIME_FORMAT", "VM_STATES", "LoadedState",
            "StateFile", "StateFileError", "check_events", "check_state", "load_state",
-           "make_event", "read_events", "read_state", "rebuild", "utc_now_str", "vm_fields",
-           "without_torn_tail"]
+           "make_event", "read_events", "read_state", "rebuild", "utc_now_str", "vm_fields"]
 
 log = logging.getLogger("statefile")
-
-# The tests reach the YAML helpers through these names; yamledit owns them.
-_round_trip_yaml = yamledit.round_trip_yaml
-_apply_events = yamledit.apply_events
-_append_events_text = yamledit.append_events_text
-
-NEW_FILE_MODE = atomicfile.NEW_FILE_MODE
 
 
 def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -75,36 +68,10 @@ def read_events(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def _read_log(path: Path) -> dict[str, Any]:
-    """The events file as plain dicts (``{}`` if missing), shape checked, a torn tail left
-    out."""
-    with _parsing(path):
-        data = _read_plain_text(path, without_torn_tail(path, atomicfile.read_text(path) or ""))
+    """The events file as plain dicts (``{}`` if missing), shape checked."""
+    data = _read_plain(path, log=True)
     check_events(path, data)
     return data or {}
-
-
-def without_torn_tail(path: Path, text: str) -> str:
-    """The events log with a last line cut short (an append killed mid-write, see
-    ``atomicfile.append``) turned into a comment: only for a text that ends mid-line and
-    does not parse, but does that way. Nothing is dropped (a person's line without its
-    newline may be the one); any other text is returned as it is, for its reader to judge."""
-    if not text or text.endswith("\n") or _parses(text):
-        return text
-    whole, _, cut = text.rpartition("\n")
-    mended = f"{whole}\n  # cut short: {cut.strip()}\n" if whole else text
-    if not _parses(mended):
-        return text
-    log.warning("%s ended with a line cut short (an append killed mid-write?); it is kept "
-                "as a comment: %r", path, cut.strip())
-    return mended
-
-
-def _parses(text: str) -> bool:
-    try:
-        YAML(typ="safe", pure=True).load(text)
-    except YAMLError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)
@@ -155,10 +122,12 @@ def rebuild(state_path: Path, events_path: Path) -> int:
     return len(vms)
 
 
-def _read_plain(path: Path) -> Any:
-    # No lock needed: writers replace the file atomically. A missing file loads as None.
+def _read_plain(path: Path, *, log: bool = False) -> Any:
+    # No lock needed: writers replace the file atomically (the log's appends are whole
+    # lines but for a killed one: `log`, read with its torn tail). Missing loads as None.
     with _parsing(path):
-        return _read_plain_text(path, atomicfile.read_text(path) or "")
+        text = atomicfile.read_text(path) or ""
+        return _read_plain_text(path, without_torn_tail(path, text) if log else text)
 
 
 @contextlib.contextmanager
@@ -245,9 +214,8 @@ class StateFile(YamlFile):
     """
 
     def __init__(self, path: str | os.PathLike[str], *, deployment_id: str | None = None,
-                 events_path: str | os.PathLike[str] | None = None,
-                 durable: bool = True) -> None:
-        super().__init__(path, deployment_id=deployment_id, durable=durable)
+                 events_path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(path, deployment_id=deployment_id)
         self.events_path = Path(events_path) if events_path is not None else None
         self._layout: Layout | None = None  # the text this object last wrote, in pieces
 

@@ -89,7 +89,8 @@ class StateWriter:
         on_broken: Callable[[WriteFailed], None] | None = None,
     ) -> None:
         self.state_file = StateFile(state_path, deployment_id=deployment_id,
-                                    events_path=events_path, durable=False)
+                                    events_path=events_path)
+        self.state_file.durable = False  # its directory is synced at close
         self.events_file = EventsFile(events_path, deployment_id=deployment_id)
         self.delay = delay
         self.give_up_after = give_up_after

@@ -31,7 +31,7 @@ OTHER_BREAKS = r"\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029"
 # A line of the events list's text that is not indented (or an odd line break before one).
 _NOT_IN_LIST = re.compile(rf"[{OTHER_BREAKS}]|\n(?!  |\n|$)")
 _CONTENT_LINE = re.compile(rf"(?:\A|[\n{OTHER_BREAKS}])\s*[^\s#]")  # not blank, no comment
-_LAST_UPDATED_LINE = re.compile(r'^last_updated: "[^"\n]*"[ \t]*$', re.MULTILINE)
+LAST_UPDATED_LINE = re.compile(r'^last_updated: "[^"\n]*"[ \t]*$', re.MULTILINE)
 
 
 # New files, as the bash scripts start them ({ts}: creation time, {id}: deployment id).
@@ -278,13 +278,6 @@ def event_text(event: Mapping[str, Any]) -> str | None:
     return "".join(lines)
 
 
-def last_updated_value_at(text: str) -> int | None:
-    """Where the value of the header's ``last_updated: "..."`` starts in an events text of
-    the layout ``append_events_text`` edits; None if there is not exactly one."""
-    found = list(_LAST_UPDATED_LINE.finditer(text.rpartition("\nevents:\n")[0]))
-    return found[0].start() + len('last_updated: "') if len(found) == 1 else None
-
-
 def append_events_text(text: str, events: Iterable[Mapping[str, Any]], now: str, *,
                        checked: int = 0) -> str | None:
     """``apply_events`` on the text itself when ``events:`` is the last top-level key (a
@@ -296,7 +289,7 @@ def append_events_text(text: str, events: Iterable[Mapping[str, Any]], now: str,
     # From just before the checked part's end, so its last line break is looked at again.
     if _NOT_IN_LIST.search(body, max(0, checked - len(head) - len(sep) - 1)):
         return None  # another top-level key or a column-0 comment follows the list
-    head, count = _LAST_UPDATED_LINE.subn(f'last_updated: "{now}"', head)
+    head, count = LAST_UPDATED_LINE.subn(f'last_updated: "{now}"', head)
     if count != 1:
         return None
     events = list(events)

@@ -214,11 +214,11 @@ def test_the_fast_event_append_writes_what_the_round_trip_writes(events_path: Pa
         make_event("odd", "'quoted' # not a comment\nsecond line", timestamp="t3"),
     ]
     text = events_path.read_text()
-    fast = statefile._append_events_text(text, events, "now")
-    doc = statefile._round_trip_yaml().load(text)
-    statefile._apply_events(doc, events, "now")
+    fast = yamledit.append_events_text(text, events, "now")
+    doc = yamledit.round_trip_yaml().load(text)
+    yamledit.apply_events(doc, events, "now")
     slow = io.StringIO()
-    statefile._round_trip_yaml().dump(doc, slow)
+    yamledit.round_trip_yaml().dump(doc, slow)
     assert fast == slow.getvalue()
     assert yaml.safe_load(fast)["events"][-3:] == events
 
@@ -235,7 +235,7 @@ def test_the_fast_event_append_writes_what_the_round_trip_writes(events_path: Pa
     ids=["column-0-comment", "key-after", "other-indent", "flow", "commented-last-updated"],
 )
 def test_the_fast_event_append_declines_other_layouts(text: str) -> None:
-    assert statefile._append_events_text(text, [make_event("a", "b")], "now") is None
+    assert yamledit.append_events_text(text, [make_event("a", "b")], "now") is None
 
 
 def test_flow_style_empty_collections_grow_in_block_style(tmp_path: Path) -> None:
@@ -436,7 +436,7 @@ async def test_a_new_events_file_takes_the_state_files_deployment_id(
 )
 def test_any_event_text_reads_back_unchanged(message: str, action: str) -> None:
     base = 'last_updated: "x"\nevents:\n  - timestamp: "t"\n    action: a\n    message: m\n'
-    text = statefile._append_events_text(base, [make_event(action, message, timestamp="t")], "now")
+    text = yamledit.append_events_text(base, [make_event(action, message, timestamp="t")], "now")
     assert text is not None
     expected = {"timestamp": "t", "action": action, "message": message}
     assert YAML(typ="safe", pure=True).load(text)["events"][-1] == expected  # YAML 1.2

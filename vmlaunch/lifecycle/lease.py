@@ -50,12 +50,13 @@ async def while_held(fence: Fence, action: str, vm: str, call: Awaitable[T]) -> 
     task, lapse = asyncio.ensure_future(call), asyncio.ensure_future(fence.closed())
     try:
         await asyncio.wait({task, lapse}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
+    finally:  # also when we are cancelled (a cancel, a stop): the call goes with us
         lapse.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task  # the process and its group are ended before the cancel returns
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task  # the process and its group are ended before the cancel returns
+    if task.cancelled():
         await fence.allow(action, vm)  # raises Fenced, saying why
     return task.result()
 

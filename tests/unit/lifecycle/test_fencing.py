@@ -13,7 +13,7 @@ from pathlib import Path
 
 import nats
 import pytest
-from conftest import AzSim
+from conftest import AzSim, async_wait_until
 
 from vmlaunch.azure.azcli import TAG_DEPLOYMENT, AzCli
 from vmlaunch.bus.feed import DuplicateRequest, EventFeed, Generations, publish_request
@@ -195,6 +195,28 @@ async def test_a_create_still_on_its_way_when_the_lease_lapses_is_stopped_before
     assert asyncio.get_running_loop().time() - started < 4.5  # not after the create's end
     assert "vm create" not in sim.state()["calls"]  # it never reached Azure
     assert not [p for p in sim.processes() if "sleep" in " ".join(p.cmdline())]
+
+
+async def test_a_launch_cancelled_while_its_create_starts_ends_that_create(
+        sim: AzSim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    slow = tmp_path / "slow-az"
+    slow.write_text(f'#!/bin/sh\n[ "$1 $2" = "vm create" ] && sleep 3\n'
+                    f'exec {sim.env["AZ_CLI"]} "$@"\n')
+    slow.chmod(0o755)
+    monkeypatch.setenv("AZ_CLI", str(slow))
+    report = Reporter(lambda _message: asyncio.sleep(0), deployment_id=DEPLOYMENT,
+                      vm_name="vm-1", source="w1", id_seed="seed", generation=1)
+    launch = asyncio.ensure_future(
+        Lifecycle(vm_spec(), az=AzCli(), report=report, fence=Lease(30.0)).run())
+    await async_wait_until(lambda: [p for p in sim.processes()
+                                    if "sleep" in " ".join(p.cmdline())], timeout=10,
+                           message="the create to start")
+    launch.cancel()  # a vm.create.cancel, or the worker stopping
+    with pytest.raises(asyncio.CancelledError):
+        await launch
+    # Its whole group is gone (a killed client commits nothing): no PUT can follow.
+    assert not [p for p in sim.processes() if "sleep" in " ".join(p.cmdline())]
+    assert "vm create" not in sim.state()["calls"]
 
 
 # --- the poller's handover ------------------------------------------------------------------

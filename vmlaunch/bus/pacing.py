@@ -164,8 +164,11 @@ class SharedBudget:
         """The offset of the server's clock: its timestamp of our write at `ours`."""
         if time.monotonic() - self._clock_at < CLOCK_REFRESH:
             return
-        stored = await asyncio.wait_for(
-            self._js.get_msg(PACING_STREAM, seq=seq, direct=True), OP_TIMEOUT)
+        try:
+            stored = await asyncio.wait_for(
+                self._js.get_msg(PACING_STREAM, seq=seq, direct=True), OP_TIMEOUT)
+        except NotFoundError:  # another worker's write replaced ours already: next time
+            return
         if stored.time is not None:
             self._offset = stored.time.timestamp() - ours
             self._clock_at = time.monotonic()

@@ -124,14 +124,16 @@ class StateWatcher:
 
 def kind_of(cmdline: list[str]) -> str | None:
     """The kind of a process, by its program (a worker's arguments name the az path too)."""
-    line = " ".join(cmdline[:4])  # az-sim runs as `python3 -I -S az-sim ...`
+    line = " ".join(cmdline[:4])  # az-sim: its native client, or `python3 -I -S .../client.py`
     if "vmlaunch.cli.launcher" in line or "vm_launcher.py" in line:
         return "worker"
     if "orchestrator.py" in line:
         return "orchestrator"
     if "nats-server" in line:
         return "nats-server"
-    if "az-sim" in line:
+    if "azsim.server" in line:
+        return None  # the simulator's server (and its child for a call): the cloud's side
+    if "az-sim" in line or "azsim/client.py" in line:
         return "az"
     return None
 

@@ -13,4 +13,5 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
     -r "$repo/requirements.txt" -r "$repo/bench/requirements.txt"
   echo "$want" > "$stamp"
 fi
+"$repo/scripts/build-az-sim.sh"
 exec "$venv/bin/python" "$repo/bench/fleet.py" "$@"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates or refreshes ./.venv from requirements.txt; sourced by demo.sh and test.sh.
-# Re-installs only when requirements.txt changed since the last install.
+# Creates or refreshes ./.venv from requirements.txt, and the simulator's native client;
+# sourced by demo.sh and test.sh. Re-installs only when requirements.txt changed since the
+# last install.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$repo/.venv"
@@ -12,3 +13,4 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$repo/requirements.txt"
   echo "$want" > "$stamp"
 fi
+"$repo/scripts/build-az-sim.sh"

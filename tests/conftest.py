@@ -64,6 +64,12 @@ async def async_wait_until(predicate: Callable[[], Any], *, timeout: float,
     return value
 
 
+def is_az_sim_client(cmdline: list[str]) -> bool:
+    """An `az` process of the simulator: scripts/az-sim before it execs, the native client
+    (scripts/.build/az-sim) or the Python one (`python3 -I -S .../azsim/client.py`)."""
+    return any(part.endswith(("az-sim", "azsim/client.py")) for part in cmdline[:4])
+
+
 class AzSim:
     """One private simulated Azure: its state file, scenario and environment."""
 
@@ -118,7 +124,7 @@ class AzSim:
         alive = []
         for proc in self.processes():
             try:
-                if any("az-sim" in part or "az_sim" in part for part in proc.cmdline()):
+                if is_az_sim_client(proc.cmdline()):
                     alive.append(proc)
             except (psutil.NoSuchProcess, psutil.ZombieProcess):
                 continue

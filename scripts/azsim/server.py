@@ -1,5 +1,5 @@
-"""The az simulator's fork server: `scripts/az-sim` is a thin client of it
-(`python -P -m azsim.server NAME`, started by the first client that finds none).
+"""The az simulator's fork server: `scripts/az-sim` (azsim/client.c or client.py) is a thin
+client of it (`python -P -m azsim.server NAME`, started by the first client that finds none).
 
 A simulated call used to be a whole Python start-up plus the imports of argparse, yaml,
 jmespath and this package (~30 ms of CPU before any work, ~60 ms at 500 VMs with the
@@ -21,7 +21,6 @@ protocol is in wire.py.
 from __future__ import annotations
 
 import contextlib
-import marshal
 import os
 import select
 import signal
@@ -32,14 +31,14 @@ import traceback
 from collections.abc import Callable
 
 from . import state
-from .wire import ACCEPTED, SIZE_BYTES, peer_uid
+from .wire import ACCEPTED, SIZE_BYTES, parse_request, peer_uid
 
 IDLE_SECONDS = 30.0  # a server with no call for this long exits
 CODE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # scripts/
 Main = Callable[[list[str]], int]
 
 
-def _receive(conn: socket.socket) -> tuple[list[str], dict[str, str], str]:
+def _receive(conn: socket.socket) -> tuple[list[str], dict[bytes, bytes], bytes]:
     head, fds, _, _ = socket.recv_fds(conn, SIZE_BYTES, 3)
     if len(head) != SIZE_BYTES or len(fds) != 3:
         raise ConnectionError("a client sent no request")
@@ -52,13 +51,13 @@ def _receive(conn: socket.socket) -> tuple[list[str], dict[str, str], str]:
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
-    return marshal.loads(payload)
+    return parse_request(payload)
 
 
-def _take_over(argv: list[str], env: dict[str, str], cwd: str) -> None:
+def _take_over(argv: list[str], env: dict[bytes, bytes], cwd: bytes) -> None:
     """Become the client's process as far as the command can tell."""
-    os.environ.clear()
-    os.environ.update(env)
+    os.environb.clear()
+    os.environb.update(env)
     os.chdir(cwd)
     sys.argv = [os.path.join(CODE_DIR, "az-sim"), *argv]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import AzSim
+from conftest import AzSim, is_az_sim_client
 from workerkit import SSHD, Sshd
 
 DONE = "status: done\nextended_status: done\nboot_status_code: enabled-by-generator\n"
@@ -107,11 +107,10 @@ def peak_processes(az_sim: AzSim, word: str, *, interval: float = 0.05) -> Itera
 
 
 def _is(proc: psutil.Process, word: str, state_path: str) -> bool:
-    """The az-sim process itself (`python3 -I -S az-sim ...`, not the guard) of this
-    simulator with `word` in its command line; the command line is read first, as it is
-    cheap."""
+    """An az-sim client of this simulator with `word` in its command line; the command
+    line is read first, as it is cheap."""
     argv = proc.info["cmdline"] or []
-    if not any(arg.endswith("az-sim") for arg in argv[1:4]) or word not in argv:
+    if not is_az_sim_client(argv) or word not in argv:
         return False
     try:
         return proc.environ().get("AZ_SIM_STATE") == state_path

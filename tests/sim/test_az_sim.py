@@ -740,9 +740,11 @@ def test_a_yaml_scenario_is_read(sim, tmp_path):
     assert json.loads(sim.create("y").stdout)["location"] == "westeurope"
 
 
-def test_the_entry_reexecs_with_the_venv_python_when_yaml_is_missing(sim):
-    # -S hides site-packages, so yaml cannot be found and the script must re-exec itself.
-    p = subprocess.run([sys.executable, "-S", str(AZ_SIM), "version"], env=sim.env,
+def test_the_python_client_runs_the_simulator_with_the_venv_python_when_yaml_is_missing(sim):
+    # -S hides site-packages, so yaml cannot be found by this python: the client must run
+    # the server (or the call) with the venv's.
+    client = AZ_SIM.parent / "azsim" / "client.py"
+    p = subprocess.run([sys.executable, "-S", str(client), "version"], env=sim.env,
                        capture_output=True, text=True, timeout=20)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["azure-cli"] == "2.91.0"

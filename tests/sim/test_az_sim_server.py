@@ -9,13 +9,13 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import json
-import marshal
 import os
 import select
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -23,6 +23,9 @@ import psutil
 import pytest
 from conftest import REPO
 from test_az_sim import AZ_SIM, RG, Sim, sim_fixture, wait_for  # noqa: F401 (`sim`)
+
+sys.path.insert(0, str(REPO / "scripts"))
+from azsim import wire
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,9 +58,26 @@ def calls_in(cwd: Path) -> list[psutil.Process]:
     return found
 
 
-def run_in(sim: Sim, cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(AZ_SIM), *args], env={**sim.env, **env}, cwd=cwd,
+NATIVE = REPO / "scripts" / ".build" / "az-sim"  # scripts/build-az-sim.sh builds it
+
+
+def python_client(scripts: Path) -> list[str]:
+    return ["python3", "-I", "-S", str(scripts / "azsim" / "client.py")]
+
+
+def run_in(sim: Sim, cwd: Path, *args: str, az: list[str] | None = None,
+           **env: str) -> subprocess.CompletedProcess:
+    """A call through scripts/az-sim (or the client `az`) in `cwd`."""
+    return subprocess.run([*(az or [str(AZ_SIM)]), *args], env={**sim.env, **env}, cwd=cwd,
                           capture_output=True, text=True, timeout=30)
+
+
+def native_built() -> None:
+    """Skip unless the native client is built from the current source (CI builds it)."""
+    source = REPO / "scripts" / "azsim" / "client.c"
+    if not NATIVE.exists() or NATIVE.stat().st_mtime_ns < source.stat().st_mtime_ns:
+        pytest.skip("scripts/.build/az-sim is not built from the current client.c "
+                    "(no C compiler?): scripts/build-az-sim.sh builds it")
 
 
 def own_copy(tmp_path: Path) -> Path:
@@ -68,8 +88,9 @@ def own_copy(tmp_path: Path) -> Path:
 
 
 def client(scripts: Path) -> ModuleType:
-    """scripts/az-sim as a module (it runs a call only as __main__)."""
-    loader = importlib.machinery.SourceFileLoader("az_sim_client", str(scripts / "az-sim"))
+    """The Python client, azsim/client.py, as a module (it runs a call only as __main__)."""
+    loader = importlib.machinery.SourceFileLoader("az_sim_client",
+                                                  str(scripts / "azsim" / "client.py"))
     module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
     loader.exec_module(module)
     return module
@@ -94,9 +115,12 @@ CALLS = [
 
 
 @pytest.mark.parametrize("args", CALLS, ids=[" ".join(c[:3]) for c in CALLS])
-def test_a_call_through_the_server_prints_and_exits_as_one_without(sim, tmp_path, args):
+@pytest.mark.parametrize("az", ["entry", "python"])
+def test_a_call_through_the_server_prints_and_exits_as_one_without(sim, tmp_path, args, az):
+    """Through scripts/az-sim (the native client once built) and the Python client."""
     assert sim.create("a").returncode == 0
-    served = run_in(sim, tmp_path, *args)
+    served = run_in(sim, tmp_path, *args, az=python_client(REPO / "scripts")
+                    if az == "python" else None)
     alone = run_in(sim, tmp_path, *args, AZ_SIM_SERVER="0")
     assert (served.returncode, served.stdout, served.stderr) == (
         alone.returncode, alone.stdout, alone.stderr)
@@ -222,7 +246,9 @@ def test_another_user_gets_no_answer(sim, tmp_path):
         pytest.skip("switching to another user needs root")
     assert sim.run("version").returncode == 0  # the server is up
     name = servers(REPO / "scripts")[-1].cmdline()[-1]
-    payload = marshal.dumps((["vm", "list", "-g", RG], sim.env, str(tmp_path)))
+    payload = wire.request(["vm", "list", "-g", RG], {os.fsencode(k): os.fsencode(v)
+                                                       for k, v in sim.env.items()},
+                           os.fsencode(tmp_path))
     probe = (
         "import socket, sys\n"
         "s = socket.socket(socket.AF_UNIX)\n"
@@ -244,8 +270,9 @@ def test_another_user_gets_no_answer(sim, tmp_path):
 
 
 @pytest.mark.parametrize("request_bytes", [b"", b"\x00\x00\x00\x05hello", b"\xff" * 4,
-                                           b"\x00\x00\x00\x08" + b"\x00" * 8],
-                         ids=["nothing", "not-marshal", "huge-size", "wrong-shape"])
+                                           b"\x00\x00\x00\x08" + b"\x00" * 8,
+                                           b"\x00\x00\x00\x06/\x009\x00a\x00"],
+                         ids=["nothing", "no-request", "huge-size", "wrong-shape", "wrong-count"])
 def test_bytes_that_are_no_request_get_no_answer_and_the_server_keeps_serving(
         sim, tmp_path, request_bytes):
     """No answer at all: a client that gets none runs the call itself (it never ran)."""
@@ -262,3 +289,73 @@ def test_bytes_that_are_no_request_get_no_answer_and_the_server_keeps_serving(
     conn.close()
     assert sim.run("vm", "list", "-g", RG).returncode == 0
     assert sim.state()["calls"] == {"version": 1, "vm list": 1}
+
+
+# ---------------------------------------------------------------- the native client
+
+
+def test_the_entry_runs_the_native_client_only_when_built_from_the_current_source(sim, tmp_path):
+    copy = own_copy(tmp_path)
+    fake = copy / ".build" / "az-sim"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text('#!/bin/sh\necho "native $*"\n')
+    fake.chmod(0o755)
+    entry = [str(copy / "az-sim")]
+    assert run_in(sim, tmp_path, "vm", "list", az=entry).stdout == "native vm list\n"
+    later = fake.stat().st_mtime_ns + 10**9
+    os.utime(copy / "azsim" / "client.c", ns=(later, later))  # edited after the build
+    listed = run_in(sim, tmp_path, "vm", "list", "-g", RG, az=entry)
+    assert (listed.returncode, listed.stdout) == (0, "[]\n")
+    stop(servers(copy))
+
+
+def test_a_call_is_the_native_client_process_itself(sim, tmp_path):
+    """The `az` process the tool starts execs the native client (the tool's kill of it, and
+    its process counts, reach the client)."""
+    native_built()
+    sim.scenario(defaults={"create_seconds": 100_000})  # a blocking create for 1,000 s
+    create = subprocess.Popen([str(AZ_SIM), "vm", "create", "-g", RG, "-n", "slow",
+                               "--image", "Ubuntu2204"], env=sim.env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: calls_in(tmp_path), what="the call in a child of the server")
+        assert psutil.Process(create.pid).exe() == str(NATIVE)
+    finally:
+        create.kill()
+        create.communicate(timeout=10)
+    wait_for(lambda: not calls_in(tmp_path), what="the call to end with its client")
+
+
+def test_both_clients_find_the_same_server(sim, tmp_path):
+    """client.c names the server as wire.server_name does: a native call after the
+    Python client started a server is served by that one, with no python3 to fall back on."""
+    native_built()
+    copy = own_copy(tmp_path)
+    first = run_in(sim, tmp_path, "vm", "list", "-g", RG, az=python_client(copy))
+    assert first.returncode == 0, first.stderr
+    server = wait_for(lambda: servers(copy), what="a server for the copy")
+    native = run_in(sim, tmp_path, "vm", "list", "-g", RG, az=[str(copy / ".build" / "az-sim")],
+                    PATH="/nonexistent")
+    assert (native.returncode, native.stdout, native.stderr) == (0, "[]\n", "")
+    assert [p.pid for p in servers(copy)] == [p.pid for p in server]
+    stop(servers(copy))
+
+
+def test_the_native_client_starts_no_server_itself_and_logs_a_call_once(sim, tmp_path):
+    """With no server it hands the call to the Python client, which starts one (and logs
+    the call: neither logs it twice); its log line is the Python client's, byte for byte."""
+    native_built()
+    copy = own_copy(tmp_path)
+    odd = os.fsdecode(b"x\xff\ny")  # not UTF-8, and a newline
+    logs = {}
+    for az in ([str(copy / ".build" / "az-sim")], python_client(copy)):
+        logs[az[0]] = log = tmp_path / f"{len(logs)}.log"
+        for _ in range(2):  # the first native one finds no server
+            done = subprocess.run([*az, "vm", "show", "-g", RG, "-n", odd], capture_output=True,
+                                  env={**sim.env, "AZ_SIM_CALL_LOG": str(log)}, timeout=30)
+            assert done.returncode == 3, done.stderr
+    assert len(servers(copy)) == 1
+    lines = [[line.split(b" ", 1)[1] for line in log.read_bytes().splitlines()]
+             for log in logs.values()]
+    assert lines[0] == lines[1] == [b"vm show -g " + RG.encode() + b" -n x\xff\\ny"] * 2
+    stop(servers(copy))

@@ -16,7 +16,7 @@ from .budget import budget_view
 from .cli import Opt, parse_args
 from .context import Ctx
 from .errors import AzError, UsageError, throttle_error
-from .output import add_resource_group, format_output
+from .output import WithResourceGroups, add_resource_group, format_output
 from .query import search
 from .resource_commands import (
     cmd_account_show,
@@ -176,7 +176,10 @@ def run_az(argv: list[str]) -> int:
         raise throttle_error(command, throttled, args.get("resource_group"))
     result = handler(Ctx(scn, store, args), args)
     if result is not None:
-        add_resource_group(result)
+        if type(result) is WithResourceGroups:
+            result = result.value
+        else:
+            add_resource_group(result)
         if args["query"] is not None:
             result = search(args["query"], result)
         sys.stdout.write(format_output(result, args["output"]))

@@ -5,10 +5,19 @@ from __future__ import annotations
 import json
 import re
 from json.encoder import INFINITY, encode_basestring
+from typing import Any, NamedTuple
 
 from .query import OrderedHash
 
 _RESOURCE_GROUP = re.compile(r"(?:^|/)resourcegroups/([^/]*)", re.IGNORECASE)
+
+
+class WithResourceGroups(NamedTuple):
+    """A handler's result whose every mapping with an id has its resourceGroup already, as
+    `add_resource_group` would add it: the walk is skipped (at 500 VMs a listing has ~10,000
+    containers, and the walk was ~15 ms of its ~55)."""
+
+    value: Any
 
 
 def add_resource_group(obj) -> None:

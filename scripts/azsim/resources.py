@@ -64,10 +64,11 @@ def _os_profile(vm: dict) -> dict:
 
 
 def _storage_profile(vm: dict) -> dict:
+    rg = vm["resource_group"]
     os_disk = {"caching": "ReadWrite", "createOption": "FromImage",
                "deleteOption": vm["os_disk_delete_option"] or "Detach",
                "diskSizeGB": vm["os_disk_size_gb"] or 30,
-               "managedDisk": {"id": disk_id(vm["resource_group"], vm["os_disk"]),
+               "managedDisk": {"id": disk_id(rg, vm["os_disk"]), "resourceGroup": rg.upper(),
                                "storageAccountType": vm["storage_sku"] or "Premium_LRS"},
                "name": vm["os_disk"], "osType": "Linux"}
     return {"dataDisks": [], "diskControllerType": "SCSI",
@@ -75,15 +76,17 @@ def _storage_profile(vm: dict) -> dict:
 
 
 def vm_resource(vm: dict, now: float, *, details: bool = False) -> dict:
-    """The VM as `vm show` prints it; keys ARM does not return are omitted, not null."""
+    """The VM as `vm show` prints it; keys ARM does not return are omitted, not null. Each
+    mapping with an id has the resourceGroup that azure-cli's walk (output.py) would add to
+    it, so that a listing of many VMs may skip that walk (`WithResourceGroups`)."""
     rg, name = vm["resource_group"], vm["name"]
-    nic_ref = {"id": net_id(rg, "networkInterfaces", vm["nic"])}
+    nic_ref = {"id": net_id(rg, "networkInterfaces", vm["nic"]), "resourceGroup": rg}
     if vm["nic_delete_option"]:
         nic_ref["deleteOption"] = vm["nic_delete_option"]
     res = {"hardwareProfile": {"vmSize": vm["size"]}, "id": vm_id(rg, name),
            "location": vm["location"], "name": name,
            "networkProfile": {"networkInterfaces": [nic_ref]}, "osProfile": _os_profile(vm),
-           "provisioningState": provisioning_state(vm, now),
+           "provisioningState": provisioning_state(vm, now), "resourceGroup": rg,
            "securityProfile": {"securityType": "TrustedLaunch",
                                "uefiSettings": {"secureBootEnabled": True, "vTpmEnabled": True}},
            "storageProfile": _storage_profile(vm), "timeCreated": iso(vm["time_created"]),

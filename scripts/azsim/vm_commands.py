@@ -9,7 +9,7 @@ import time
 
 from .context import Ctx, target
 from .errors import CONFLICT, NO_TTY, AzError, http_error, not_found
-from .output import add_resource_group
+from .output import WithResourceGroups, add_resource_group
 from .query import search
 from .resources import iso, nic_resource, public_ip_resource, vm_resource
 from .state import FOREVER, find, power_state, provisioning_state
@@ -44,8 +44,8 @@ def cmd_vm_list(ctx: Ctx, a: dict):
         ctx.require_rg(rg)
     st, t = ctx.view()
     vms = sorted(st["vms"].values(), key=lambda vm: vm["name"].lower())
-    return [vm_resource(vm, t, details=a["show_details"]) for vm in vms
-            if not rg or vm["resource_group"].lower() == rg.lower()]
+    return WithResourceGroups([vm_resource(vm, t, details=a["show_details"]) for vm in vms
+                               if not rg or vm["resource_group"].lower() == rg.lower()])
 
 
 def cmd_vm_list_ip_addresses(ctx: Ctx, a: dict):

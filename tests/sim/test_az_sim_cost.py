@@ -25,6 +25,7 @@ from test_az_sim import AZ_SIM, RG, sim_fixture  # noqa: F401 (the fixture `sim`
 sys.path.insert(0, str(REPO / "scripts"))
 from azsim.output import add_resource_group, format_output
 from azsim.query import OrderedHash
+from azsim.resources import vm_resource
 from azsim.state import StateStore, materialize
 
 pytestmark = pytest.mark.timeout(60)
@@ -197,6 +198,31 @@ def test_resource_group_is_added_exactly_where_azure_cli_adds_it(tree) -> None:
     azure_cli_adds_resource_group(expected)
     add_resource_group(ours)
     assert ours == expected
+
+
+def without_resource_groups(value):
+    if isinstance(value, dict):
+        return {k: without_resource_groups(v) for k, v in value.items() if k != "resourceGroup"}
+    if isinstance(value, list):
+        return [without_resource_groups(v) for v in value]
+    return value
+
+
+def test_a_rendered_vm_has_resource_groups_exactly_where_azure_cli_adds_them(sim):
+    """...so that `vm list` may skip the walk (WithResourceGroups)."""
+    assert sim.create("plain").returncode == 0
+    assert sim.create("spot", "--zone", "2", "--priority", "Spot", "--nic-delete-option",
+                      "Delete", "--os-disk-delete-option", "Delete").returncode == 0
+    now = time.time()
+    vms = materialize(StateStore(str(sim.state_path)).read(), now)["vms"]
+    for name in ("plain", "spot"):
+        for details in (False, True):
+            rendered = vm_resource(vms[name], now, details=details)
+            walked = without_resource_groups(rendered)
+            azure_cli_adds_resource_group(walked)
+            assert rendered == walked
+    shown = [sim.ok("vm", "show", "-g", RG, "-n", name, "-d") for name in ("plain", "spot")]
+    assert sim.ok("vm", "list", "-g", RG, "-d") == shown
 
 
 # ---------------------------------------------------------------- the call log

@@ -20,6 +20,12 @@ class WithResourceGroups(NamedTuple):
     value: Any
 
 
+def resource_group_of(ident: str) -> str | None:
+    """The resource group azure-cli parses from an id."""
+    found = _RESOURCE_GROUP.search(ident)
+    return found.group(1) if found else None
+
+
 def add_resource_group(obj) -> None:
     """azure-cli adds `resourceGroup` (parsed from `id`) to every dict that has an id.
 
@@ -31,8 +37,8 @@ def add_resource_group(obj) -> None:
         if type(node) is dict:
             ident = node.get("id")
             if type(ident) is str and "resourcegroup" not in map(str.lower, node) and (
-                    found := _RESOURCE_GROUP.search(ident)):
-                node["resourceGroup"] = found.group(1)
+                    found := resource_group_of(ident)) is not None:
+                node["resourceGroup"] = found
             node = node.values()
         for value in node:
             if type(value) is dict or type(value) is list:

@@ -149,6 +149,13 @@ def attached_nic(state: dict, pip: dict) -> dict | None:
     return nic if nic is not None and nic["public_ip"] == pip["name"] else None
 
 
+def _in_use(state: dict, nic: dict | None, now: float) -> bool:
+    """Whether a Basic (dynamic) address exists: only while its VM uses it. A Standard one
+    is static, and its VM is not read (a listing of 500 spares as many VM records)."""
+    vm = state["vms"].get(nic["vm"]) if nic and nic["vm"] else None
+    return vm is not None and ips_visible(vm, now)
+
+
 def public_ip_resource(state: dict, pip: dict, now: float) -> dict:
     rg = pip["resource_group"]
     standard = pip["sku"] == "Standard"
@@ -159,9 +166,8 @@ def public_ip_resource(state: dict, pip: dict, now: float) -> dict:
            "sku": {"name": pip["sku"], "tier": "Regional"},
            "type": "Microsoft.Network/publicIPAddresses"}
     nic = attached_nic(state, pip)
-    vm = state["vms"].get(nic["vm"]) if nic and nic["vm"] else None
-    if standard or (vm is not None and ips_visible(vm, now)):
-        res["ipAddress"] = pip["address"]  # a Basic (dynamic) address exists only while in use
+    if standard or _in_use(state, nic, now):
+        res["ipAddress"] = pip["address"]
     if nic is not None:
         nid = net_id(rg, "networkInterfaces", nic["name"])
         res["ipConfiguration"] = {"id": f"{nid}/ipConfigurations/{nic['ipconfig']}"}

@@ -9,7 +9,7 @@ import time
 
 from .context import Ctx, target
 from .errors import CONFLICT, NO_TTY, AzError, http_error, not_found
-from .output import WithResourceGroups, add_resource_group
+from .output import WithResourceGroups, add_resource_group, resource_group_of
 from .query import search
 from .resources import iso, nic_resource, public_ip_resource, vm_resource
 from .state import FOREVER, find, power_state, provisioning_state
@@ -75,10 +75,11 @@ def cmd_vm_list_ip_addresses(ctx: Ctx, a: dict):
                 network["publicIpAddresses"].append({
                     "id": pip["id"], "ipAddress": pip.get("ipAddress"),
                     "ipAllocationMethod": pip["publicIPAllocationMethod"], "name": pip["name"],
+                    "resourceGroup": resource_group_of(pip["id"]),
                     "zone": (pip.get("zones") or [None])[0]})
         found.append({"virtualMachine": {"name": vm_name, "network": network,
                                          "resourceGroup": vm_rg}})
-    return found
+    return WithResourceGroups(found)
 
 
 def cmd_vm_delete(ctx: Ctx, a: dict):

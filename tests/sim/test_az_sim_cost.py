@@ -201,8 +201,11 @@ def test_resource_group_is_added_exactly_where_azure_cli_adds_it(tree) -> None:
 
 
 def without_resource_groups(value):
+    """`value` without the resourceGroup of each mapping that has an id (which the walk
+    adds), keeping the others' (which ARM or azure-cli's own code gives)."""
     if isinstance(value, dict):
-        return {k: without_resource_groups(v) for k, v in value.items() if k != "resourceGroup"}
+        return {k: without_resource_groups(v) for k, v in value.items()
+                if k != "resourceGroup" or "id" not in value}
     if isinstance(value, list):
         return [without_resource_groups(v) for v in value]
     return value
@@ -223,6 +226,18 @@ def test_a_rendered_vm_has_resource_groups_exactly_where_azure_cli_adds_them(sim
             assert rendered == walked
     shown = [sim.ok("vm", "show", "-g", RG, "-n", name, "-d") for name in ("plain", "spot")]
     assert sim.ok("vm", "list", "-g", RG, "-d") == shown
+
+
+def test_an_ip_listing_has_resource_groups_exactly_where_azure_cli_adds_them(sim):
+    """...so that `vm list-ip-addresses` may skip the walk too."""
+    assert sim.create("standard").returncode == 0
+    assert sim.create("basic", "--public-ip-sku", "Basic").returncode == 0
+    assert sim.create("none", "--public-ip-address", "").returncode == 0
+    listed = sim.ok("vm", "list-ip-addresses", "-g", RG)
+    assert [len(e["virtualMachine"]["network"]["publicIpAddresses"]) for e in listed] == [1, 0, 1]
+    walked = without_resource_groups(listed)
+    azure_cli_adds_resource_group(walked)
+    assert listed == walked
 
 
 # ---------------------------------------------------------------- the call log

@@ -78,13 +78,14 @@ def listed(item: dict[str, Any] | None) -> Seen:
                               "provisioning state", FailureKind.TRANSIENT))
 
 
+def _strings(value: Any) -> list[str]:
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
+
+
 def addresses(entry: dict[str, Any]) -> dict[str, str] | None:
-    """One `az vm list-ip-addresses` entry's IPs as `az vm show -d` gives them
-    ("privateIps"/"publicIps", comma-joined); None when it holds no private IP yet."""
-    network = (entry.get("virtualMachine") or {}).get("network") or {}
-    private = [ip for ip in network.get("privateIpAddresses") or [] if isinstance(ip, str)]
-    public = [ip for item in network.get("publicIpAddresses") or [] if isinstance(item, dict)
-              and isinstance(ip := item.get("ipAddress"), str)]
+    """One `az vm list-ip-addresses --query IP_FIELDS` entry's IPs as `az vm show -d` gives
+    them ("privateIps"/"publicIps", comma-joined); None when it holds no private IP yet."""
+    private, public = _strings(entry.get("private")), _strings(entry.get("public"))
     return {"privateIps": ",".join(private), "publicIps": ",".join(public)} if private else None
 
 

@@ -164,7 +164,7 @@ class Tracked:
         if group not in self.addresses:
             self.addresses[group] = GroupTracker(
                 lambda: self.az.ip_addresses(group, timeout=LIST_TIMEOUT),
-                lambda item: (item.get("virtualMachine") or {}).get("name"),
+                lambda item: item.get("name"),
                 what=f"az vm list-ip-addresses -g {group}", interval=self.interval)
         return self.addresses[group]
 

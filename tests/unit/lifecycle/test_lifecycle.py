@@ -22,7 +22,7 @@ import pytest
 from conftest import AzSim, async_wait_until
 
 from vmlaunch.azure.azcli import TAG_DEPLOYMENT, AzCli
-from vmlaunch.azure.look import listed, owner
+from vmlaunch.azure.look import addresses, listed, owner
 from vmlaunch.lifecycle.attempts import as_found
 from vmlaunch.lifecycle.lease import OPEN, Fence, Handover
 from vmlaunch.lifecycle.machine import LaunchResult, Lifecycle, Outcome, Step, deadline_error
@@ -151,6 +151,17 @@ async def test_a_created_vms_ips_come_from_the_ip_listing_started_with_its_listi
     # Each listing of the group came with an IP listing, and the one that showed it
     # Succeeded gave its IPs: none was made after it.
     assert azure["calls"]["vm list-ip-addresses"] == azure["calls"]["vm list"] >= 2
+
+
+def test_an_ip_listing_entry_gives_the_ips_as_show_d_does() -> None:
+    """An entry of `list-ip-addresses --query IP_FIELDS`; what is not a list of strings is
+    no address, and a VM without a private IP yet has none to give."""
+    assert addresses({"name": "a", "private": ["10.0.0.4", "10.0.0.5"], "public": ["20.1.2.3"]}
+                     ) == {"privateIps": "10.0.0.4,10.0.0.5", "publicIps": "20.1.2.3"}
+    assert addresses({"name": "a", "private": ["10.0.0.4", 7, None], "public": "20.1.2.3"}
+                     ) == {"privateIps": "10.0.0.4", "publicIps": ""}
+    assert addresses({"name": "a", "private": [], "public": ["20.1.2.3"]}) is None
+    assert addresses({"name": "a", "private": None}) is None
 
 
 async def test_a_vm_in_flight_is_adopted_and_waited_for_never_created_again(

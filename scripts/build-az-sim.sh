@@ -5,16 +5,15 @@
 set -euo pipefail
 scripts="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 src="$scripts/azsim/client.c" out="$scripts/.build/az-sim"
+build() {
+  mkdir -p "$scripts/.build" && "$cc" -O2 -Wall -Wextra -o "$out.tmp.$$" "$src" &&
+    mv "$out.tmp.$$" "$out"
+}
 if [ ! -x "$out" ] || [ "$src" -nt "$out" ]; then
-  if cc="$(command -v cc || command -v gcc)"; then
-    mkdir -p "$scripts/.build"
-    if "$cc" -O2 -Wall -Wextra -o "$out.tmp.$$" "$src"; then
-      mv "$out.tmp.$$" "$out"
-    else
-      rm -f "$out.tmp.$$"
-      echo "Could not build $out: scripts/az-sim uses its Python client." >&2
-    fi
-  else
+  if ! cc="$(command -v cc || command -v gcc)"; then
     echo "No C compiler: scripts/az-sim uses its Python client (slower, same answers)." >&2
+  elif ! build; then  # best effort: a failed build leaves the Python client, never a failure
+    rm -f "$out.tmp.$$" 2>/dev/null || true
+    echo "Could not build $out: scripts/az-sim uses its Python client." >&2
   fi
 fi

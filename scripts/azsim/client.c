@@ -123,9 +123,9 @@ static void put(struct buffer *b, const char *s, size_t n) {
 /* wire.request: cwd, argc, the arguments and the environment, each ended by a NUL. */
 static struct buffer request(int argc, char **argv) {
     struct buffer b = {0};
-    char cwd[PATH_MAX], count[16];
-    if (!getcwd(cwd, sizeof cwd)) strcpy(cwd, "/");  /* removed under us: as client.py */
-    put(&b, cwd, strlen(cwd) + 1);
+    char count[16], *cwd = getcwd(NULL, 0);  /* any length, as os.getcwdb() */
+    put(&b, cwd ? cwd : "/", cwd ? strlen(cwd) + 1 : 2);  /* removed under us: as client.py */
+    free(cwd);
     put(&b, count, (size_t)snprintf(count, sizeof count, "%d", argc - 1) + 1);
     for (int i = 1; i < argc; i++) put(&b, argv[i], strlen(argv[i]) + 1);
     for (char **e = environ; *e; e++) put(&b, *e, strlen(*e) + 1);
@@ -137,10 +137,10 @@ static int hand_over(int sock, int argc, char **argv) {
     struct buffer b = request(argc, argv);
     unsigned char head[4] = {b.size >> 24, b.size >> 16, b.size >> 8, b.size};
     int fds[3] = {0, 1, 2};
-    char control[CMSG_SPACE(sizeof fds)] = {0};
+    union { char bytes[CMSG_SPACE(sizeof fds)]; struct cmsghdr align; } control = {0};
     struct iovec iov = {head, sizeof head};
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
-                         .msg_controllen = sizeof control};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.bytes,
+                         .msg_controllen = sizeof control.bytes};
     struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
     cmsg->cmsg_level = SOL_SOCKET;
     cmsg->cmsg_type = SCM_RIGHTS;
@@ -174,11 +174,25 @@ static void log_call(int argc, char **argv) {
     }
     put(&b, "\n", 1);
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0 || write(fd, b.data, b.size) != (ssize_t)b.size)
+    ssize_t written = fd < 0 ? -1 : write(fd, b.data, b.size);
+    if (written != (ssize_t)b.size)
         fprintf(stderr, "WARNING: az-sim: cannot write AZ_SIM_CALL_LOG %s: %s\n", path,
-                strerror(errno));
+                written < 0 ? strerror(errno) : "a short write");
     if (fd >= 0) close(fd);
     free(b.data);
+}
+
+/* scripts/ from this binary's path, scripts/.build/az-sim (argv[0], as scripts/az-sim runs
+ * it, else /proc/self/exe); 0 if neither tells. */
+static int find_here(const char *argv0) {
+    char *slash;
+    if (!(strchr(argv0, '/') && realpath(argv0, here)) && !realpath("/proc/self/exe", here))
+        return 0;
+    for (int up = 0; up < 2; up++) {  /* scripts/.build, then scripts */
+        if (!(slash = strrchr(here, '/')) || slash == here) return 0;
+        *slash = 0;
+    }
+    return 1;
 }
 
 static void interrupted(int sig) {
@@ -191,12 +205,13 @@ int main(int argc, char **argv) {
         struct stat st;
         if (fstat(fd, &st) != 0) dup2(open("/dev/null", O_RDWR), fd);
     }
-    signal(SIGINT, interrupted);
-    char exe[PATH_MAX];
-    if (!realpath("/proc/self/exe", exe)) return 127;
-    *strrchr(exe, '/') = 0;  /* scripts/.build */
-    *strrchr(exe, '/') = 0;  /* scripts */
-    strcpy(here, exe);
+    struct sigaction sigint;
+    if (sigaction(SIGINT, NULL, &sigint) == 0 && sigint.sa_handler == SIG_DFL)
+        signal(SIGINT, interrupted);  /* as Python: an ignored SIGINT stays ignored */
+    if (!find_here(argv[0])) {
+        fputs("ERROR: az-sim: the native client cannot tell where it is\n", stderr);
+        return 127;
+    }
     const char *server = getenv("AZ_SIM_SERVER");
     int sock = server && strcmp(server, "0") == 0 ? -1 : connect_server();
     if (sock < 0 || hand_over(sock, argc, argv) != 0) python_client(argv);

@@ -359,3 +359,79 @@ def test_the_native_client_starts_no_server_itself_and_logs_a_call_once(sim, tmp
              for log in logs.values()]
     assert lines[0] == lines[1] == [b"vm show -g " + RG.encode() + b" -n x\xff\\ny"] * 2
     stop(servers(copy))
+
+
+DEEP_CWD = """import os, sys
+for _ in range(24):
+    os.mkdir("d" * 200)
+    os.chdir("d" * 200)
+with open("scenario.json", "w") as f:
+    f.write('{"logged_in": false}')
+os.execvp(sys.argv[1], sys.argv[1:])
+"""  # runs its arguments in a directory whose path is longer than PATH_MAX, made step by step
+
+
+def test_a_call_from_a_directory_longer_than_path_max_runs_there(sim, tmp_path):
+    """Relative paths (here the scenario's) are read from the caller's directory, however long."""
+    native_built()
+    for name, az in (("native", [str(NATIVE)]), ("python", python_client(REPO / "scripts"))):
+        (tmp_path / name).mkdir()
+        done = subprocess.run([sys.executable, "-c", DEEP_CWD, *az, "vm", "list"],
+                              cwd=tmp_path / name, capture_output=True, text=True, timeout=30,
+                              env={**sim.env, "AZ_SIM_SCENARIO": "scenario.json"})
+        assert (done.returncode, done.stderr) == (
+            1, "ERROR: Please run 'az login' to setup account.\n"), name
+
+
+def signal_bit(pid: int, field: str, signum: int) -> bool:
+    """Whether `signum` is in /proc/PID/status's SigIgn or SigCgt mask."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = next(int(line.split()[1], 16) for line in status.splitlines()
+                if line.startswith(field + ":"))
+    return bool(mask >> (signum - 1) & 1)
+
+
+@pytest.mark.parametrize("ignored", [True, False], ids=["ignored", "default"])
+def test_the_native_client_keeps_sigint_as_python_would(sim, tmp_path, ignored):
+    """An ignored SIGINT (a background job of a script) stays ignored; else ^C ends the call
+    with exit 130, as the Python client's KeyboardInterrupt."""
+    native_built()
+    sim.scenario(defaults={"create_seconds": 100_000})  # a blocking create for 1,000 s
+    trap = "trap '' INT; " if ignored else ""
+    create = subprocess.Popen(["sh", "-c", f'{trap}exec "$@"', "sh", str(AZ_SIM), "vm",
+                               "create", "-g", RG, "-n", "slow", "--image", "Ubuntu2204"],
+                              env=sim.env, cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: calls_in(tmp_path), what="the call in a child of the server")
+        assert psutil.Process(create.pid).exe() == str(NATIVE)
+        assert signal_bit(create.pid, "SigIgn", signal.SIGINT) is ignored
+        assert signal_bit(create.pid, "SigCgt", signal.SIGINT) is not ignored
+        if not ignored:
+            create.send_signal(signal.SIGINT)
+            assert create.wait(timeout=10) == 130
+    finally:
+        create.kill()
+        create.communicate(timeout=10)
+
+
+def test_the_native_client_finds_its_directory_without_proc(sim, tmp_path):
+    native_built()
+    if os.getuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("hiding /proc needs root and unshare(1)")
+    hidden = "mount -t tmpfs none /proc && exec \"$@\""
+    done = subprocess.run(["unshare", "-m", "sh", "-c", hidden, "sh", str(AZ_SIM), "vm", "list",
+                           "-g", RG], env=sim.env, capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout) == (0, "[]\n"), done.stderr
+
+
+def test_a_build_that_cannot_write_leaves_the_python_client_and_no_failure(tmp_path):
+    if os.getuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("a read-only scripts/ for root needs a bind mount: root and unshare(1)")
+    copy = own_copy(tmp_path)
+    shutil.rmtree(copy / ".build", ignore_errors=True)
+    read_only = f"mount --bind -o ro {copy} {copy} && bash {copy}/build-az-sim.sh"
+    done = subprocess.run(["unshare", "-m", "sh", "-c", read_only], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "uses its Python client" in done.stderr and not (copy / ".build").exists()

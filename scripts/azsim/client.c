@@ -55,8 +55,8 @@ static int by_name(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* wire.server_name: uid, niceness and the version of azsim/ (its .py files' names, mtimes
- * and sizes, hashed with the code directory). 0 on success. */
+/* wire.server_name: uid, niceness, session and the version of azsim/ (its .py files'
+ * names, mtimes and sizes, hashed with the code directory). 0 on success. */
 static int server_name(char *out, size_t size) {
     char dir[PATH_MAX + 8], path[PATH_MAX + 300], number[64];
     snprintf(dir, sizeof dir, "%s/azsim", here);
@@ -86,7 +86,8 @@ static int server_name(char *out, size_t size) {
     errno = 0;
     int nice = getpriority(PRIO_PROCESS, 0);
     if (errno) return -1;
-    snprintf(out, size, "az-sim-%d-%d-%016llx", (int)getuid(), nice, (unsigned long long)h);
+    snprintf(out, size, "az-sim-%d-%d-%d-%016llx", (int)getuid(), nice, (int)getsid(0),
+             (unsigned long long)h);
     return 0;
 }
 

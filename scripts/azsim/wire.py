@@ -36,14 +36,14 @@ def _fnv1a(data: bytes) -> int:
 def server_name(code_dir: str) -> str:
     """The server's socket: one per user, version of the simulator in `code_dir` (scripts/:
     the names, mtimes and sizes of azsim/*.py, so an edited simulator gets a new server and
-    the old one idles out) and niceness (a child runs as nice as its server, which its first
-    client started)."""
+    the old one idles out), niceness and session (a child runs as nice as its server, and
+    its CPU counts in that server's session, which its first client started)."""
     stamp = os.fsencode(code_dir)
     azsim = os.path.join(code_dir, "azsim")
     for name in sorted(e.name for e in os.scandir(azsim) if e.name.endswith(".py")):
         st = os.stat(os.path.join(azsim, name))
         stamp += os.fsencode(f"/{name} {st.st_mtime_ns} {st.st_size}")
-    return f"az-sim-{os.getuid()}-{os.nice(0)}-{_fnv1a(stamp):016x}"
+    return f"az-sim-{os.getuid()}-{os.nice(0)}-{os.getsid(0)}-{_fnv1a(stamp):016x}"
 
 
 def request(argv: list[str], environ: dict[bytes, bytes], cwd: bytes) -> bytes:

@@ -205,6 +205,22 @@ def test_a_server_runs_in_its_first_clients_session_in_a_group_of_its_own(sim, t
         stop(servers(copy))
 
 
+def test_each_session_has_its_server(sim, tmp_path):
+    """A call's CPU counts in its caller's session, as a real `az` process's: two sessions'
+    calls are served by two servers, each in its session."""
+    copy = own_copy(tmp_path)
+    sessions = [subprocess.Popen([str(copy / "az-sim"), "version"], env=sim.env,
+                                 stdout=subprocess.DEVNULL, start_new_session=True)
+                for _ in range(2)]
+    try:
+        assert [s.wait(timeout=30) for s in sessions] == [0, 0]
+        found = wait_for(lambda: len(servers(copy)) == 2 and servers(copy),
+                         what="a server for each session")
+        assert sorted(os.getsid(p.pid) for p in found) == sorted(s.pid for s in sessions)
+    finally:
+        stop(servers(copy))
+
+
 SQUATTER = """import socket, sys
 s = socket.socket(socket.AF_UNIX)
 s.bind("\\0" + sys.argv[1])

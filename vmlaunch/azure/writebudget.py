@@ -40,6 +40,9 @@ DEFAULT_WINDOWS = (Window(240, 180.0), Window(1200, 1800.0))  # PutVM3Min, PutVM
 BLIND_PAUSE_SHARE = 1 / 12
 LONGEST_PAUSE = 3600.0  # a retry-after (or a stored pause) beyond this is not believed
 LEDGER_VERSION = 1
+# While a write in flight holds a window's last place, a waiting admission looks again this
+# often: the write's process ends any moment, and nothing else would say so.
+PENDING_RECHECK = 0.1
 
 
 def parse_windows(texts: tuple[str, ...]) -> tuple[Window, ...]:
@@ -78,8 +81,8 @@ class WriteBudget(Protocol):
     def wrote(self, admission: Admission) -> None:
         """The admitted write's process has ended: count it from now, when Azure surely had
         it. Azure counts a PUT when it arrives, later than its admission by the `az`
-        process's start (seconds for a nice create on a busy machine), so a window counted
-        from the admission could let in a write that Azure refuses."""
+        process's start (seconds for a nice create on a busy machine), so a write is counted
+        as made at every moment until then (Ledger.pending)."""
 
     def throttled(self, retry_after: float) -> None:
         """Azure throttled a write: no writes, by anyone sharing this budget, for this long."""
@@ -103,31 +106,42 @@ def note_throttle(budget: WriteBudget, error: AzError | None) -> None:
 
 @dataclass
 class Ledger:
-    """The times (seconds since the epoch) of the latest writes, newest last, and the time
-    before which nobody writes."""
+    """The times (seconds since the epoch) of the latest writes made, newest last; the
+    admission times of the writes whose process has not ended (`pending`: Azure may take
+    their PUT at any moment, so each counts as made now, for at most one shortest window:
+    a worker that died with one holds no place for long); and the time before which nobody
+    writes."""
 
     times: list[float] = field(default_factory=list)
     not_before: float = 0.0
+    pending: list[float] = field(default_factory=list)
 
     def wait(self, windows: tuple[Window, ...], now: float) -> float:
-        """Seconds until one more write fits every window and the pause (0: now)."""
+        """Seconds until one more write fits every window and the pause (0: now); at most
+        PENDING_RECHECK while a write is pending (its end may free a place)."""
+        hold = min(w.seconds for w in windows)
+        times = sorted([*self.times, *(min(now, t + hold) for t in self.pending)])
         waits = [self.not_before - now]
         for window in windows:
-            if len(self.times) >= window.calls:  # the window's oldest write must leave it
-                waits.append(self.times[-window.calls] + window.seconds - now)
-        return max(0.0, *waits)
+            if len(times) >= window.calls:  # the window's oldest write must leave it
+                waits.append(times[-window.calls] + window.seconds - now)
+        wait = max(0.0, *waits)
+        return min(wait, PENDING_RECHECK) if self.pending and wait > self.not_before - now \
+            else wait
 
     def add(self, windows: tuple[Window, ...], now: float) -> None:
-        """Count a write at `now`, keeping only the times some window still needs."""
-        longest = max(w.seconds for w in windows)
+        """Count a write admitted at `now` as pending, keeping only the times some window
+        still needs."""
+        longest, hold = max(w.seconds for w in windows), min(w.seconds for w in windows)
         keep = max(w.calls for w in windows)
-        self.times = [t for t in [*self.times, now] if t > now - longest][-keep:]
+        self.pending = [t for t in [*self.pending, now] if t + hold > now - longest]
+        self.times = [t for t in self.times if t > now - longest][-keep:]
 
     def moved(self, was: float, to: float) -> bool:
-        """Count the write counted at `was` at `to` instead; False if it is not here."""
-        if was not in self.times:
+        """The write admitted at `was` was made by `to`; False if it is not pending here."""
+        if was not in self.pending:
             return False
-        self.times.remove(was)
+        self.pending.remove(was)
         bisect.insort(self.times, to)
         return True
 
@@ -136,7 +150,8 @@ class Ledger:
 
     def encode(self) -> bytes:
         return json.dumps({"v": LEDGER_VERSION, "not_before": round(self.not_before, 3),
-                           "times": [round(t, 3) for t in self.times]}).encode()
+                           "times": [round(t, 3) for t in self.times],
+                           "pending": [round(t, 3) for t in self.pending]}).encode()
 
     @classmethod
     def decode(cls, data: bytes | None, now: float) -> Ledger:
@@ -149,10 +164,12 @@ class Ledger:
         if not isinstance(value, dict) or value.get("v") != LEDGER_VERSION:
             raise ValueError("not a version 1 ledger")
         times, not_before = value.get("times"), value.get("not_before")
-        if not isinstance(times, list) or not all(_plausible(x, now)
-                                                  for x in [*times, not_before]):
-            raise ValueError("times and not_before must be epoch seconds not far ahead")
-        return cls(sorted(times), not_before)
+        pending = value.get("pending", [])  # absent from the ledgers of an earlier version
+        if not isinstance(times, list) or not isinstance(pending, list) or not all(
+                _plausible(x, now) for x in [*times, *pending, not_before]):
+            raise ValueError("times, pending and not_before must be epoch seconds not far "
+                             "ahead")
+        return cls(sorted(times), not_before, sorted(pending))
 
 
 def _plausible(value: object, now: float) -> bool:

@@ -11,6 +11,7 @@ from vmlaunch.azure.failures import classify
 from vmlaunch.azure.writebudget import (
     DEFAULT_WINDOWS,
     LONGEST_PAUSE,
+    PENDING_RECHECK,
     Ledger,
     Window,
     parse_windows,
@@ -18,6 +19,13 @@ from vmlaunch.azure.writebudget import (
 )
 
 TWO = (Window(2, 10.0), Window(3, 100.0))
+ONE = (Window(1, 10.0),)
+
+
+def made(ledger: Ledger, windows: tuple[Window, ...], now: float) -> None:
+    """A write admitted at `now` whose process ended at once."""
+    ledger.add(windows, now)
+    assert ledger.moved(now, now)
 
 
 def test_windows_are_read_from_repeated_and_comma_separated_options():
@@ -36,30 +44,51 @@ def test_a_write_waits_until_the_oldest_write_of_a_full_window_has_left_it():
     ledger = Ledger()
     for now in (0.0, 1.0):
         assert ledger.wait(TWO, now) == 0.0
-        ledger.add(TWO, now)
+        made(ledger, TWO, now)
     assert ledger.wait(TWO, 4.0) == 6.0  # 2 in 10 s: the write at 0 leaves at 10
-    ledger.add(TWO, 10.0)
+    made(ledger, TWO, 10.0)
     assert ledger.wait(TWO, 11.0) == 89.0  # 3 in 100 s: the write at 0 leaves at 100
 
 
 def test_the_ledger_keeps_only_what_its_windows_need():
     ledger = Ledger()
     for now in range(10):
-        ledger.add(TWO, float(now))
-    assert ledger.times == [7.0, 8.0, 9.0]
-    ledger.add(TWO, 500.0)
-    assert ledger.times == [500.0]
+        made(ledger, TWO, float(now))
+    ledger.add(TWO, 10.0)  # an admission prunes
+    assert (ledger.times, ledger.pending) == ([7.0, 8.0, 9.0], [10.0])
+    made(ledger, TWO, 500.0)
+    assert (ledger.times, ledger.pending) == ([500.0], [])
 
 
 def test_a_write_counts_from_when_its_process_ended_once_that_is_known():
     ledger = Ledger()
-    for now in (0.0, 1.0):
-        ledger.add(TWO, now)
+    ledger.add(TWO, 0.0)
+    made(ledger, TWO, 1.0)
     # Admitted at 0, its `az` started late: Azure had the PUT by 3 at the latest.
     assert ledger.moved(0.0, 3.0)
-    assert ledger.times == [1.0, 3.0]
+    assert (ledger.times, ledger.pending) == ([1.0, 3.0], [])
     assert ledger.wait(TWO, 4.0) == 7.0  # the write at 1 leaves at 11, not the one at 0
     assert not ledger.moved(0.0, 5.0)  # counted once: nothing left at 0 to move
+
+
+def test_a_write_in_flight_counts_as_made_now_until_its_process_ends():
+    """Azure may take its PUT at any moment: counted from its admission, the write would
+    leave the window at 10 while a PUT made later is still in Azure's."""
+    ledger = Ledger()
+    ledger.add(ONE, 0.0)
+    assert ledger.wait(ONE, 5.0) == PENDING_RECHECK  # not yet: looked at again soon
+    assert ledger.wait(ONE, 10.0) > 0  # counted from its admission it would go now
+    assert ledger.moved(0.0, 12.0)
+    assert ledger.wait(ONE, 12.5) == 9.5
+
+
+def test_a_write_whose_process_never_ended_holds_its_place_one_window_longer_at_most():
+    """Its worker died: it counts as made one shortest window after its admission."""
+    ledger = Ledger()
+    ledger.add(ONE, 0.0)
+    assert ledger.wait(ONE, 19.9) > 0 and ledger.wait(ONE, 20.0) == 0.0
+    ledger.add(ONE, 40.0)
+    assert ledger.pending == [40.0]  # the dead one is no longer needed by any window
 
 
 def test_a_pause_holds_every_write_and_only_ever_grows():
@@ -70,14 +99,17 @@ def test_a_pause_holds_every_write_and_only_ever_grows():
 
 
 def test_a_ledger_survives_its_own_encoding():
-    ledger = Ledger([1.5, 2.25], 9.0)
+    ledger = Ledger([1.5, 2.25], 9.0, [3.5])
     assert Ledger.decode(ledger.encode(), now=10.0) == ledger
+    earlier = b'{"v": 1, "times": [1.5], "not_before": 0}'  # before writes were pending
+    assert Ledger.decode(earlier, now=10.0) == Ledger([1.5], 0.0, [])
 
 
 @pytest.mark.parametrize("data", [
     b"", b"\xff\xfe", b"[]", b"[" * 100_000, b'{"times": [], "not_before": 0}',
     b'{"v": 1, "times": "1,2", "not_before": 0}', b'{"v": 1, "times": [true], "not_before": 0}',
     b'{"v": 1, "times": [], "not_before": null}',
+    b'{"v": 1, "times": [], "not_before": 0, "pending": [null]}',
     json.dumps({"v": 1, "times": [], "not_before": 10 + LONGEST_PAUSE + 1}).encode()])
 def test_a_value_that_is_not_a_plausible_ledger_is_an_error(data):
     with pytest.raises(ValueError):

@@ -1,11 +1,11 @@
 """The simulator's Python client: what scripts/az-sim (use its path as AZ_CLI) runs as
 `python3 -I -S azsim/client.py ARGS` when the native client (client.c) is not built, and
-what that one hands every call to that it does not serve itself. See docs/az-simulator.md.
+what the native client hands every call it does not serve itself. See docs/az-simulator.md.
 
 A thin client: the call runs in a child of the simulator's fork server (azsim/server.py),
 which this starts when there is none, and this process prints what the call prints (the
 child writes to our own stdout/stderr) and exits with its code. Standard library only and
-no `site`, so that it starts in a few ms. AZ_SIM_SERVER=0 (or no server to be had) runs the
+no `site`, so that it starts in ~10-15 ms. AZ_SIM_SERVER=0 (or no server to be had) runs the
 call without one.
 """
 

@@ -40,9 +40,9 @@ DEFAULT_WINDOWS = (Window(240, 180.0), Window(1200, 1800.0))  # PutVM3Min, PutVM
 BLIND_PAUSE_SHARE = 1 / 12
 LONGEST_PAUSE = 3600.0  # a retry-after (or a stored pause) beyond this is not believed
 LEDGER_VERSION = 1
-# While a write in flight holds a window's last place, a waiting admission looks again this
-# often: the write's process ends any moment, and nothing else would say so.
-PENDING_RECHECK = 0.1
+# The longest a write's process runs (Tracked.create's submit timeout; a worker's `az` dies
+# with it): a write admitted longer ago than this cannot make its PUT any more.
+LONGEST_WRITE = 600.0
 
 
 def parse_windows(texts: tuple[str, ...]) -> tuple[Window, ...]:
@@ -108,33 +108,29 @@ def note_throttle(budget: WriteBudget, error: AzError | None) -> None:
 class Ledger:
     """The times (seconds since the epoch) of the latest writes made, newest last; the
     admission times of the writes whose process has not ended (`pending`: Azure may take
-    their PUT at any moment, so each counts as made now, for at most one shortest window:
-    a worker that died with one holds no place for long); and the time before which nobody
-    writes."""
+    their PUT at any moment, so each counts as made now until it is moved, for at most
+    LONGEST_WRITE: a worker that died with one holds its place no longer); and the time
+    before which nobody writes."""
 
     times: list[float] = field(default_factory=list)
     not_before: float = 0.0
     pending: list[float] = field(default_factory=list)
 
     def wait(self, windows: tuple[Window, ...], now: float) -> float:
-        """Seconds until one more write fits every window and the pause (0: now); at most
-        PENDING_RECHECK while a write is pending (its end may free a place)."""
-        hold = min(w.seconds for w in windows)
-        times = sorted([*self.times, *(min(now, t + hold) for t in self.pending)])
+        """Seconds until one more write fits every window and the pause (0: now). Never too
+        long: a pending write, counted as made now, can only be made later."""
+        times = sorted([*self.times, *(min(now, t + LONGEST_WRITE) for t in self.pending)])
         waits = [self.not_before - now]
         for window in windows:
             if len(times) >= window.calls:  # the window's oldest write must leave it
                 waits.append(times[-window.calls] + window.seconds - now)
-        wait = max(0.0, *waits)
-        return min(wait, PENDING_RECHECK) if self.pending and wait > self.not_before - now \
-            else wait
+        return max(0.0, *waits)
 
     def add(self, windows: tuple[Window, ...], now: float) -> None:
         """Count a write admitted at `now` as pending, keeping only the times some window
         still needs."""
-        longest, hold = max(w.seconds for w in windows), min(w.seconds for w in windows)
-        keep = max(w.calls for w in windows)
-        self.pending = [t for t in [*self.pending, now] if t + hold > now - longest]
+        longest, keep = max(w.seconds for w in windows), max(w.calls for w in windows)
+        self.pending = [t for t in [*self.pending, now] if t + LONGEST_WRITE > now - longest]
         self.times = [t for t in self.times if t > now - longest][-keep:]
 
     def moved(self, was: float, to: float) -> bool:

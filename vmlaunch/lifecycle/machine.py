@@ -229,8 +229,6 @@ class Lifecycle:
             await self._status(Phase.CREATING, f"az vm create {self.name} "
                                f"({self.spec.size}, {where})")
             admission = await self.observer.admit()  # the write budget may hold it back
-            # Checked last: reporting and the budget may have waited long, the lease with it.
-            await self.fence.allow("create", self.name)
             self.until = time.monotonic() + self.spec.create_timeout
             created = await self.observer.create(
                 self.spec, deployment_id=self.report.deployment_id, deadline=self.until,

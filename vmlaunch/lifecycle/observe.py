@@ -42,9 +42,10 @@ class Observer(Protocol):
         """Create and follow the VM until Azure has settled it, until our client ended with
         Azure still at work (`how` says so), or until `deadline` (time.monotonic()); an
         error when the create itself failed. A Failed VM's `failure` says why, when the
-        observer could read it. The create's process ends if `fence` closes before it has
-        (then Fenced: `lease.while_held`). Its `admission` is counted again when the
-        submit has ended (`WriteBudget.wrote`)."""
+        observer could read it. `fence` is checked first (Fenced if it is closed), and the
+        create's process ends if it closes before the process has (then Fenced:
+        `lease.while_held`). Its `admission` is counted again when the submit has ended,
+        or was refused (`WriteBudget.wrote`)."""
 
     async def wait(self, spec: VMSpec, deadline: float) -> Seen:
         """Follow a VM Azure is working on until it is settled or `deadline` passes."""

@@ -26,7 +26,13 @@ from typing import Any
 from vmlaunch.azure.azcli import AzCli, AzError, AzResult, FailureKind
 from vmlaunch.azure.failures import provisioning_failure
 from vmlaunch.azure.look import HOPELESS, Seen, addresses, listed, look
-from vmlaunch.azure.writebudget import Admission, LocalBudget, WriteBudget, note_throttle
+from vmlaunch.azure.writebudget import (
+    LONGEST_WRITE,
+    Admission,
+    LocalBudget,
+    WriteBudget,
+    note_throttle,
+)
 from vmlaunch.lifecycle.lease import OPEN, Fence, while_held
 from vmlaunch.lifecycle.observe import settled
 from vmlaunch.schema.vmspec import VMSpec
@@ -42,7 +48,7 @@ LIST_TIMEOUT = 300.0
 # At close, how long a listing in flight may finish: a read killed half way gains nothing,
 # and Azure would count a call we never saw the end of.
 CLOSE_WAIT = 2.0
-SUBMIT_TIMEOUT = 600.0  # validation and the PUT: seconds, never the create itself
+SUBMIT_TIMEOUT = LONGEST_WRITE  # validation and the PUT: seconds, never the create itself
 # Real ARM may list a just-submitted VM only once its deployment reaches it: absent this
 # long after the submit is "not yet", not "gone".
 ABSENT_GRACE = 30.0
@@ -218,9 +224,11 @@ class Tracked:
                      ) -> Seen | AzError:
         timeout = max(1.0, min(SUBMIT_TIMEOUT, deadline - time.monotonic()))
         try:
+            # Checked last: reporting and the budget may have waited long, the lease with it.
+            await fence.allow("create", spec.name)
             submitted = await while_held(fence, "create", spec.name, self.az.create_vm(
                 spec, deployment_id=deployment_id, timeout=timeout, no_wait=True))
-        finally:  # its PUT, if any, was made by now
+        finally:  # its PUT, if any, was made by now (refused here: none, counted as now)
             if admission is not None:
                 self.budget.wrote(admission)
         error = submitted.error

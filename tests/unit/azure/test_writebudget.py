@@ -11,7 +11,7 @@ from vmlaunch.azure.failures import classify
 from vmlaunch.azure.writebudget import (
     DEFAULT_WINDOWS,
     LONGEST_PAUSE,
-    PENDING_RECHECK,
+    LONGEST_WRITE,
     Ledger,
     Window,
     parse_windows,
@@ -56,8 +56,8 @@ def test_the_ledger_keeps_only_what_its_windows_need():
         made(ledger, TWO, float(now))
     ledger.add(TWO, 10.0)  # an admission prunes
     assert (ledger.times, ledger.pending) == ([7.0, 8.0, 9.0], [10.0])
-    made(ledger, TWO, 500.0)
-    assert (ledger.times, ledger.pending) == ([500.0], [])
+    made(ledger, TWO, 800.0)  # the write at 10, never made, could be no later than 610
+    assert (ledger.times, ledger.pending) == ([800.0], [])
 
 
 def test_a_write_counts_from_when_its_process_ended_once_that_is_known():
@@ -76,19 +76,20 @@ def test_a_write_in_flight_counts_as_made_now_until_its_process_ends():
     leave the window at 10 while a PUT made later is still in Azure's."""
     ledger = Ledger()
     ledger.add(ONE, 0.0)
-    assert ledger.wait(ONE, 5.0) == PENDING_RECHECK  # not yet: looked at again soon
-    assert ledger.wait(ONE, 10.0) > 0  # counted from its admission it would go now
+    assert ledger.wait(ONE, 5.0) == 10.0  # at the earliest: its PUT may come now
+    assert ledger.wait(ONE, 10.0) == 10.0  # counted from its admission it would go now
     assert ledger.moved(0.0, 12.0)
     assert ledger.wait(ONE, 12.5) == 9.5
 
 
-def test_a_write_whose_process_never_ended_holds_its_place_one_window_longer_at_most():
-    """Its worker died: it counts as made one shortest window after its admission."""
+def test_a_write_whose_process_never_ended_counts_as_made_when_it_could_last_have_been():
+    """Its worker died (and its `az` with it): no PUT after LONGEST_WRITE."""
     ledger = Ledger()
     ledger.add(ONE, 0.0)
-    assert ledger.wait(ONE, 19.9) > 0 and ledger.wait(ONE, 20.0) == 0.0
-    ledger.add(ONE, 40.0)
-    assert ledger.pending == [40.0]  # the dead one is no longer needed by any window
+    last = LONGEST_WRITE + 10.0  # one window after the last moment it could have been made
+    assert ledger.wait(ONE, last - 0.1) > 0 and ledger.wait(ONE, last) == 0.0
+    ledger.add(ONE, last)
+    assert ledger.pending == [last]  # the dead one is no longer needed by any window
 
 
 def test_a_pause_holds_every_write_and_only_ever_grows():

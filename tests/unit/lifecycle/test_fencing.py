@@ -16,12 +16,14 @@ import pytest
 from conftest import AzSim, async_wait_until
 
 from vmlaunch.azure.azcli import TAG_DEPLOYMENT, AzCli
+from vmlaunch.azure.writebudget import LocalBudget
 from vmlaunch.bus.feed import DuplicateRequest, EventFeed, Generations, publish_request
 from vmlaunch.bus.publish import dead_letter
 from vmlaunch.bus.streams import ensure_streams
 from vmlaunch.lifecycle.lease import Fenced, Lease
 from vmlaunch.lifecycle.machine import Lifecycle
 from vmlaunch.lifecycle.report import Reporter
+from vmlaunch.lifecycle.tracked import Tracked
 from vmlaunch.plans.plan import Plan
 from vmlaunch.runner.pollmode import run_legacy
 from vmlaunch.schema.messages import (
@@ -175,6 +177,21 @@ async def test_a_launch_without_its_lease_does_not_delete_a_failed_vm(sim: AzSim
 
     assert "vm delete" not in sim.state()["calls"]
     assert sim.state()["vms"]["vm-1"]["provisioningState"] == "Failed"
+
+
+async def test_a_create_its_fence_refuses_after_admission_gives_its_place_back(sim: AzSim):
+    """Admitted, then refused at the fence: no PUT was made, so nothing stays in flight in
+    the write budget (where it would count as made now for LONGEST_WRITE)."""
+    budget = LocalBudget()
+    report = Reporter(lambda _message: asyncio.sleep(0), deployment_id=DEPLOYMENT,
+                      vm_name="vm-1", source="w1", id_seed="seed", generation=1)
+    # Cancelled the moment the budget has admitted the create.
+    lease = Lease(60.0, cancelled=lambda: "cancelled meanwhile" if budget.ledger.pending else None)
+    with pytest.raises(Fenced, match="cancelled meanwhile"):
+        await Lifecycle(vm_spec(), az=AzCli(), report=report, fence=lease,
+                        observer=Tracked(AzCli(), budget=budget)).run()
+    assert "vm create" not in sim.state()["calls"]
+    assert (budget.ledger.pending, len(budget.ledger.times)) == ([], 1)
 
 
 async def test_a_create_still_on_its_way_when_the_lease_lapses_is_stopped_before_azure(

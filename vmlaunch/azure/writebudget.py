@@ -40,8 +40,9 @@ DEFAULT_WINDOWS = (Window(240, 180.0), Window(1200, 1800.0))  # PutVM3Min, PutVM
 BLIND_PAUSE_SHARE = 1 / 12
 LONGEST_PAUSE = 3600.0  # a retry-after (or a stored pause) beyond this is not believed
 LEDGER_VERSION = 1
-# The longest a write's process runs (Tracked.create's submit timeout; a worker's `az` dies
-# with it): a write admitted longer ago than this cannot make its PUT any more.
+# The longest a write's process runs (Tracked.create's timeout for the submit: validation
+# and the PUT, never the create itself; a worker's `az` dies with it): a write admitted
+# longer ago than this cannot make its PUT any more.
 LONGEST_WRITE = 600.0
 
 

@@ -48,7 +48,6 @@ LIST_TIMEOUT = 300.0
 # At close, how long a listing in flight may finish: a read killed half way gains nothing,
 # and Azure would count a call we never saw the end of.
 CLOSE_WAIT = 2.0
-SUBMIT_TIMEOUT = LONGEST_WRITE  # validation and the PUT: seconds, never the create itself
 # Real ARM may list a just-submitted VM only once its deployment reaches it: absent this
 # long after the submit is "not yet", not "gone".
 ABSENT_GRACE = 30.0
@@ -222,10 +221,9 @@ class Tracked:
     async def create(self, spec: VMSpec, *, deployment_id: str, deadline: float,
                      fence: Fence = OPEN, admission: Admission | None = None
                      ) -> Seen | AzError:
-        timeout = max(1.0, min(SUBMIT_TIMEOUT, deadline - time.monotonic()))
+        timeout = max(1.0, min(LONGEST_WRITE, deadline - time.monotonic()))
         try:
-            # Checked last: reporting and the budget may have waited long, the lease with it.
-            await fence.allow("create", spec.name)
+            await fence.allow("create", spec.name)  # last: the budget may have waited long
             submitted = await while_held(fence, "create", spec.name, self.az.create_vm(
                 spec, deployment_id=deployment_id, timeout=timeout, no_wait=True))
         finally:  # its PUT, if any, was made by now (refused here: none, counted as now)

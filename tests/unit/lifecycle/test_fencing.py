@@ -179,12 +179,27 @@ async def test_a_launch_without_its_lease_does_not_delete_a_failed_vm(sim: AzSim
     assert sim.state()["vms"]["vm-1"]["provisioningState"] == "Failed"
 
 
+def quiet_report() -> Reporter:
+    """A reporter of vm-1's first request that sends its events nowhere."""
+    return Reporter(lambda _message: asyncio.sleep(0), deployment_id=DEPLOYMENT,
+                    vm_name="vm-1", source="w1", id_seed="seed", generation=1)
+
+
+def slow_creates(sim: AzSim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *,
+                 seconds: int) -> None:
+    """`az` whose `vm create` sleeps `seconds` before it starts (real az under load)."""
+    slow = tmp_path / "slow-az"
+    slow.write_text(f'#!/bin/sh\n[ "$1 $2" = "vm create" ] && sleep {seconds}\n'
+                    f'exec {sim.env["AZ_CLI"]} "$@"\n')
+    slow.chmod(0o755)
+    monkeypatch.setenv("AZ_CLI", str(slow))
+
+
 async def test_a_create_its_fence_refuses_after_admission_gives_its_place_back(sim: AzSim):
     """Admitted, then refused at the fence: no PUT was made, so nothing stays in flight in
     the write budget (where it would count as made now for LONGEST_WRITE)."""
     budget = LocalBudget()
-    report = Reporter(lambda _message: asyncio.sleep(0), deployment_id=DEPLOYMENT,
-                      vm_name="vm-1", source="w1", id_seed="seed", generation=1)
+    report = quiet_report()
     # Cancelled the moment the budget has admitted the create.
     lease = Lease(60.0, cancelled=lambda: "cancelled meanwhile" if budget.ledger.pending else None)
     with pytest.raises(Fenced, match="cancelled meanwhile"):
@@ -198,13 +213,8 @@ async def test_a_create_still_on_its_way_when_the_lease_lapses_is_stopped_before
         sim: AzSim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # `az vm create` slow to start (real az under load: a chaos run saw a create still
     # starting 4 s after its lease lapsed, and the request's next owner created it too).
-    slow = tmp_path / "slow-az"
-    slow.write_text(f'#!/bin/sh\n[ "$1 $2" = "vm create" ] && sleep 5\n'
-                    f'exec {sim.env["AZ_CLI"]} "$@"\n')
-    slow.chmod(0o755)
-    monkeypatch.setenv("AZ_CLI", str(slow))
-    report = Reporter(lambda _message: asyncio.sleep(0), deployment_id=DEPLOYMENT,
-                      vm_name="vm-1", source="w1", id_seed="seed", generation=1)
+    slow_creates(sim, tmp_path, monkeypatch, seconds=5)
+    report = quiet_report()
     lease = Lease(1.5)  # no heartbeat confirmed: it lapses while the create starts
     started = asyncio.get_running_loop().time()
     with pytest.raises(Fenced, match="lapsed"):
@@ -216,13 +226,8 @@ async def test_a_create_still_on_its_way_when_the_lease_lapses_is_stopped_before
 
 async def test_a_launch_cancelled_while_its_create_starts_ends_that_create(
         sim: AzSim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    slow = tmp_path / "slow-az"
-    slow.write_text(f'#!/bin/sh\n[ "$1 $2" = "vm create" ] && sleep 3\n'
-                    f'exec {sim.env["AZ_CLI"]} "$@"\n')
-    slow.chmod(0o755)
-    monkeypatch.setenv("AZ_CLI", str(slow))
-    report = Reporter(lambda _message: asyncio.sleep(0), deployment_id=DEPLOYMENT,
-                      vm_name="vm-1", source="w1", id_seed="seed", generation=1)
+    slow_creates(sim, tmp_path, monkeypatch, seconds=3)
+    report = quiet_report()
     launch = asyncio.ensure_future(
         Lifecycle(vm_spec(), az=AzCli(), report=report, fence=Lease(30.0)).run())
     await async_wait_until(lambda: [p for p in sim.processes()

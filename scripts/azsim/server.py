@@ -21,6 +21,7 @@ protocol is in wire.py.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import select
 import signal
@@ -154,6 +155,14 @@ def run(name: str) -> int:
     import yaml  # noqa: F401
 
     from .main import main
+    # No garbage collection in a child: a call lives for milliseconds and its garbage has
+    # no cycles to speak of, and a collection writes to the header of every object it
+    # visits, each write a copy of a page shared with us. Frozen, our objects are never
+    # visited anyway. With this and query.py's closures, a 500-VM listing's child takes ~40
+    # ms of CPU instead of ~57, with ~2,900 page faults instead of ~3,100; a `vm show`'s
+    # ~6 ms instead of ~11.
+    gc.freeze()
+    gc.disable()
     serve(listener, main)
     return 0
 

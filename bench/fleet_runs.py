@@ -136,9 +136,12 @@ def state_path(work: Path) -> Path:
 
 def run_tool(spec: RunSpec, work: Path, env: dict) -> tuple[int, list[dict]]:
     out, err = work / "events.jsonl", work / "stderr.txt"
+    # In a session of its own, as when run from a shell: with the scheduler's autogroups
+    # (one per session), the bench's sampler and watcher would take the CPU from the
+    # orchestrator within its group instead of from a group of their own.
     with out.open("w") as stdout, err.open("w") as stderr:
         code = subprocess.run(tool_argv(spec, work), env=env, cwd=work, stdout=stdout,
-                              stderr=stderr, timeout=3600).returncode
+                              stderr=stderr, timeout=3600, start_new_session=True).returncode
     events = []
     for line in out.read_text().splitlines():
         try:

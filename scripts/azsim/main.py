@@ -123,11 +123,12 @@ def _count_call(store: StateStore, command: str, scn: Scenario, *,
                 throttle: bool) -> dict | None:
     """Count the invocation; the throttle or fault that makes this one fail, if any.
 
-    The counters file has its own lock: counting never waits for the state's writers."""
+    Counting takes no lock (state.py); what a throttle or fault counts is read-modified-
+    written under the counters' own lock, never the state's, by the calls they apply to."""
+    store.tally(command)
+    if not throttle or not (_applies(scn.throttle, command) or _applies(scn.faults, command)):
+        return None
     with store.counters().transaction() as st:
-        bump(st["calls"], command)
-        if not throttle:
-            return None
         if _applies(scn.throttle, command):
             st["throttle_seen"] += 1
             after = scn.throttle.get("after_calls", 0)
@@ -197,7 +198,7 @@ def sim_state(store: StateStore, scn: Scenario) -> dict:
     return {"vms": vms, "create_counts": st["create_counts"],
             "create_attempts": st["create_attempts"],
             "succeeded_at": {k: v for k, v in succeeded.items() if v},
-            "calls": counted["calls"], "nics": dict(st["nics"]),
+            "calls": store.tallied(), "nics": dict(st["nics"]),
             "public_ips": dict(st["public_ips"]), "disks": dict(st["disks"]),
             "throttled_calls_seen": counted["throttle_seen"],
             "fault_calls_seen": counted["fault_calls_seen"],
@@ -216,6 +217,7 @@ def run_sim(argv: list[str]) -> int:
             with part.transaction() as st:
                 st.clear()
                 st.update(part.empty())
+        store.forget_calls()
         return 0
     sys.stderr.write("usage: az-sim sim state | az-sim sim reset\n")
     return 2

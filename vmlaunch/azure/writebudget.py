@@ -163,11 +163,12 @@ class Ledger:
             value = json.loads(data or b"")
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise ValueError(f"not JSON ({type(exc).__name__})") from None
-        if not isinstance(value, dict) or value.get("v") not in (1, LEDGER_VERSION):
+        version = value.get("v") if isinstance(value, dict) else None
+        if type(version) is not int or version not in (1, LEDGER_VERSION):
             raise ValueError(f"not a version 1 or {LEDGER_VERSION} ledger")
         times, not_before = value.get("times"), value.get("not_before")
         pending = value.get("pending", [])  # absent from the ledgers of an earlier version
-        if value["v"] == LEDGER_VERSION:
+        if version == LEDGER_VERSION:
             times, pending = _unstepped(times), _unstepped(pending)
         if not isinstance(times, list) or not isinstance(pending, list) or not all(
                 _plausible(x, now) for x in [*times, *pending, not_before]):
@@ -182,11 +183,15 @@ def _steps(times: list[float]) -> list[int]:
     return [b - a for a, b in zip([0, *ms], ms, strict=False)]
 
 
+LONGEST_STEP = 10**15  # ms: ~31,700 years, more than any true time since the epoch
+
+
 def _unstepped(steps: object) -> list[float] | None:
-    """What `_steps` encoded; None unless `steps` is a list of whole non-negative numbers."""
+    """What `_steps` encoded; None unless `steps` is a list of whole numbers from 0 to
+    LONGEST_STEP."""
     if not isinstance(steps, list) or not all(
-            type(step) is int and step >= 0 for step in steps):
-        return None
+            type(step) is int and 0 <= step <= LONGEST_STEP for step in steps):
+        return None  # a larger int would not even become a float (OverflowError)
     return [ms / 1000 for ms in itertools.accumulate(steps)]
 
 

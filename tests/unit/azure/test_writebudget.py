@@ -136,7 +136,9 @@ def test_a_full_ledger_is_a_few_bytes_per_write():
     b'{"v": 2, "times": [true], "not_before": 0}', b'{"v": 2, "times": "1", "not_before": 0}',
     b'{"v": 2, "times": [], "not_before": 0, "pending": [1000, 0.5]}',
     json.dumps({"v": 2, "times": [(10 + LONGEST_PAUSE + 1) * 1000], "not_before": 0}).encode(),
-    b'{"v": 3, "times": [], "not_before": 0}'])
+    b'{"v": 3, "times": [], "not_before": 0}', b'{"v": 2.0, "times": [], "not_before": 0}',
+    b'{"v": true, "times": [], "not_before": 0}',
+    b'{"v": 2, "times": [' + b"9" * 400 + b'], "not_before": 0}'])
 def test_a_value_that_is_not_a_plausible_ledger_is_an_error(data):
     with pytest.raises(ValueError):
         Ledger.decode(data, now=10.0)

@@ -46,7 +46,11 @@ def search(query, data):
     try:
         compiled = jmespath.compile(query) if isinstance(query, str) else query
         interpreter = TreeInterpreter(jmespath.Options(dict_cls=OrderedHash))
-        return closure(compiled.parsed, interpreter)(data)
+        try:
+            evaluate = closure(compiled.parsed, interpreter)
+        except RecursionError:  # building takes more frames than the interpreter needs
+            return interpreter.visit(compiled.parsed, data)
+        return evaluate(data)
     except jmespath.exceptions.JMESPathError as e:
         raise AzError(f"ERROR: Invalid jmespath query supplied for `--query`: {e}\n"
                       f"{QUERY_REF}") from None

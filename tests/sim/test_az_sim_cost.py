@@ -277,8 +277,11 @@ SCALARS = st.none() | st.booleans() | st.integers(-3, 3) | st.sampled_from(["", 
 DOCS = st.recursive(
     SCALARS,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-        st.sampled_from(["name", "a", "b", "c", "tags", "role", "zones"]), inner, max_size=4),
-    max_leaves=25)
+        st.sampled_from(["name", "a", "b", "c", "tags", "role", "zones", "id",
+                         "provisioningState", "hardwareProfile", "vmSize", "virtualMachine",
+                         "network", "privateIpAddresses", "publicIpAddresses", "ipAddress"]),
+        inner, max_size=5),
+    max_leaves=40)
 
 
 def jmespath_answer(query: str, doc):
@@ -302,6 +305,21 @@ def test_a_query_answers_exactly_as_jmespaths_interpreter(doc, query) -> None:
     else:
         assert ours == expected
         assert json.dumps(ours) == json.dumps(expected)  # the same key order too
+        assert str(type_tree(ours)) == str(type_tree(expected))  # OrderedHash: -o tsv's order
+
+
+def type_tree(value):
+    if isinstance(value, dict):
+        return (type(value).__name__, [(k, type_tree(v)) for k, v in value.items()])
+    if isinstance(value, list):
+        return [type_tree(v) for v in value]
+    return type(value).__name__
+
+
+def test_a_query_deeper_than_the_closures_can_be_built_is_left_to_the_interpreter():
+    query = ".".join(["a[]"] * 220)  # nested projections: the interpreter goes to ~250
+    doc = {"a": [{"a": [{"a": [1]}]}, {"a": []}]}
+    assert search(query, doc) == jmespath.search(query, doc)
 
 
 def test_the_trackers_queries_run_without_jmespaths_interpreter(sim, monkeypatch):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -139,9 +140,18 @@ def run_tool(spec: RunSpec, work: Path, env: dict) -> tuple[int, list[dict]]:
     # In a session of its own, as when run from a shell: with the scheduler's autogroups
     # (one per session), the bench's sampler and watcher would take the CPU from the
     # orchestrator within its group instead of from a group of their own.
-    with out.open("w") as stdout, err.open("w") as stderr:
-        code = subprocess.run(tool_argv(spec, work), env=env, cwd=work, stdout=stdout,
-                              stderr=stderr, timeout=3600, start_new_session=True).returncode
+    with out.open("w") as stdout, err.open("w") as stderr, subprocess.Popen(
+            tool_argv(spec, work), env=env, cwd=work, stdin=subprocess.DEVNULL, stdout=stdout,
+            stderr=stderr, start_new_session=True) as tool:
+        try:
+            code = tool.wait(timeout=3600)
+        except BaseException:  # a timeout, or the bench's Ctrl-C (which no longer reaches it)
+            os.killpg(tool.pid, signal.SIGINT)  # the tool's own stop: it ends its workers
+            try:
+                tool.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                tool.kill()
+            raise
     events = []
     for line in out.read_text().splitlines():
         try:
@@ -176,16 +186,18 @@ def az_log(work: Path) -> list[tuple[float, str]]:
 def measure(spec: RunSpec) -> dict:
     """Runs `spec` once and returns its raw observations (metrics are fleet_metrics')."""
     work, env = workspace(spec)
-    with ProcessSampler() as sampler, StateWatcher(state_path(work)) as watcher:
-        started = time.time()
-        if spec.mode == "bash":
-            code, observed = run_bash(spec, work, env)
-            events: list[dict] = []
-        else:
-            (code, events), observed = run_tool(spec, work, env), {}
-        wall = time.time() - started
-    sim, log = sim_state(env), az_log(work)
-    shutil.rmtree(Path(env["AZ_SIM_STATE"]).parent, ignore_errors=True)
+    try:
+        with ProcessSampler() as sampler, StateWatcher(state_path(work)) as watcher:
+            started = time.time()
+            if spec.mode == "bash":
+                code, observed = run_bash(spec, work, env)
+                events: list[dict] = []
+            else:
+                (code, events), observed = run_tool(spec, work, env), {}
+            wall = time.time() - started
+        sim, log = sim_state(env), az_log(work)
+    finally:  # the simulated cloud's state may be in memory (CLOUD_DIR): never left there
+        shutil.rmtree(Path(env["AZ_SIM_STATE"]).parent, ignore_errors=True)
     if len(log) != (counted := sum(sim.get("calls", {}).values())):
         print(f"  {spec.label}: the call log holds {len(log)} calls, the simulator counted "
               f"{counted}: the ARM GETs are estimated from the log", file=sys.stderr)

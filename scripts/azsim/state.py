@@ -16,8 +16,7 @@ touches, so a create holds the lock ~5 ms at 500 VMs where decoding and re-encod
 it took ~15 ms. The lock is the simulator's, not Azure's (which takes PUTs in parallel),
 and a create runs as nice as its client: a long hold put every create behind one starved
 process. The file holds only JSON's types, lives in a 0700 directory, and is read by
-`az sim state`, which prints JSON. The counters file stays JSON: it is small, and tests
-read it.
+`az sim state`, which prints JSON. The counters file stays JSON: it is small.
 """
 
 from __future__ import annotations

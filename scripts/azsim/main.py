@@ -13,7 +13,7 @@ import sys
 import time
 
 from .budget import budget_view
-from .cli import Opt, parse_args
+from .cli import Opt, parse_args, parser_for
 from .context import Ctx
 from .errors import AzError, UsageError, throttle_error
 from .output import WithResourceGroups, add_resource_group, format_output
@@ -112,6 +112,12 @@ def resolve_command(argv: list[str]) -> tuple[str | None, list[str]]:
             raise UsageError(f"'{token}' is misspelled or not recognized by the system.")
         words.append(token)
     return None, words
+
+
+def build_parsers() -> None:
+    """Every command's parser, built now: the fork server does it once, before it forks."""
+    for command, (opts, _) in COMMANDS.items():
+        parser_for(f"az {command}", opts)
 
 
 def _applies(settings: dict, command: str) -> bool:

@@ -154,7 +154,8 @@ def run(name: str) -> int:
     import jmespath  # noqa: F401
     import yaml  # noqa: F401
 
-    from .main import main
+    from .main import build_parsers, main
+    build_parsers()
     # No garbage collection in a child: a call lives for milliseconds and its garbage has
     # no cycles to speak of, and a collection writes to the header of every object it
     # visits, each write a copy of a page shared with us. Frozen, our objects are never

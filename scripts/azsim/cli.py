@@ -107,9 +107,10 @@ _PARSERS: dict[tuple[str, tuple[Opt, ...]], argparse.ArgumentParser] = {}
 
 
 def parser_for(prog: str, opts: list[Opt]) -> argparse.ArgumentParser:
-    """The command's parser, built on first use in this process: ~2.5 ms of a `vm
-    create`'s ~10 (36 options), which the simulator's server spends once, before it forks,
-    instead of in every call. A parse changes nothing in it (every default is immutable)."""
+    """The command's parser, built on first use in this process: ~1.3 ms of a `vm
+    create`'s ~10 (36 options; the parse itself ~0.2), which the simulator's server spends
+    once, before it forks, instead of in every call. A parse changes nothing in it (every
+    default is immutable)."""
     key = (prog, tuple(opts))
     parser = _PARSERS.get(key)
     if parser is None:

@@ -346,7 +346,7 @@ def test_the_trackers_queries_run_without_jmespaths_interpreter(sim, monkeypatch
 
 
 def test_a_command_parses_with_the_parser_built_before_it_ran(monkeypatch):
-    """The fork server builds every command's parser before it forks (~2.5 ms of a `vm
+    """The fork server builds every command's parser before it forks (~1.3 ms of a `vm
     create`'s ~10 each call spent building one), and a parse leaves it as it was."""
     build_parsers()
 

@@ -141,6 +141,12 @@ class StateStore:
         self.path = path
         self.empty = empty
         self.load, self.dump = load, dump
+        self.tally_path = path + ".calls.log"
+
+    def _open(self, path: str, flags: int) -> int:
+        """`path` opened, 0600, in the store's directory (0700, made if need be)."""
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o700, exist_ok=True)
+        return os.open(path, flags | os.O_CREAT, 0o600)
 
     def counters(self) -> StateStore:
         return StateStore(self.path + ".calls.json", empty_counters, load=json.loads,
@@ -149,8 +155,7 @@ class StateStore:
     def tally(self, command: str) -> None:
         """Count one call of `command` (see the top: no lock; an append this short is one
         write, which no other append splits)."""
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o700, exist_ok=True)
-        fd = os.open(self.path + ".calls.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = self._open(self.tally_path, os.O_WRONLY | os.O_APPEND)
         try:
             os.write(fd, command.encode() + b"\n")
         finally:
@@ -159,14 +164,14 @@ class StateStore:
     def tallied(self) -> dict[str, int]:
         """Calls by command, as `tally` counted them."""
         try:
-            with open(self.path + ".calls.log", "rb") as f:
+            with open(self.tally_path, "rb") as f:
                 return dict(Counter(f.read().decode().splitlines()))
         except FileNotFoundError:
             return {}
 
     def forget_calls(self) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path + ".calls.log")
+            os.unlink(self.tally_path)
 
     def read(self) -> dict:
         try:
@@ -178,8 +183,7 @@ class StateStore:
     @contextmanager
     def transaction(self):
         """Yield the state for a read-modify-write under the lock; save it if no error."""
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o700, exist_ok=True)
-        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = self._open(self.path + ".lock", os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             state = self.read()

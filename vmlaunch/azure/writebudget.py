@@ -41,6 +41,7 @@ DEFAULT_WINDOWS = (Window(240, 180.0), Window(1200, 1800.0))  # PutVM3Min, PutVM
 BLIND_PAUSE_SHARE = 1 / 12
 LONGEST_PAUSE = 3600.0  # a retry-after (or a stored pause) beyond this is not believed
 LEDGER_VERSION = 2  # decode() still reads version 1
+LONGEST_STEP = 10**15  # a ledger's step, in ms: ~31,700 years, more than any true time
 # The longest a write's process runs (Tracked.create's timeout for the submit: validation
 # and the PUT, never the create itself; a worker's `az` dies with it): a write admitted
 # longer ago than this cannot make its PUT any more.
@@ -181,9 +182,6 @@ def _steps(times: list[float]) -> list[int]:
     """Sorted epoch seconds as milliseconds: the first, then each one's step from the last."""
     ms = [round(t * 1000) for t in sorted(times)]
     return [b - a for a, b in zip([0, *ms], ms, strict=False)]
-
-
-LONGEST_STEP = 10**15  # ms: ~31,700 years, more than any true time since the epoch
 
 
 def _unstepped(steps: object) -> list[float] | None:

@@ -50,22 +50,40 @@ def start_server(name: str) -> int:
 def connect() -> "_socket.socket | None":
     """A connection to our server, started if need be; None if none would listen."""
     sock, name = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM), server_name()
+    starter = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)  # see `starts`
     servers: list[int] = []  # the ones we started: a second if the first lost a race
     deadline = time.monotonic() + START_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            sock.connect(f"\0{name}")
-            if peer_uid(sock) == os.getuid():
-                return sock
-            break  # another user's (the name is predictable): never hand them our call
-        except OSError:
-            if not servers or os.waitpid(servers[-1], os.WNOHANG)[0]:
-                if len(servers) == 2:
-                    break  # ours keep ending without listening: run the call ourselves
-                servers.append(start_server(name))
-            time.sleep(0.005)
+    try:
+        while time.monotonic() < deadline:
+            try:
+                sock.connect(f"\0{name}")
+                if peer_uid(sock) == os.getuid():
+                    return sock
+                break  # another user's (the name is predictable): never hand them our call
+            except OSError:
+                if (not servers or os.waitpid(servers[-1], os.WNOHANG)[0]) and starts(
+                        starter, name):
+                    if len(servers) == 2:
+                        break  # ours keep ending without listening: run the call ourselves
+                    servers.append(start_server(name))
+                time.sleep(0.005)
+    finally:
+        starter.close()
     sock.close()
     return None
+
+
+def starts(starter: "_socket.socket", name: str) -> bool:
+    """Whether this client is the one to start the server: the one whose `starter` holds
+    the abstract name `<name>-start` (the kernel frees it when its holder ends, even
+    killed; the others wait for the server it starts, not each starting one)."""
+    if starter.getsockname():
+        return True  # ours already
+    try:
+        starter.bind(f"\0{name}-start")
+    except OSError:
+        return False
+    return True
 
 
 def fill_standard_fds() -> None:

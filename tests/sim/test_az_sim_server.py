@@ -221,6 +221,32 @@ def test_each_session_has_its_server(sim, tmp_path):
         stop(servers(copy))
 
 
+DRIVER = """import subprocess, sys
+calls = [subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL) for _ in range(int(sys.argv[1]))]
+sys.exit(max(call.wait() for call in calls))
+"""
+
+
+def test_calls_that_find_no_server_start_one_between_them(sim, tmp_path):
+    """Many calls at once and no server yet (a tool's first calls): one of them starts the
+    server and the others wait for it, instead of each starting one that then loses the
+    race for the socket (~30 Python starts on the tool's 2 cores as its run begins)."""
+    copy = own_copy(tmp_path)
+    started = tmp_path / "servers-started"
+    server = copy / "azsim" / "server.py"
+    main = 'if __name__ == "__main__":'
+    server.write_text(server.read_text().replace(  # a line per server process that starts
+        main, f"open({str(started)!r}, 'a').write('started\\n')\n\n\n{main}"))
+    calls = subprocess.run(  # in one session, as one tool's calls
+        [sys.executable, "-c", DRIVER, "12", *python_client(copy), "version"], env=sim.env,
+        start_new_session=True, timeout=60)
+    try:
+        assert calls.returncode == 0
+        assert started.read_text().splitlines() == ["started"]
+    finally:
+        stop(servers(copy))
+
+
 SQUATTER = """import socket, sys
 s = socket.socket(socket.AF_UNIX)
 s.bind("\\0" + sys.argv[1])

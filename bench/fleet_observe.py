@@ -141,8 +141,14 @@ def kind_of(cmdline: list[str]) -> str | None:
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+PF_FORKNOEXEC = 0x40  # <linux/sched.h>: forked and not exec'd yet
+
+
 def _stats() -> dict[int, tuple[int, int, int]]:
-    """pid -> (parent pid, start time, RSS in bytes) of every process, from /proc/N/stat."""
+    """pid -> (parent pid, start time, RSS in bytes) of every process, from /proc/N/stat,
+    but a fork that has not exec'd yet has no parent here: until its exec it shows its
+    parent's cmdline (a client starting the simulator's server would count as one more az)
+    and it runs no program of its own yet."""
     found = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -154,7 +160,8 @@ def _stats() -> dict[int, tuple[int, int, int]]:
             continue
         if fields[0] == b"Z":  # ended, not reaped yet: not running, as psutil counted
             continue
-        found[int(entry.name)] = (int(fields[1]), int(fields[19]), int(fields[21]) * PAGE)
+        parent = 0 if int(fields[6]) & PF_FORKNOEXEC else int(fields[1])
+        found[int(entry.name)] = (parent, int(fields[19]), int(fields[21]) * PAGE)
     return found
 
 

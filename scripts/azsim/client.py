@@ -23,6 +23,7 @@ VENV_PYTHON = os.path.join(HERE, "..", ".venv", "bin", "python")
 # The simulator needs pyyaml and jmespath: the repo's venv has them (sys.executable may not).
 PYTHON = VENV_PYTHON if os.path.exists(VENV_PYTHON) else sys.executable
 START_SECONDS = 10.0  # for a new server to listen, before the call runs without one
+STARTER_WAIT = 2.0  # for the server another client starts, before starting one ourselves
 
 
 def server_name() -> str:
@@ -52,7 +53,8 @@ def connect() -> "_socket.socket | None":
     sock, name = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM), server_name()
     starter = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)  # see `starts`
     servers: list[int] = []  # the ones we started: a second if the first lost a race
-    deadline = time.monotonic() + START_SECONDS
+    began = time.monotonic()
+    deadline = began + START_SECONDS
     try:
         while time.monotonic() < deadline:
             try:
@@ -62,7 +64,7 @@ def connect() -> "_socket.socket | None":
                 break  # another user's (the name is predictable): never hand them our call
             except OSError:
                 if (not servers or os.waitpid(servers[-1], os.WNOHANG)[0]) and starts(
-                        starter, name):
+                        starter, name, began):
                     if len(servers) == 2:
                         break  # ours keep ending without listening: run the call ourselves
                     servers.append(start_server(name))
@@ -73,17 +75,19 @@ def connect() -> "_socket.socket | None":
     return None
 
 
-def starts(starter: "_socket.socket", name: str) -> bool:
-    """Whether this client is the one to start the server: the one whose `starter` holds
-    the abstract name `<name>-start` (the kernel frees it when its holder ends, even
-    killed; the others wait for the server it starts, not each starting one)."""
+def starts(starter: "_socket.socket", name: str, since: float) -> bool:
+    """Whether this client is the one to start the server (asked since `since`, each time
+    no server listened): the one whose `starter` holds the abstract name `<name>-start`
+    (the kernel frees it when its holder ends, even killed). The others wait for the server
+    it starts rather than each starting one, but for STARTER_WAIT at most: a holder that is
+    stopped, or another user's process on the name, must not hold every call back."""
     if starter.getsockname():
-        return True  # ours already
+        return True  # ours since the last try, and no server listened then either
     try:
         starter.bind(f"\0{name}-start")
     except OSError:
-        return False
-    return True
+        return time.monotonic() - since >= STARTER_WAIT
+    return False  # ours now: one more try first (its last holder's server may listen now)
 
 
 def fill_standard_fds() -> None:

@@ -247,6 +247,23 @@ def test_calls_that_find_no_server_start_one_between_them(sim, tmp_path):
         stop(servers(copy))
 
 
+def test_a_call_waits_for_a_held_start_name_only_so_long_then_starts_a_server(sim, tmp_path):
+    """The name of the one client that starts the server can be held by a starter that is
+    stopped, or by another user: a call waits for its server a while (STARTER_WAIT), then
+    starts one itself instead of running without a server after 10 s."""
+    copy = own_copy(tmp_path)
+    held = socket.socket(socket.AF_UNIX)
+    held.bind("\0" + wire.server_name(str(copy)) + "-start")  # our session and niceness
+    try:
+        done = subprocess.run([*python_client(copy), "version"], env=sim.env,
+                              capture_output=True, timeout=30)
+        assert done.returncode == 0
+        assert servers(copy), "the call ran without a server"
+    finally:
+        held.close()
+        stop(servers(copy))
+
+
 SQUATTER = """import socket, sys
 s = socket.socket(socket.AF_UNIX)
 s.bind("\\0" + sys.argv[1])

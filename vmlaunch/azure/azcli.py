@@ -36,7 +36,7 @@ from vmlaunch.azure.argv import (
     vm_wait_args,
 )
 from vmlaunch.azure.failures import AzError, FailureKind, classify
-from vmlaunch.host import azslots
+from vmlaunch.host import azslots, guarded
 from vmlaunch.host.procs import COMMAND_NICENESS, KILL_GRACE, ProcessResult, run_process
 from vmlaunch.schema.vmspec import VMSpec
 
@@ -108,7 +108,9 @@ class TokenBucket:
 
 class AzCli:
     """Runs az. `calls` counts invocations per command (see `command_key`). Every process
-    holds a slot of `slots` (by default the process's machine-wide limit) while it runs."""
+    holds a slot of `slots` (by default the process's machine-wide limit) while it runs.
+    Made only where this process's guard runs: else `GuardUnavailable` (exit 3) at once,
+    not a NOT_RUN for each call, which is an unknown outcome and would be retried."""
 
     def __init__(self, executable: str | None = None, *, write_rate: float = 10.0,
                  kill_grace: float = KILL_GRACE,
@@ -118,6 +120,7 @@ class AzCli:
         self.slots = slots or azslots.shared()
         self.calls: collections.Counter[str] = collections.Counter()
         self._bucket = TokenBucket(write_rate, max(1, round(write_rate)))
+        guarded.guard()
 
     async def _admit(self, args: list[str]) -> list[str]:
         """Count the call, rate-limit writes, log it; give the full argv."""

@@ -5,7 +5,8 @@ kernel's parent-death signal follows the thread that forked, not the process) an
 reads the guard's replies, handing each exit code to the event loop of the call it ends.
 A call's output comes back through pipes we create and read ourselves. If the guard is
 lost (it never is, short of a SIGKILL), its calls end with exit code NOT_RUN (-1) and the next call
-starts another guard.
+starts another guard. A guard that ends before it says it is ready is `GuardUnavailable`
+(exit 3): no command can run here, and a NOT_RUN, an unknown outcome, would be retried.
 """
 
 from __future__ import annotations
@@ -24,11 +25,17 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmlaunch.errors import ExitCode, HostError
 from vmlaunch.host.procguard import NOT_RUN
 
 log = logging.getLogger("procs")
 
 _GUARD = str(Path(__file__).with_name("procguard.py"))
+START_WAIT = 30.0  # for a new guard to say it is ready: a Python start, on a busy machine
+
+
+class GuardUnavailable(HostError, exit_code=ExitCode.CANNOT_RUN):
+    """The guard process did not start: no command (az, ssh) can run from this process."""
 
 
 @dataclass
@@ -74,25 +81,30 @@ class Guard:
         self._keys = itertools.count(1)
         self._lock = threading.Lock()
         self._waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[int]]] = {}
+        self._failed_start = f"no answer in {START_WAIT:g} s"  # until it says it is ready
+        self._proc: subprocess.Popen[bytes] | None = None
         started = threading.Event()
         threading.Thread(target=self._serve, args=(theirs, started), name="procguard",
                          daemon=True).start()
-        started.wait()
+        if not started.wait(START_WAIT) or not self.alive:
+            self.alive = False
+            if self._proc is not None:
+                self._proc.kill()  # stuck in its start (it runs no command yet): the
+                # reader then sees EOF, and closes and reaps
+            raise GuardUnavailable(f"the process guard ({_GUARD}) did not start: "
+                                   f"{self._failed_start}")
 
     def _serve(self, theirs: socket.socket, started: threading.Event) -> None:
-        try:
-            # Its own session (with its commands): a Ctrl-C on the terminal reaches only us,
-            # and we stop the commands.
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", _GUARD, str(theirs.fileno()), str(os.getpid())],
-                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        except OSError:
+        self._proc = proc = self._start(theirs)
+        ready = proc is not None and self._receive() == ("ready",)
+        if not ready:
             self.alive = False
-            raise
-        finally:
-            theirs.close()
-            started.set()
+            self.sock.close()
+            if proc is not None:
+                self._failed_start = f"exit code {proc.wait()}"
+        started.set()
+        if not ready:
+            return
         while message := self._receive():
             self._settle(message[1], message[2])
         self.alive = False
@@ -102,6 +114,20 @@ class Guard:
             keys = list(self._waiting)
         for key in keys:
             self._settle(key, NOT_RUN)
+
+    def _start(self, theirs: socket.socket) -> subprocess.Popen[bytes] | None:
+        try:
+            # Its own session (with its commands): a Ctrl-C on the terminal reaches only us,
+            # and we stop the commands.
+            return subprocess.Popen(
+                [sys.executable, "-I", "-S", _GUARD, str(theirs.fileno()), str(os.getpid())],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            self._failed_start = str(exc)
+            return None
+        finally:
+            theirs.close()
 
     def _receive(self) -> tuple | None:
         try:

@@ -20,8 +20,9 @@ Usage: python -I -S procguard.py SOCKET_FD PARENT_PID (stdlib only, no shell). T
 a SOCK_SEQPACKET pair; each message is one marshal'd tuple:
 - tool -> guard: ("run", id, argv, env, cwd, niceness, grace) with the command's stdout and
   stderr as SCM_RIGHTS; ("stop", id);
-- guard -> tool: ("exited", id, code), subprocess's convention: -N for signal N (a killed
-  `az` is an unknown outcome, not a failure).
+- guard -> tool: ("ready",) once, when it is watching for the tool's death; then
+  ("exited", id, code), subprocess's convention: -N for signal N (a killed `az` is an
+  unknown outcome, not a failure).
 
 `on_parent_death` is also what `procs.die_with_parent` uses: one place knows the prctl.
 """
@@ -231,6 +232,7 @@ def serve(sock: socket.socket, parent: int) -> int:
         signal.signal(sig, lambda *_: guard.orphan())
     if not on_parent_death(signal.SIGTERM, parent):
         return 128 + signal.SIGTERM
+    guard.reply(("ready",))
     poller = select.poll()
     poller.register(wake_r, select.POLLIN)
     poller.register(sock, select.POLLIN)

@@ -120,8 +120,14 @@ async def run_process(argv: list[str], *, timeout: float | None = None,
     kills the group and is a result with `timed_out`; a cancellation kills the group and
     propagates. `env` is added to ours."""
     started = time.monotonic()
-    call = guarded.guard().run(argv, env={**_without_nats(os.environ), **(env or {})},
-                               niceness=niceness, grace=kill_grace)
+    try:
+        guard = guarded.guard()
+    except guarded.GuardUnavailable as exc:  # lost, then not restarted: as a lost call
+        log.warning("%s", exc)  # (a process that never had one stopped at its AzCli)
+        return ProcessResult(argv=argv, exit_code=NOT_RUN, stdout="", stderr=str(exc),
+                             duration=time.monotonic() - started, timed_out=False)
+    call = guard.run(argv, env={**_without_nats(os.environ), **(env or {})},
+                     niceness=niceness, grace=kill_grace)
     try:
         code = await asyncio.wait_for(asyncio.shield(call.exited), timeout)
     except (TimeoutError, asyncio.CancelledError) as exc:

@@ -102,9 +102,9 @@ class Guard:
             self.sock.close()
             if proc is not None:
                 self._failed_start = f"exit code {proc.wait()}"
-        started.set()
-        if not ready:
+            started.set()
             return
+        started.set()
         while message := self._receive():
             self._settle(message[1], message[2])
         self.alive = False

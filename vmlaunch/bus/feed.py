@@ -6,7 +6,8 @@ resuming never doubles work (and a worker looks before it creates, so a re-deliv
 the window is safe too). A *new* request must not be dropped: its generation comes from the
 KV bucket `VM_GENERATIONS` (key `<deployment>.<vm>`, the last generation published), which
 outlives the state file, and a duplicate ack of it raises `DuplicateRequest`. The events are
-read through an ephemeral pull consumer that starts at a time; after any trouble (NATS away,
+read through an ephemeral pull consumer that starts at a time (`pull.py`: each event
+handed over as it lands); after any trouble (NATS away,
 consumer gone with a restarted server) it is re-created from the next stream sequence, so no
 event is missed or read twice.
 """
@@ -19,12 +20,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from vmlaunch.bus.connection import EVENTS_STREAM
+from vmlaunch.bus.pull import pull
 from vmlaunch.bus.streams import GENERATIONS_BUCKET
 from vmlaunch.errors import BusError
 from vmlaunch.schema.messages import (
@@ -42,9 +45,7 @@ from vmlaunch.schema.vmspec import VMSpec
 log = logging.getLogger("eventfeed")
 
 SOURCE = "orchestrator"
-FETCH_BATCH = 200
-FETCH_WAIT = 0.5
-
+RESUME_WAIT = 0.5  # the pause before a new consumer after trouble
 
 
 
@@ -122,10 +123,11 @@ class EventFeed:
     also drop events whose own `time` is before `start` (what `events --since` asks for; a
     deployment's feed filters by generation instead)."""
 
-    def __init__(self, js: JetStreamContext, deliver: Callable[[Message], Awaitable[None]], *,
+    def __init__(self, nc: Client, deliver: Callable[[Message], Awaitable[None]], *,
                  start: datetime | None, deployment_id: str | None = None,
                  by_event_time: bool = True) -> None:
-        self.js = js
+        self.nc = nc
+        self.js = nc.jetstream()
         self.deliver = deliver
         self.start = start
         self.deployment_id = deployment_id
@@ -159,7 +161,7 @@ class EventFeed:
                 except Exception as exc:  # NATS away, consumer lost: start again after it
                     log.debug("event feed interrupted (%r); resuming after seq %d", exc,
                               self.last_seq)
-                    await asyncio.sleep(FETCH_WAIT)
+                    await asyncio.sleep(RESUME_WAIT)
         finally:
             await self._forget()
 
@@ -168,35 +170,26 @@ class EventFeed:
         self._consumer = info.name
         if info.num_pending == 0:
             self.caught_up.set()
-        sub = await self.js.pull_subscribe_bind(consumer=info.name, stream=EVENTS_STREAM)
-        try:
-            while not self._stopping:
-                try:
-                    batch = await sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT)
-                except TimeoutError:
-                    self.caught_up.set()
-                    continue
-                for msg in batch:
-                    meta = msg.metadata
-                    if meta.sequence.stream <= self.last_seq:
-                        continue
+        async with contextlib.aclosing(pull(self.nc, EVENTS_STREAM, info.name)) as messages:
+            async for msg in messages:
+                meta = msg.metadata
+                if meta.sequence.stream > self.last_seq:
                     self.last_seq = meta.sequence.stream
                     await self._deliver(msg.subject, msg.data)
-                    if meta.num_pending == 0:
-                        self.caught_up.set()
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                if meta.num_pending == 0:
+                    self.caught_up.set()
+                if self._stopping:
+                    return
 
     async def stop(self, task: asyncio.Task[None]) -> None:
         """End `task` (running `run`) for sure. A flag as well as a cancel: in Python 3.11 a
-        cancel that races with a fetch's own timeout can surface as a plain timeout."""
+        cancel that races with a read's own timeout can surface as a plain timeout."""
         self._stopping = True
         for _ in range(3):
             if task.done():
                 break
             task.cancel()
-            await asyncio.wait({task}, timeout=4 * FETCH_WAIT)
+            await asyncio.wait({task}, timeout=4 * RESUME_WAIT)
         if task.done() and not task.cancelled() and task.exception() is not None:
             log.debug("event feed ended with %r", task.exception())
 

@@ -100,7 +100,7 @@ async def events(*, nats: NatsSettings | None, store: Path, deployment_id: str |
                 else:
                     say(event_line(message))
 
-        feed = EventFeed(nc.jetstream(), show, start=since, deployment_id=deployment_id)
+        feed = EventFeed(nc, show, start=since, deployment_id=deployment_id)
         stop = asyncio.Event()
         reader = asyncio.create_task(feed.run())
         waiter = asyncio.create_task(stop.wait() if follow else feed.caught_up.wait())

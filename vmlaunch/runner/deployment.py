@@ -209,7 +209,7 @@ class Deployment:
             return await self._run_legacy(None)
         assert self.tracker is not None
         nats_run = NatsRun(
-            nc.jetstream(), self.plan, self.tracker, self.display, stop=self.stop,
+            nc, self.plan, self.tracker, self.display, stop=self.stop,
             link=self.link, deadline_at=self.deadline, grace=self.options.nats_grace,
             deadline_reason=f"deadline of {self.options.deadline or self.plan.deadline:g} "
                             "s reached", runtime=self.runtime)

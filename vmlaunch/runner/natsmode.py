@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Iterable
 from datetime import datetime
 from typing import TypeVar
 
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from vmlaunch.bus.connection import ACK_WAIT, REQUESTS_STREAM, WORKER_CONSUMER
@@ -82,10 +83,11 @@ class Link:
 
 
 class NatsRun:
-    def __init__(self, js: JetStreamContext, plan: Plan, tracker: Tracker, display: Display, *,
+    def __init__(self, nc: Client, plan: Plan, tracker: Tracker, display: Display, *,
                  stop: asyncio.Event, link: Link, deadline_at: float, deadline_reason: str,
                  grace: float, runtime: EmbeddedRuntime | None) -> None:
-        self.js, self.plan, self.tracker, self.display = js, plan, tracker, display
+        self.nc, self.js = nc, nc.jetstream()
+        self.plan, self.tracker, self.display = plan, tracker, display
         self.stop, self.link, self.grace, self.runtime = stop, link, grace, runtime
         self.deadline_at, self.deadline_reason = deadline_at, deadline_reason
         self.loop = asyncio.get_running_loop()
@@ -103,7 +105,8 @@ class NatsRun:
             self.ack_wait = info.config.ack_wait or ACK_WAIT
         tickets = await self._new_generations(tickets)
         start = min(epoch(t.requested_at) for t in tickets.values()) - REPLAY_MARGIN
-        feed = EventFeed(js, self.tracker.sink, start=datetime.fromtimestamp(start).astimezone(),
+        feed = EventFeed(self.nc, self.tracker.sink,
+                         start=datetime.fromtimestamp(start).astimezone(),
                          deployment_id=self.plan.deployment_id, by_event_time=False)
         feed_task = asyncio.create_task(feed.run(), name="event-feed")
         try:

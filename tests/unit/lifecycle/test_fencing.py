@@ -325,7 +325,7 @@ async def test_a_cancel_sent_on_an_event_subject_changes_no_owner(nats_server):
         async def collect(message: Message) -> None:
             seen.append(message)
 
-        feed = EventFeed(js, collect, start=None, deployment_id=DEPLOYMENT,
+        feed = EventFeed(nc, collect, start=None, deployment_id=DEPLOYMENT,
                          by_event_time=False)
         task = asyncio.create_task(feed.run())
         await asyncio.wait_for(feed.caught_up.wait(), 10)

@@ -1,0 +1,67 @@
+"""The orchestrator's event feed hands over each event as it lands.
+
+The case that held events back: the answer a read finds first is a status left over from
+an earlier pull request (a 408 that landed after its read had timed out). nats-py's
+`fetch` then went on with a lingering request and kept the next event until its own
+deadline (0.5 s); in fleet runs that was the 0.3-0.4 s stall of about ten VMs at once.
+The test puts such a status into the feed's inbox, as the server would, and times one
+event through: on loopback it takes a few milliseconds, the held one took ~0.5 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import nats
+import pytest
+from conftest import async_wait_until
+from nats.aio.msg import Msg
+
+from vmlaunch.bus.feed import EventFeed, publish_event
+from vmlaunch.bus.streams import ensure_streams
+from vmlaunch.schema.messages import Complete, Message
+
+pytestmark = pytest.mark.timeout(60)
+
+DEPLOYMENT = "feed-test"
+HANDED_OVER_WITHIN = 0.25  # s: far above loopback delivery, well below the held 0.5 s
+
+
+def complete(vm_name: str) -> Message:
+    return Message(deployment_id=DEPLOYMENT, vm_name=vm_name, source="w1", generation=1,
+                   payload=Complete(public_ip="20.0.0.4", private_ip="10.0.0.4",
+                                    vm_id="id-1", duration_seconds=3.0))
+
+
+async def test_an_event_after_a_stale_status_is_handed_over_at_once(nats_server):
+    nc = await nats.connect(nats_server.url)
+    observer = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        pulls: asyncio.Queue[Msg] = asyncio.Queue()
+        await observer.subscribe("$JS.API.CONSUMER.MSG.NEXT.VM_EVENTS.*", cb=pulls.put)
+        await observer.flush()
+        arrived: dict[str, float] = {}
+
+        async def collect(message: Message) -> None:
+            arrived[message.vm_name] = time.monotonic()
+
+        feed = EventFeed(nc, collect, start=None, deployment_id=DEPLOYMENT,
+                         by_event_time=False)
+        task = asyncio.create_task(feed.run())
+        await asyncio.wait_for(feed.caught_up.wait(), 10)
+        for vm_name in ("vm-1", "vm-2", "vm-3"):
+            request = await asyncio.wait_for(pulls.get(), 10)  # a read waits on this one
+            await observer.publish(request.reply, b"", headers={
+                "Status": "408", "Description": "Request Timeout"})
+            await observer.flush()
+            await publish_event(js, complete(vm_name))
+            sent = time.monotonic()
+            await async_wait_until(lambda name=vm_name: name in arrived, timeout=5, interval=0.005)
+            assert arrived[vm_name] - sent < HANDED_OVER_WITHIN, vm_name
+        await feed.stop(task)
+    finally:
+        await observer.close()
+        await nc.close()

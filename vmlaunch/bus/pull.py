@@ -1,0 +1,63 @@
+"""A JetStream pull consumer read as a stream: each message handed over the moment it lands.
+
+nats-py's `fetch(n, timeout)` returns when n messages came or its timeout ran out. When the
+first answer it reads is a status (the 408 of the previous fetch's expired request, landing
+late), it falls back to a lingering request and then holds the first message that request
+brings until its deadline: measured, about one event in seventy up to 0.4 s late. Here a
+message is handed over when it lands, whatever came before it; statuses only say when to
+send the next request. One request is outstanding at a time (a batch, a few seconds of
+patience, idle heartbeats), renewed when it is used up or has expired.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import Header, StatusCode
+
+from vmlaunch.errors import BusError
+
+JS_API = "$JS.API"  # every JetStream context here is nc.jetstream(): no domain
+BATCH = 200
+EXPIRES = 5.0  # seconds a request waits on the server before it ends with a 408
+HEARTBEAT = 1.0  # the server's idle heartbeat while a request waits
+SILENCE = 3 * HEARTBEAT  # no message and no heartbeat for this long: the request is lost
+
+
+class PullEnded(BusError):
+    """The consumer can no longer be read (gone, server silent, or it refused a request):
+    the caller makes a new one."""
+
+
+async def pull(nc: Client, stream: str, consumer: str) -> AsyncIterator[Msg]:
+    """The consumer's messages, in order, until the caller stops or PullEnded is raised."""
+    subject = f"{JS_API}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+    request = json.dumps({"batch": BATCH, "expires": int(EXPIRES * 1e9),
+                          "idle_heartbeat": int(HEARTBEAT * 1e9)}).encode()
+    sub = await nc.subscribe(nc.new_inbox())
+    try:
+        owed = 0  # messages the outstanding request may still bring
+        while True:
+            if owed == 0:
+                await nc.publish(subject, request, reply=sub.subject)
+                owed = BATCH
+            try:
+                msg = await sub.next_msg(timeout=SILENCE)
+            except TimeoutError:
+                raise PullEnded(f"no heartbeat from {consumer} for {SILENCE:g} s") from None
+            status = msg.headers.get(Header.STATUS) if msg.headers else None
+            if not status:
+                owed -= 1
+                yield msg
+            elif status == StatusCode.REQUEST_TIMEOUT:
+                owed = 0
+            elif status != StatusCode.CONTROL_MESSAGE:  # 100: an idle heartbeat
+                reason = msg.headers.get(Header.DESCRIPTION, "") if msg.headers else ""
+                raise PullEnded(f"{consumer}: {status} {reason}".rstrip())
+    finally:
+        with contextlib.suppress(Exception):  # a closed connection has no subscription left
+            await sub.unsubscribe()

@@ -11,8 +11,10 @@ patience, idle heartbeats), renewed when it is used up or has expired.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+from collections import deque
 from collections.abc import AsyncIterator
 
 from nats.aio.client import Client
@@ -33,22 +35,43 @@ class PullEnded(BusError):
     the caller makes a new one."""
 
 
+class _Inbox:
+    """What the server sent to one inbox, in order. `next` returns without a pass through
+    the event loop while any is there: messages that landed together are handed over
+    together (as a fetched batch was), so the caller's state write can take them at once."""
+
+    def __init__(self) -> None:
+        self.landed: deque[Msg] = deque()
+        self.news = asyncio.Event()
+
+    async def arrive(self, msg: Msg) -> None:
+        self.landed.append(msg)
+        self.news.set()
+
+    async def next(self, consumer: str) -> Msg:
+        while not self.landed:
+            self.news.clear()
+            try:
+                await asyncio.wait_for(self.news.wait(), SILENCE)
+            except TimeoutError:
+                raise PullEnded(f"no heartbeat from {consumer} for {SILENCE:g} s") from None
+        return self.landed.popleft()
+
+
 async def pull(nc: Client, stream: str, consumer: str) -> AsyncIterator[Msg]:
     """The consumer's messages, in order, until the caller stops or PullEnded is raised."""
     subject = f"{JS_API}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
     request = json.dumps({"batch": BATCH, "expires": int(EXPIRES * 1e9),
                           "idle_heartbeat": int(HEARTBEAT * 1e9)}).encode()
-    sub = await nc.subscribe(nc.new_inbox())
+    inbox = _Inbox()
+    sub = await nc.subscribe(nc.new_inbox(), cb=inbox.arrive)
     try:
         owed = 0  # messages the outstanding request may still bring
         while True:
             if owed == 0:
                 await nc.publish(subject, request, reply=sub.subject)
                 owed = BATCH
-            try:
-                msg = await sub.next_msg(timeout=SILENCE)
-            except TimeoutError:
-                raise PullEnded(f"no heartbeat from {consumer} for {SILENCE:g} s") from None
+            msg = await inbox.next(consumer)
             status = msg.headers.get(Header.STATUS) if msg.headers else None
             if not status:
                 owed -= 1

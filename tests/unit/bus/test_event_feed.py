@@ -65,3 +65,32 @@ async def test_an_event_after_a_stale_status_is_handed_over_at_once(nats_server)
     finally:
         await observer.close()
         await nc.close()
+
+
+async def test_events_that_landed_together_are_handed_over_together(nats_server):
+    """Fifty events stored before the feed starts come in a few socket reads; each read's
+    events reach `deliver` with no pass through the event loop between them, so the state
+    writer (which runs in the loop) writes them at once instead of one write per event."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        for n in range(50):
+            await publish_event(js, complete(f"vm-{n}"))
+        loop = asyncio.get_running_loop()
+        passes: list[int] = []  # the loop passes seen before each delivery
+        ran = [0]
+
+        async def collect(message: Message) -> None:
+            passes.append(ran[0])
+            loop.call_soon(lambda: ran.__setitem__(0, ran[0] + 1))
+
+        feed = EventFeed(nc, collect, start=None, deployment_id=DEPLOYMENT,
+                         by_event_time=False)
+        task = asyncio.create_task(feed.run())
+        await asyncio.wait_for(feed.caught_up.wait(), 10)
+        await feed.stop(task)
+    finally:
+        await nc.close()
+    assert len(passes) == 50
+    assert len(set(passes)) <= 10, f"{len(set(passes))} separate hand-overs for 50 events"

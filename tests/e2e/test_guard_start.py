@@ -22,6 +22,9 @@ COMMANDS = {
                "--legacy-poll", "--poll-interval", "0.2", "-y", *FAST],
     "launch": ["vm_launcher.py", "launch", "-n", "vm-1", "-g", "rg-test", "--zone", "1",
                "--location", "westus2", "--no-nats", *FAST],
+    # before NATS too: no connection is tried (nothing listens on port 9)
+    "launch-nats": ["vm_launcher.py", "launch", "-n", "vm-1", "-g", "rg-test", "--zone", "1",
+                    "--location", "westus2", "--nats-url", "nats://127.0.0.1:9", *FAST],
     "serve": ["vm_launcher.py", "serve", "--nats-url", "nats://127.0.0.1:9"],
 }
 
@@ -50,4 +53,5 @@ def test_a_command_exits_3_at_once_when_no_guard_can_start(tmp_path, az_sim: AzS
                           env=az_sim.env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 3, done.stderr + done.stdout
     assert "the process guard" in done.stderr and "did not start" in done.stderr
+    assert "NATS" not in done.stderr, done.stderr  # the guard first: before any connection
     assert not az_sim.state_path.exists() or az_sim.state()["create_counts"] == {}

@@ -116,6 +116,7 @@ async def _launch(spec: VMSpec, outputs: _Outputs, *, deployment_id: str, az: st
                   private_key: str | None, nats: NatsSettings | None,
                   files: tuple[Path, Path] | None, json_lines: bool,
                   adopt_untagged: bool, budget: LocalBudget) -> int:
+    cli = AzCli(az)  # first: without a process guard nothing else is worth starting
     async with contextlib.AsyncExitStack() as stack:
         if nats is not None:
             try:
@@ -131,7 +132,7 @@ async def _launch(spec: VMSpec, outputs: _Outputs, *, deployment_id: str, az: st
                           id_seed=f"{deployment_id}/{spec.name}/{new_event_id()}")
         try:
             result = await unless_stopped(
-                Lifecycle(spec, az=(cli := AzCli(az)), report=report, private_key=private_key,
+                Lifecycle(spec, az=cli, report=report, private_key=private_key,
                           observer=Tracked(cli, budget=budget),
                           adopt_untagged=adopt_untagged).run())
         except Stopped as stopped:

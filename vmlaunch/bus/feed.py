@@ -152,34 +152,37 @@ class EventFeed:
         return config
 
     async def run(self) -> None:
-        try:
-            while not self._stopping:
-                try:
-                    await self._read()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # NATS away, consumer lost: start again after it
-                    log.debug("event feed interrupted (%r); resuming after seq %d", exc,
-                              self.last_seq)
-                    await asyncio.sleep(RESUME_WAIT)
-        finally:
-            await self._forget()
+        while not self._stopping:
+            try:
+                await self._read()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS away, consumer lost: start again after it
+                log.debug("event feed interrupted (%r); resuming after seq %d", exc,
+                          self.last_seq)
+                await asyncio.sleep(RESUME_WAIT)
 
     async def _read(self) -> None:
-        info = await self.js.add_consumer(EVENTS_STREAM, self._config())
-        self._consumer = info.name
-        if info.num_pending == 0:
-            self.caught_up.set()
-        async with contextlib.aclosing(pull(self.nc, EVENTS_STREAM, info.name)) as messages:
-            async for msg in messages:
-                meta = msg.metadata
-                if meta.sequence.stream > self.last_seq:
-                    self.last_seq = meta.sequence.stream
-                    await self._deliver(msg.subject, msg.data)
-                if meta.num_pending == 0:
-                    self.caught_up.set()
-                if self._stopping:
-                    return
+        """One consumer from after `last_seq`, read until it fails; then it is deleted (or
+        left to the server's inactivity threshold when it cannot be)."""
+        try:
+            info = await self.js.add_consumer(EVENTS_STREAM, self._config())
+            self._consumer = info.name
+            if info.num_pending == 0:
+                self.caught_up.set()
+            async with contextlib.aclosing(pull(self.nc, EVENTS_STREAM, info.name,
+                                                idle=self.caught_up.set)) as messages:
+                async for msg in messages:
+                    meta = msg.metadata
+                    if meta.sequence.stream > self.last_seq:
+                        self.last_seq = meta.sequence.stream
+                        await self._deliver(msg.subject, msg.data)
+                    if meta.num_pending == 0:
+                        self.caught_up.set()
+                    if self._stopping:
+                        return
+        finally:
+            await self._forget()
 
     async def stop(self, task: asyncio.Task[None]) -> None:
         """End `task` (running `run`) for sure. A flag as well as a cancel: in Python 3.11 a

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -58,15 +58,18 @@ class _Inbox:
         return self.landed.popleft()
 
 
-async def pull(nc: Client, stream: str, consumer: str) -> AsyncIterator[Msg]:
-    """The consumer's messages, in order, until the caller stops or PullEnded is raised."""
+async def pull(nc: Client, stream: str, consumer: str, *,
+               idle: Callable[[], object]) -> AsyncIterator[Msg]:
+    """The messages of `consumer`, one made for this pull (deliveries numbered from 1), in
+    order, until the caller stops or PullEnded is raised. `idle` is called whenever the
+    server says it has nothing for now (a heartbeat of the waiting request, or its end)."""
     subject = f"{JS_API}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
     request = json.dumps({"batch": BATCH, "expires": int(EXPIRES * 1e9),
                           "idle_heartbeat": int(HEARTBEAT * 1e9)}).encode()
     inbox = _Inbox()
     sub = await nc.subscribe(nc.new_inbox(), cb=inbox.arrive)
     try:
-        owed = 0  # messages the outstanding request may still bring
+        owed, delivered = 0, 0  # what the outstanding request may still bring; deliveries
         while True:
             if owed == 0:
                 await nc.publish(subject, request, reply=sub.subject)
@@ -74,13 +77,28 @@ async def pull(nc: Client, stream: str, consumer: str) -> AsyncIterator[Msg]:
             msg = await inbox.next(consumer)
             status = msg.headers.get(Header.STATUS) if msg.headers else None
             if not status:
+                delivered = _next_delivery(msg, delivered, consumer)
                 owed -= 1
                 yield msg
-            elif status == StatusCode.REQUEST_TIMEOUT:
-                owed = 0
-            elif status != StatusCode.CONTROL_MESSAGE:  # 100: an idle heartbeat
+            elif status in (StatusCode.CONTROL_MESSAGE, StatusCode.REQUEST_TIMEOUT):
+                owed = owed if status == StatusCode.CONTROL_MESSAGE else 0
+                idle()
+            else:
                 reason = msg.headers.get(Header.DESCRIPTION, "") if msg.headers else ""
                 raise PullEnded(f"{consumer}: {status} {reason}".rstrip())
     finally:
         with contextlib.suppress(Exception):  # a closed connection has no subscription left
             await sub.unsubscribe()
+
+
+def _next_delivery(msg: Msg, delivered: int, consumer: str) -> int:
+    """The delivery number of `msg`, which must follow `delivered`: a gap means messages were
+    lost on the way (a reconnect drops those in flight), and unacknowledged deliveries are
+    never sent again, so the caller must make a new consumer from where it is."""
+    try:
+        number = msg.metadata.sequence.consumer
+    except Exception:  # no JetStream reply subject: not a delivery of this consumer
+        raise PullEnded(f"{consumer}: a message that is not a delivery") from None
+    if number != delivered + 1:
+        raise PullEnded(f"{consumer}: delivery {number} after {delivered}: some were lost")
+    return number

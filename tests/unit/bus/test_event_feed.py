@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 
 from vmlaunch.bus.feed import EventFeed, publish_event
 from vmlaunch.bus.streams import ensure_streams
-from vmlaunch.schema.messages import Complete, Message
+from vmlaunch.schema.messages import Complete, Message, decode
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -94,3 +94,44 @@ async def test_events_that_landed_together_are_handed_over_together(nats_server)
         await nc.close()
     assert len(passes) == 50
     assert len(set(passes)) <= 10, f"{len(set(passes))} separate hand-overs for 50 events"
+
+
+async def test_a_gap_in_the_deliveries_makes_the_feed_read_again_from_where_it_was(nats_server):
+    """Deliveries lost on the way (a reconnect drops those in flight; with no acks they are
+    never sent again) show as a gap in the consumer's delivery numbers. Here another client
+    pulls from the feed's consumer and takes one: the feed sees the gap and reads again from
+    after the last event it had, so it gets the taken one too."""
+    nc = await nats.connect(nats_server.url)
+    thief = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        pulls: asyncio.Queue[Msg] = asyncio.Queue()
+        await thief.subscribe("$JS.API.CONSUMER.MSG.NEXT.VM_EVENTS.*", cb=pulls.put)
+        await thief.flush()
+        arrived: list[str] = []
+
+        async def collect(message: Message) -> None:
+            arrived.append(message.vm_name)
+
+        feed = EventFeed(nc, collect, start=None, deployment_id=DEPLOYMENT,
+                         by_event_time=False)
+        task = asyncio.create_task(feed.run())
+        await publish_event(js, complete("vm-1"))
+        await async_wait_until(lambda: arrived == ["vm-1"], timeout=10)
+        request = await asyncio.wait_for(pulls.get(), 10)
+        taken = await thief.subscribe(thief.new_inbox())
+        await thief.publish(request.subject, b'{"batch": 1, "expires": 5000000000}',
+                            reply=taken.subject)
+        await thief.flush()
+        for vm_name in ("vm-2", "vm-3", "vm-4"):
+            await publish_event(js, complete(vm_name))
+        stolen = await taken.next_msg(timeout=10)
+        assert decode(stolen.data).vm_name in {"vm-2", "vm-3", "vm-4"}
+        await async_wait_until(lambda: sorted(arrived) == ["vm-1", "vm-2", "vm-3", "vm-4"],
+                               timeout=10)
+        await feed.stop(task)
+    finally:
+        await thief.close()
+        await nc.close()
+    assert arrived[0] == "vm-1" and len(arrived) == 4

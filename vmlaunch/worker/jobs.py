@@ -95,17 +95,19 @@ class JobRunner:
         another worker, and a nak would then hand it to a third one while the second still
         drives the VM (two creates)."""
         seq = job.msg.metadata.sequence.stream
-        if job.lease is not None and not job.lease.held():
-            why = "its lease lapsed"
-        elif not self._on_delivery_connection(job):
-            why = "NATS was lost since it was delivered"
-        else:
+        held, ours = job.lease is None or job.lease.held(), self._on_delivery_connection(job)
+        if self._nc.is_connected:  # given back or not, this delivery ended without a failure
             await self.record_release(seq)
-            # Again after the record's round trips: nats-py buffers a nak sent while it
-            # reconnects and counts the reconnect only once it is back.
-            if self._on_delivery_connection(job):
-                await self.settle(job.msg, "nak")  # another worker (or a restart) takes it
-                return
+        if not held:
+            why = "its lease lapsed"
+        elif not ours:
+            why = "NATS was lost since it was delivered"
+        # Again after the record's round trips: nats-py buffers a nak sent while it
+        # reconnects and counts the reconnect only once it is back.
+        elif self._on_delivery_connection(job):
+            await self.settle(job.msg, "nak")  # another worker (or a restart) takes it
+            return
+        else:
             why = "NATS was lost while it was given back"
         log.info("request %s: %s, so it is not given back (the server redelivers it)",
                  seq, why)

@@ -1,8 +1,9 @@
 """A worker's graceful stop gives its unfinished requests back, but only those it still
 holds: a nak of a request whose lease lapsed (the server may have redelivered it meanwhile)
 would hand it to a third worker while the second still drives the VM, and both would create
-it. Real nats-server, the workers' real stream and consumer; JobRunner as the worker builds
-it, without a worker process around it.
+it. Either way the delivery ended without a failure: it is recorded as released, so that
+it does not count towards the dead-letter limit. Real nats-server, the workers' real stream
+and consumer; JobRunner as the worker builds it, without a worker process around it.
 """
 
 from __future__ import annotations
@@ -48,11 +49,17 @@ async def delivered_again(subscription) -> bool:
     return True
 
 
+async def released(runner: JobRunner, msg) -> int:
+    """The deliveries of `msg`'s request recorded as ended without a failure."""
+    return await runner._releases.count(msg.metadata.sequence.stream)
+
+
 async def test_a_request_still_held_is_given_back_at_once(bus):
     runner, subscription = bus
     (msg,) = await subscription.fetch(1, timeout=5)
     await runner.give_back(Job(msg, deliveries=1, lease=Lease(ACK_WAIT)))
     assert await delivered_again(subscription)
+    assert await released(runner, msg) == 1
 
 
 async def test_a_request_whose_lease_lapsed_is_not_given_back(bus):
@@ -62,6 +69,7 @@ async def test_a_request_whose_lease_lapsed_is_not_given_back(bus):
     assert not lapsed.held()
     await runner.give_back(Job(msg, deliveries=1, lease=lapsed))
     assert not await delivered_again(subscription)  # back only after AckWait, by the server
+    assert await released(runner, msg) == 1  # yet it ended without a failure: not counted
 
 
 async def test_a_request_delivered_before_a_reconnect_is_not_given_back(bus):
@@ -73,3 +81,4 @@ async def test_a_request_delivered_before_a_reconnect_is_not_given_back(bus):
     before = runner._nc.stats["reconnects"] - 1  # fetched on the connection before this one
     await runner.give_back(Job(msg, deliveries=1, lease=Lease(ACK_WAIT), reconnects=before))
     assert not await delivered_again(subscription)  # back only after AckWait, by the server
+    assert await released(runner, msg) == 1  # yet it ended without a failure: not counted

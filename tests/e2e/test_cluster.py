@@ -47,11 +47,18 @@ def test_the_cluster_script_is_idempotent_and_restarts_a_dead_node(nats_cluster)
 
 
 async def _replicas(urls: str) -> dict[str, int]:
+    """Each stream's replicas. Just after a node was killed the cluster may still be
+    electing leaders, and a JetStream API call times out meanwhile: asked again, for 30 s."""
     nc = await nats.connect(servers=urls.split(","))
     try:
         js = nc.jetstream()
-        return {name: (await js.stream_info(name)).config.num_replicas
-                for name in (REQUESTS_STREAM, EVENTS_STREAM)}
+        for _ in range(6):
+            try:
+                return {name: (await js.stream_info(name)).config.num_replicas
+                        for name in (REQUESTS_STREAM, EVENTS_STREAM)}
+            except nats.errors.TimeoutError:
+                continue  # stream_info waited its 5 s: the next try waits again
+        raise AssertionError("no stream info within 30 s of the node's loss")
     finally:
         await nc.close()
 

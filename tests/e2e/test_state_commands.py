@@ -183,7 +183,7 @@ def test_a_state_file_that_becomes_unwritable_stops_the_run_with_exit_3(tmp_path
     assert run.returncode == 3, err
     assert str(path.relative_to(tmp_path)) in err and "Is a directory" in err
     assert "stopped launching new VMs" in err
-    assert sum(az_sim.state()["create_counts"].values()) < 3
+    assert sum(az_sim.state()["create_counts"].values()) < 3, err
     # The retries appended no event twice (the events file kept working throughout).
     per_line = collections.Counter((e.get("event_id"), e["action"]) for e in events(tmp_path)
                                    if "event_id" in e)

@@ -65,6 +65,16 @@ async def bounded(calls: Iterable[Awaitable[T]], limit: int) -> list[T]:
     return await asyncio.gather(*(one(call) for call in calls))
 
 
+async def until_either(events: Iterable[asyncio.Event], timeout: float) -> None:
+    """Wait until one of `events` is set, or `timeout` seconds."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
 class Link:
     """Whether NATS is there, as told by the client's callbacks."""
 
@@ -197,8 +207,9 @@ class NatsRun:
                 self.display.note("every embedded worker has exited", warning=True)
                 return "lost"
             tracker.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(tracker.changed.wait(), 1.0)
+            # A stop (a signal, an unwritable state file) is acted on at once, not at the
+            # next tick: every second counts while the workers go on launching.
+            await until_either((tracker.changed, self.stop), 1.0)
             self.display.tick(tracker.view)
 
     async def _expire(self, js: JetStreamContext) -> None:

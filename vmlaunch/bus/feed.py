@@ -6,10 +6,10 @@ resuming never doubles work (and a worker looks before it creates, so a re-deliv
 the window is safe too). A *new* request must not be dropped: its generation comes from the
 KV bucket `VM_GENERATIONS` (key `<deployment>.<vm>`, the last generation published), which
 outlives the state file, and a duplicate ack of it raises `DuplicateRequest`. The events are
-read through an ephemeral pull consumer that starts at a time (`pull.py`: each event
-handed over as it lands); after any trouble (NATS away,
-consumer gone with a restarted server) it is re-created from the next stream sequence, so no
-event is missed or read twice.
+read through an ephemeral pull consumer that starts at a time (`pull.py`: each event handed
+over as it lands); after any trouble (NATS away, consumer gone with a restarted server,
+deliveries lost) it is re-created from the next stream sequence, so no event is missed or
+read twice.
 """
 
 from __future__ import annotations

@@ -80,8 +80,10 @@ async def pull(nc: Client, stream: str, consumer: str, *,
                 delivered = _next_delivery(msg, delivered, consumer)
                 owed -= 1
                 yield msg
-            elif status in (StatusCode.CONTROL_MESSAGE, StatusCode.REQUEST_TIMEOUT):
-                owed = owed if status == StatusCode.CONTROL_MESSAGE else 0
+            elif status == StatusCode.CONTROL_MESSAGE:  # an idle heartbeat: nothing for now
+                idle()
+            elif status == StatusCode.REQUEST_TIMEOUT:  # the request ended: ask again
+                owed = 0
                 idle()
             else:
                 reason = msg.headers.get(Header.DESCRIPTION, "") if msg.headers else ""

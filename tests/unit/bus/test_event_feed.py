@@ -4,18 +4,22 @@ The case that held events back: the answer a read finds first is a status left o
 an earlier pull request (a 408 that landed after its read had timed out). nats-py's
 `fetch` then went on with a lingering request and kept the next event until its own
 deadline (0.5 s); in fleet runs that was the 0.3-0.4 s stall of about ten VMs at once.
-The test puts such a status into the feed's inbox, as the server would, and times one
-event through: on loopback it takes a few milliseconds, the held one took ~0.5 s.
+The first test puts such a status into the feed's inbox, as the server would, and times
+one event through: on loopback it takes a few milliseconds, the held one took ~0.5 s. The
+others: events that landed together reach the state writer together, and deliveries lost on
+the way are read again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import nats
 import pytest
 from conftest import async_wait_until
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from vmlaunch.bus.feed import EventFeed, publish_event
@@ -34,23 +38,35 @@ def complete(vm_name: str) -> Message:
                                     vm_id="id-1", duration_seconds=3.0))
 
 
+async def watching_pulls(url: str) -> tuple[Client, asyncio.Queue[Msg]]:
+    """A second client and the pull requests it sees the feed send (their reply subject is
+    the feed's inbox)."""
+    other = await nats.connect(url)
+    pulls: asyncio.Queue[Msg] = asyncio.Queue()
+    await other.subscribe("$JS.API.CONSUMER.MSG.NEXT.VM_EVENTS.*", cb=pulls.put)
+    await other.flush()
+    return other, pulls
+
+
+def started(nc: Client, deliver: Callable[[Message], Awaitable[None]]
+            ) -> tuple[EventFeed, asyncio.Task[None]]:
+    """A running feed of the test's deployment (`feed.stop(task)` ends it)."""
+    feed = EventFeed(nc, deliver, start=None, deployment_id=DEPLOYMENT, by_event_time=False)
+    return feed, asyncio.create_task(feed.run())
+
+
 async def test_an_event_after_a_stale_status_is_handed_over_at_once(nats_server):
     nc = await nats.connect(nats_server.url)
-    observer = await nats.connect(nats_server.url)
+    observer, pulls = await watching_pulls(nats_server.url)
     try:
         js = nc.jetstream()
         await ensure_streams(js)
-        pulls: asyncio.Queue[Msg] = asyncio.Queue()
-        await observer.subscribe("$JS.API.CONSUMER.MSG.NEXT.VM_EVENTS.*", cb=pulls.put)
-        await observer.flush()
         arrived: dict[str, float] = {}
 
         async def collect(message: Message) -> None:
             arrived[message.vm_name] = time.monotonic()
 
-        feed = EventFeed(nc, collect, start=None, deployment_id=DEPLOYMENT,
-                         by_event_time=False)
-        task = asyncio.create_task(feed.run())
+        feed, task = started(nc, collect)
         await asyncio.wait_for(feed.caught_up.wait(), 10)
         for vm_name in ("vm-1", "vm-2", "vm-3"):
             request = await asyncio.wait_for(pulls.get(), 10)  # a read waits on this one
@@ -85,9 +101,7 @@ async def test_events_that_landed_together_are_handed_over_together(nats_server)
             passes.append(ran[0])
             loop.call_soon(lambda: ran.__setitem__(0, ran[0] + 1))
 
-        feed = EventFeed(nc, collect, start=None, deployment_id=DEPLOYMENT,
-                         by_event_time=False)
-        task = asyncio.create_task(feed.run())
+        feed, task = started(nc, collect)
         await asyncio.wait_for(feed.caught_up.wait(), 10)
         await feed.stop(task)
     finally:
@@ -102,21 +116,16 @@ async def test_a_gap_in_the_deliveries_makes_the_feed_read_again_from_where_it_w
     pulls from the feed's consumer and takes one: the feed sees the gap and reads again from
     after the last event it had, so it gets the taken one too."""
     nc = await nats.connect(nats_server.url)
-    thief = await nats.connect(nats_server.url)
+    thief, pulls = await watching_pulls(nats_server.url)
     try:
         js = nc.jetstream()
         await ensure_streams(js)
-        pulls: asyncio.Queue[Msg] = asyncio.Queue()
-        await thief.subscribe("$JS.API.CONSUMER.MSG.NEXT.VM_EVENTS.*", cb=pulls.put)
-        await thief.flush()
         arrived: list[str] = []
 
         async def collect(message: Message) -> None:
             arrived.append(message.vm_name)
 
-        feed = EventFeed(nc, collect, start=None, deployment_id=DEPLOYMENT,
-                         by_event_time=False)
-        task = asyncio.create_task(feed.run())
+        feed, task = started(nc, collect)
         await publish_event(js, complete("vm-1"))
         await async_wait_until(lambda: arrived == ["vm-1"], timeout=10)
         request = await asyncio.wait_for(pulls.get(), 10)
